@@ -170,8 +170,7 @@ class SourceTable:
         return metadata.tables[self.name]
 
 
-# Extraction order: parents before children, so a run that stops half-way never leaves
-# children whose parents were not pulled yet in the same run.
+# Parents before children: the order staging and validation walk the tables in.
 TABLE_ORDER = (
     "customers", "products", "orders", "order_lines", "surveys", "complaints",
     "interactions", "campaigns", "campaign_contacts", "marketing_spend", "loyalty_events",

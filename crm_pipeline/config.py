@@ -1,0 +1,78 @@
+"""Every name the pipeline is configured by, in one place.
+
+Connection ids and the pool are constants here (the DAG and the CLI use the same ones);
+secrets never are: URLs come from Airflow connections (`AIRFLOW_CONN_*`) or the
+environment. Business settings (targets, recipients, model thresholds) live in versioned
+YAML under include/config.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import yaml
+
+CRM_SOURCE_CONN_ID = "crm_source"
+CRM_WAREHOUSE_CONN_ID = "crm_warehouse"
+SMTP_CONN_ID = "smtp_default"
+# One slot on the embedded DuckDB file: it admits a single writing process at a time.
+WAREHOUSE_POOL = "crm_warehouse"
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+INCLUDE_DIR = PROJECT_ROOT / "include"
+SQL_DIR = INCLUDE_DIR / "sql"
+CONFIG_DIR = INCLUDE_DIR / "config"
+
+_DRIVERS = {
+    "postgres": "postgresql+psycopg2",
+    "postgresql": "postgresql+psycopg2",
+    "mysql": "mysql+pymysql",
+}
+
+
+def sqlalchemy_url(conn: Any) -> str:
+    """Build a SQLAlchemy URL from an Airflow Connection (or anything with its fields).
+
+    Done field by field on purpose: `Connection.get_uri()` percent-encodes the path of
+    `sqlite:////abs/file.db` into `sqlite:///%2Fabs%2Ffile.db`, which SQLAlchemy then
+    opens as a relative file. An explicit `sqlalchemy_url` in the extras wins.
+    """
+    extra = dict(getattr(conn, "extra_dejson", None) or {})
+    if extra.get("sqlalchemy_url"):
+        return str(extra["sqlalchemy_url"])
+    conn_type = (conn.conn_type or "").lower()
+    if conn_type in ("sqlite", "duckdb"):
+        path = conn.schema or conn.host or ""
+        if not path:
+            raise ValueError(f"connection {conn.conn_id!r} ({conn_type}) names no database file")
+        return f"{conn_type}:///{path}"
+    driver = _DRIVERS.get(conn_type, conn_type)
+    auth = ""
+    if conn.login:
+        auth = quote(conn.login, safe="")
+        if conn.password:
+            auth += ":" + quote(conn.password, safe="")
+        auth += "@"
+    port = f":{conn.port}" if conn.port else ""
+    query = f"?{urlencode(extra)}" if extra else ""
+    return f"{driver}://{auth}{conn.host or ''}{port}/{conn.schema or ''}{query}"
+
+
+def normalise_url(url: str) -> str:
+    """Accept Airflow's URI spelling (`postgres://`) where SQLAlchemy wants its own."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+@cache
+def settings() -> dict[str, Any]:
+    """Pipeline settings (windows, thresholds) from include/config/pipeline.yaml."""
+    path = Path(os.environ.get("CRM_PIPELINE_SETTINGS", CONFIG_DIR / "pipeline.yaml"))
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}

@@ -1,0 +1,35 @@
+"""Which day a DAG run covers, decided in one place.
+
+The contract keys every snapshot on `as_of_date`: the run's logical date, with rows that
+reflect events up to the end of that day (UTC). Airflow hands the date over differently
+by run type: a scheduled run of a CronDataIntervalTimetable gets the interval start as
+logical date (the day that just ended), while `airflow dags test crm_nightly 2026-11-22`
+and manual triggers get the date they were given. In both cases the covered day is the
+UTC calendar date of the logical date. A run without a logical date (Airflow 3 allows
+that for triggered runs) covers the last complete day before it started.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+
+def covered_day(
+    logical_date: dt.datetime | None, run_after: dt.datetime | None = None
+) -> dt.date:
+    if logical_date is not None:
+        return _as_utc(logical_date).date()
+    if run_after is None:
+        raise ValueError("a run needs a logical date or a run_after time to know its day")
+    return _as_utc(run_after).date() - dt.timedelta(days=1)
+
+
+def end_of_day(day: dt.date) -> dt.datetime:
+    """Exclusive upper bound for a day's events: midnight UTC after it (naive, UTC)."""
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
+
+
+def _as_utc(ts: dt.datetime) -> dt.datetime:
+    if ts.tzinfo is None:
+        return ts
+    return ts.astimezone(dt.UTC).replace(tzinfo=None)

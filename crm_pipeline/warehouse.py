@@ -1,0 +1,242 @@
+"""The warehouse: one SQLAlchemy engine over DuckDB (embedded) or PostgreSQL (production).
+
+Everything that writes goes through `Warehouse.begin()`, one transaction per task, and
+through two rebuild patterns that readers can never catch half-done:
+
+* `replace_table`: build `x__next`, drop `x`, rename, all in one transaction (tables
+  that hold the state as of the latest run: dim_customer, fct_orders, staging);
+* `replace_partition`: delete the run date's rows and insert the new ones in one
+  transaction (snapshot tables keyed by `as_of_date`).
+
+SQL files are plain SQL with `{{ name }}` placeholders filled with typed literals
+(dates, timestamps, numbers) only, so the same file runs on both engines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from crm_pipeline.config import SQL_DIR, normalise_url
+from crm_pipeline.dates import end_of_day
+
+log = logging.getLogger(__name__)
+
+SCHEMAS = ("raw", "staging", "marts", "quarantine", "ops")
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+
+
+class WarehouseLockedError(RuntimeError):
+    """The embedded DuckDB file stayed locked by another process for the whole wait."""
+
+
+class Warehouse:
+    """A handle on the warehouse; cheap to create, one per task."""
+
+    def __init__(self, url: str, lock_wait_seconds: float = 600.0, lock_poll_seconds: float = 5.0):
+        self.url = normalise_url(url)
+        self.engine = sa.create_engine(self.url, poolclass=NullPool)
+        self.dialect = self.engine.dialect.name  # 'duckdb' or 'postgresql'
+        self.lock_wait_seconds = lock_wait_seconds
+        self.lock_poll_seconds = lock_poll_seconds
+
+    def __repr__(self) -> str:
+        return f"Warehouse({self.engine.url.render_as_string(hide_password=True)})"
+
+    # -- connections ---------------------------------------------------------------
+    @contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """One transaction; on DuckDB, wait for the file lock with a log line per try.
+
+        DuckDB lets one process at a time open the file for writing, and an analyst's
+        session holds a lock too. Rather than fail at once (or silently), the task waits
+        up to `lock_wait_seconds`, saying who holds the lock, then fails with that name.
+        """
+        conn = self._connect()
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            conn.close()
+
+    def _connect(self) -> sa.Connection:
+        deadline = time.monotonic() + self.lock_wait_seconds
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self.engine.connect()
+            except sa.exc.DBAPIError as exc:
+                message = str(exc.orig or exc)
+                if "lock" not in message.lower() or self.dialect != "duckdb":
+                    raise
+                if time.monotonic() >= deadline:
+                    raise WarehouseLockedError(
+                        f"warehouse file {self.engine.url.database} is still locked after "
+                        f"{self.lock_wait_seconds:.0f}s: {message.splitlines()[0]} - close other "
+                        "sessions on it (analysts: see README, 'Reading the warehouse')"
+                    ) from exc
+                log.warning(
+                    "warehouse file %s is locked by another process (attempt %d): %s; "
+                    "retrying in %.0fs",
+                    self.engine.url.database, attempt, message.splitlines()[0],
+                    self.lock_poll_seconds,
+                )
+                time.sleep(self.lock_poll_seconds)
+
+    # -- SQL -----------------------------------------------------------------------
+    @staticmethod
+    def render(sql: str, params: Mapping[str, Any] | None = None) -> str:
+        """Fill `{{ name }}` placeholders with typed SQL literals (never free text)."""
+        params = dict(params or {})
+        if "as_of_date" in params and "as_of_end" not in params:
+            params["as_of_end"] = end_of_day(params["as_of_date"])
+
+        def literal(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in params:
+                raise KeyError(f"SQL placeholder {{{{ {name} }}}} has no value")
+            return sql_literal(params[name])
+
+        return _PLACEHOLDER.sub(literal, sql)
+
+    @staticmethod
+    def sql_file(layer: str, name: str) -> str:
+        path = Path(SQL_DIR, layer, f"{name}.sql")
+        return path.read_text(encoding="utf-8")
+
+    def execute(self, conn: sa.Connection, sql: str, params: Mapping[str, Any] | None = None):
+        return conn.exec_driver_sql(self.render(sql, params))
+
+    def table_exists(self, conn: sa.Connection, qualified: str) -> bool:
+        schema, name = qualified.split(".")
+        return sa.inspect(conn).has_table(name, schema=schema)
+
+    def columns(self, conn: sa.Connection, qualified: str) -> list[str]:
+        schema, name = qualified.split(".")
+        return [c["name"] for c in sa.inspect(conn).get_columns(name, schema=schema)]
+
+    # -- rebuild patterns ----------------------------------------------------------
+    def replace_table(
+        self, conn: sa.Connection, qualified: str, select_sql: str,
+        params: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Build-and-swap: readers see the old table until the transaction commits."""
+        _check_ident(qualified)
+        nxt = f"{qualified}__next"
+        conn.exec_driver_sql(f"drop table if exists {nxt}")
+        conn.exec_driver_sql(f"create table {nxt} as {self.render(select_sql, params)}")
+        conn.exec_driver_sql(f"drop table if exists {qualified}")
+        conn.exec_driver_sql(f"alter table {nxt} rename to {qualified.split('.')[1]}")
+        return conn.exec_driver_sql(f"select count(*) from {qualified}").scalar_one()
+
+    def replace_partition(
+        self, conn: sa.Connection, qualified: str, select_sql: str,
+        params: Mapping[str, Any], key: str = "as_of_date",
+    ) -> int:
+        """Delete-insert of one `as_of_date` (or a range of them) in one transaction.
+
+        `params` carries `as_of_date`, or `date_from`/`date_to` for a set-based range;
+        the select must only produce rows inside what it is asked to replace.
+        """
+        _check_ident(qualified)
+        rendered = self.render(select_sql, params)
+        conn.exec_driver_sql("drop table if exists _partition_next")
+        conn.exec_driver_sql(f"create temporary table _partition_next as {rendered}")
+        if not self.table_exists(conn, qualified):
+            conn.exec_driver_sql(
+                f"create table {qualified} as select * from _partition_next where 1 = 0"
+            )
+        if "date_from" in params:
+            lo, hi = params["date_from"], params["date_to"]
+        else:
+            lo = hi = params[key]
+        conn.exec_driver_sql(
+            f"delete from {qualified} where {key} between {sql_literal(lo)} and {sql_literal(hi)}"
+        )
+        cols = ", ".join(self.columns(conn, qualified))
+        conn.exec_driver_sql(f"insert into {qualified} ({cols}) select {cols} from _partition_next")
+        inserted = conn.exec_driver_sql("select count(*) from _partition_next").scalar_one()
+        conn.exec_driver_sql("drop table _partition_next")
+        return inserted
+
+    # -- bulk load -----------------------------------------------------------------
+    def bulk_load(self, conn: sa.Connection, qualified: str, frame: pd.DataFrame) -> int:
+        """Append a frame to an existing table by column name, the fastest way per engine."""
+        if frame.empty:
+            return 0
+        cols = ", ".join(frame.columns)
+        if self.dialect == "duckdb":
+            duck = conn.connection.driver_connection
+            duck.register("_bulk_frame", frame)
+            try:
+                conn.exec_driver_sql(
+                    f"insert into {qualified} ({cols}) select {cols} from _bulk_frame"
+                )
+            finally:
+                duck.unregister("_bulk_frame")
+        elif self.dialect == "postgresql":
+            buf = io.StringIO()
+            frame.to_csv(buf, index=False, header=False, na_rep="\\N")
+            buf.seek(0)
+            cur = conn.connection.driver_connection.cursor()
+            cur.copy_expert(
+                f"copy {qualified} ({cols}) from stdin with (format csv, null '\\N')", buf
+            )
+        else:
+            conn.execute(
+                sa.text(f"insert into {qualified} ({cols}) values ({', '.join(':' + c for c in frame.columns)})"),
+                frame.to_dict("records"),
+            )
+        return len(frame)
+
+    def ensure_schemas(self) -> None:
+        with self.begin() as conn:
+            for schema in SCHEMAS:
+                conn.exec_driver_sql(f"create schema if not exists {schema}")
+
+    def row_counts(self, schemas: tuple[str, ...] = ("marts",)) -> dict[str, int]:
+        """Row count of every table in the given schemas, for the run summary."""
+        with self.begin() as conn:
+            insp = sa.inspect(conn)
+            out = {}
+            for schema in schemas:
+                for name in sorted(insp.get_table_names(schema=schema)):
+                    if name.endswith("__next"):
+                        continue
+                    out[f"{schema}.{name}"] = conn.exec_driver_sql(
+                        f"select count(*) from {schema}.{name}"
+                    ).scalar_one()
+            return out
+
+
+def sql_literal(value: Any) -> str:
+    """A typed SQL literal for the few kinds of value SQL files are given."""
+    if isinstance(value, dt.datetime):
+        return f"timestamp '{value:%Y-%m-%d %H:%M:%S}'"
+    if isinstance(value, dt.date):
+        return f"date '{value:%Y-%m-%d}'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_\- .:]*", value):
+        return "'" + value + "'"
+    raise TypeError(f"no SQL literal for {type(value).__name__} {value!r}")
+
+
+def _check_ident(qualified: str) -> None:
+    if not _IDENT.match(qualified):
+        raise ValueError(f"not a plain table name: {qualified!r}")

@@ -1,0 +1,52 @@
+-- grain: one row per customer created up to the end of as_of_date, with what is known of them then
+with customers as (
+    select * from staging.stg_customers
+    where valid_from < {{ as_of_end }}
+      and valid_to >= {{ as_of_end }}
+      and created_at < {{ as_of_end }}
+),
+
+purchases as (
+    select * from marts.fct_orders
+    where is_purchase
+),
+
+purchase_summary as (
+    select
+        customer_id,
+        min(order_date) as first_order_date,
+        max(order_date) as last_order_date,
+        count(*) as completed_orders,
+        sum(net_amount) as net_revenue,
+        sum(margin_amount) as margin_amount
+    from purchases
+    group by customer_id
+),
+
+final as (
+    select
+        customers.customer_id,
+        customers.created_at,
+        purchase_summary.first_order_date,
+        purchase_summary.last_order_date,
+        coalesce(purchase_summary.completed_orders, 0) as completed_orders,
+        coalesce(purchase_summary.net_revenue, 0) as net_revenue,
+        coalesce(purchase_summary.margin_amount, 0) as margin_amount,
+        customers.city,
+        customers.region,
+        customers.acquisition_channel,
+        customers.birth_year,
+        customers.gender,
+        customers.income_band,
+        customers.loyalty_member,
+        customers.loyalty_tier,
+        cast(null as varchar) as segment,
+        cast(null as varchar) as tier,
+        cast(null as decimal(14, 2)) as clv,
+        {{ as_of_date }} as as_of_date
+    from customers
+    left join purchase_summary
+        on customers.customer_id = purchase_summary.customer_id
+)
+
+select * from final

@@ -1,0 +1,13 @@
+# Sourced by the run and test scripts: the embedded default environment.
+# Every variable keeps a value the user already exported, so production settings win.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export CRM_DATA_DIR=${CRM_DATA_DIR:-$ROOT/data}
+export AIRFLOW_HOME=${AIRFLOW_HOME:-$ROOT/.airflow}
+export AIRFLOW__CORE__DAGS_FOLDER=${AIRFLOW__CORE__DAGS_FOLDER:-$ROOT/dags}
+export AIRFLOW__CORE__PLUGINS_FOLDER=${AIRFLOW__CORE__PLUGINS_FOLDER:-$ROOT/plugins}
+export AIRFLOW__CORE__LOAD_EXAMPLES=${AIRFLOW__CORE__LOAD_EXAMPLES:-False}
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=${AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION:-True}
+export AIRFLOW__LOGGING__LOGGING_LEVEL=${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}
+export AIRFLOW_CONN_CRM_SOURCE=${AIRFLOW_CONN_CRM_SOURCE:-sqlite:///$CRM_DATA_DIR/source.db}
+export AIRFLOW_CONN_CRM_WAREHOUSE=${AIRFLOW_CONN_CRM_WAREHOUSE:-duckdb:///$CRM_DATA_DIR/warehouse.duckdb}
+export PATH=$ROOT/.venv/bin:$PATH

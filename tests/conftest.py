@@ -1,0 +1,71 @@
+"""Shared fixtures: warehouses on both engines, and the PostgreSQL rule.
+
+PostgreSQL tests run against the server named by CRM_TEST_PG_URL (default the local one,
+postgresql://postgres@127.0.0.1:5432/postgres, trust auth), each in a database of its
+own that is dropped afterwards. Without a reachable server they are skipped loudly; with
+CI=true a skip is a failure, since CI must prove the production path.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from crm_pipeline.warehouse import Warehouse
+
+PG_URL = os.environ.get("CRM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+_pg_problem: list[str] = []
+
+
+def _admin_engine() -> sa.Engine:
+    from crm_pipeline.config import normalise_url
+
+    return sa.create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    try:
+        with _admin_engine().connect() as conn:
+            conn.exec_driver_sql("select 1")
+    except Exception as exc:  # noqa: BLE001 - any failure means no server
+        message = f"PostgreSQL at {PG_URL} is not reachable: {str(exc).splitlines()[0]}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true: the production-path tests must run)")
+        _pg_problem.append(message)
+        pytest.skip(message)
+    return PG_URL
+
+
+@pytest.fixture
+def pg_database(pg_server: str):
+    """A fresh, empty PostgreSQL database; its SQLAlchemy URL."""
+    name = f"crm_test_{uuid.uuid4().hex[:10]}"
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"create database {name}")
+    url = sa.engine.make_url(admin.url).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            f"select pg_terminate_backend(pid) from pg_stat_activity where datname = '{name}'"
+        )
+        conn.exec_driver_sql(f"drop database if exists {name}")
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def warehouse(request, tmp_path) -> Warehouse:
+    """The same test on the embedded warehouse and on PostgreSQL."""
+    if request.param == "duckdb":
+        return Warehouse(f"duckdb:///{tmp_path}/warehouse.duckdb")
+    return Warehouse(request.getfixturevalue("pg_database"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _pg_problem:
+        terminalreporter.section("PostgreSQL tests SKIPPED", sep="!", red=True, bold=True)
+        terminalreporter.write_line(_pg_problem[0])
+        terminalreporter.write_line("Set CRM_TEST_PG_URL to a server to run them (CI must).")
