@@ -9,7 +9,21 @@ CI=true a skip is a failure, since CI must prove the production path.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Airflow reads its settings at import: point it at a throwaway home before anything
+# imports it, so tests never touch the metadata database of `make run`.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="crm-airflow-test-")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+for _var in ("AIRFLOW_CONN_CRM_SOURCE", "AIRFLOW_CONN_CRM_WAREHOUSE"):
+    os.environ.pop(_var, None)
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +38,14 @@ def _admin_engine() -> sa.Engine:
     from crm_pipeline.config import normalise_url
 
     return sa.create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated Airflow metadata database in the throwaway AIRFLOW_HOME."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                   capture_output=True, env=os.environ.copy())
+    return os.environ["AIRFLOW_HOME"]
 
 
 @pytest.fixture(scope="session")

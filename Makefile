@@ -1,0 +1,17 @@
+# The two commands a new user needs, and a few more for people who run this every night.
+.PHONY: run test lint backfill bench lock clean
+
+run:            ## run crm_nightly end to end on the embedded default (venv + demo data as needed)
+	bash scripts/run.sh
+
+test:           ## install test tools and run lint + the whole test suite
+	bash scripts/test.sh
+
+lint:
+	bash scripts/bootstrap.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+lock:           ## re-resolve constraints.txt from requirements*.txt in a scratch venv
+	bash scripts/lock.sh
+
+clean:          ## remove the demo data, the warehouse and Airflow's local state (keeps .venv)
+	rm -rf data .airflow
