@@ -1,0 +1,6 @@
+# The production image: Airflow's official image at the pinned version, plus this project.
+FROM apache/airflow:3.3.2-python3.11
+COPY --chown=airflow:root requirements.txt constraints.txt pyproject.toml README.md /opt/crm/
+COPY --chown=airflow:root crm_pipeline /opt/crm/crm_pipeline
+RUN pip install --no-cache-dir -r /opt/crm/requirements.txt -c /opt/crm/constraints.txt \
+ && pip install --no-cache-dir --no-deps /opt/crm

@@ -1,0 +1,2 @@
+-- Run once by the postgres container: the warehouse lives beside Airflow's metadata.
+create database crm_warehouse owner airflow;
