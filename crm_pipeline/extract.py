@@ -28,7 +28,7 @@ from sqlalchemy.pool import NullPool
 
 from crm_pipeline.config import normalise_url
 from crm_pipeline.source_schema import SOURCE_TABLES
-from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse import SCHEMAS, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class SourceSchemaError(RuntimeError):
 
 def ensure_raw_tables(wh: Warehouse, conn: sa.Connection) -> None:
     """Create the raw and bookkeeping tables if this warehouse is new."""
-    for schema in ("raw", "ops", "quarantine"):
+    for schema in SCHEMAS:
         conn.exec_driver_sql(f"create schema if not exists {schema}")
     conn.exec_driver_sql("create sequence if not exists ops.batch_id_seq")
     conn.exec_driver_sql(

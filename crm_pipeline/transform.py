@@ -57,7 +57,6 @@ def build_staging(wh: Warehouse) -> dict[str, int]:
     counts = {}
     with wh.begin() as conn:
         ensure_raw_tables(wh, conn)
-        conn.exec_driver_sql("create schema if not exists staging")
         for table in TABLE_ORDER:
             sql = versioned_sql(wh.sql_file("staging", f"stg_{table}"), SOURCE_TABLES[table].key)
             counts[f"staging.stg_{table}"] = wh.replace_table(conn, f"staging.stg_{table}", sql)
@@ -69,7 +68,7 @@ def build_marts(wh: Warehouse, names: tuple[str, ...], as_of_date: dt.date) -> d
     """Rebuild state-as-of-the-run marts (build and swap), in order, in one transaction."""
     counts = {}
     with wh.begin() as conn:
-        conn.exec_driver_sql("create schema if not exists marts")
+        ensure_raw_tables(wh, conn)
         for name in names:
             counts[f"marts.{name}"] = wh.replace_table(
                 conn, f"marts.{name}", wh.sql_file("marts", name), {"as_of_date": as_of_date}

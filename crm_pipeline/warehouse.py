@@ -97,9 +97,12 @@ class Warehouse:
                 time.sleep(self.lock_poll_seconds)
 
     # -- SQL -----------------------------------------------------------------------
-    @staticmethod
-    def render(sql: str, params: Mapping[str, Any] | None = None) -> str:
-        """Fill `{{ name }}` placeholders with typed SQL literals (never free text)."""
+    def render(self, sql: str, params: Mapping[str, Any] | None = None) -> str:
+        """Fill `{{ name }}` placeholders with typed SQL literals (never free text).
+
+        The result is run with `exec_driver_sql`; psycopg2 reads `%` there as a parameter
+        marker, so on PostgreSQL a literal `%` (in a comment, say) is doubled.
+        """
         params = dict(params or {})
         if "as_of_date" in params and "as_of_end" not in params:
             params["as_of_end"] = end_of_day(params["as_of_date"])
@@ -110,7 +113,8 @@ class Warehouse:
                 raise KeyError(f"SQL placeholder {{{{ {name} }}}} has no value")
             return sql_literal(params[name])
 
-        return _PLACEHOLDER.sub(literal, sql)
+        rendered = _PLACEHOLDER.sub(literal, sql)
+        return rendered.replace("%", "%%") if self.dialect == "postgresql" else rendered
 
     @staticmethod
     def sql_file(layer: str, name: str) -> str:
@@ -120,13 +124,20 @@ class Warehouse:
     def execute(self, conn: sa.Connection, sql: str, params: Mapping[str, Any] | None = None):
         return conn.exec_driver_sql(self.render(sql, params))
 
+    # information_schema and cursor metadata, not SQLAlchemy's inspector: duckdb-engine's
+    # inspector runs PostgreSQL catalog queries that DuckDB does not answer
+    def tables(self, conn: sa.Connection, schema: str) -> list[str]:
+        return [r[0] for r in conn.execute(
+            sa.text("select table_name from information_schema.tables where table_schema = :s "
+                    "order by table_name"), {"s": schema})]
+
     def table_exists(self, conn: sa.Connection, qualified: str) -> bool:
         schema, name = qualified.split(".")
-        return sa.inspect(conn).has_table(name, schema=schema)
+        return name in self.tables(conn, schema)
 
     def columns(self, conn: sa.Connection, qualified: str) -> list[str]:
-        schema, name = qualified.split(".")
-        return [c["name"] for c in sa.inspect(conn).get_columns(name, schema=schema)]
+        _check_ident(qualified)
+        return list(conn.exec_driver_sql(f"select * from {qualified} where 1 = 0").keys())
 
     # -- rebuild patterns ----------------------------------------------------------
     def replace_table(
@@ -210,10 +221,9 @@ class Warehouse:
     def row_counts(self, schemas: tuple[str, ...] = ("marts",)) -> dict[str, int]:
         """Row count of every table in the given schemas, for the run summary."""
         with self.begin() as conn:
-            insp = sa.inspect(conn)
             out = {}
             for schema in schemas:
-                for name in sorted(insp.get_table_names(schema=schema)):
+                for name in self.tables(conn, schema):
                     if name.endswith("__next"):
                         continue
                     out[f"{schema}.{name}"] = conn.exec_driver_sql(

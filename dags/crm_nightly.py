@@ -17,6 +17,9 @@ through the pool `crm_warehouse` (1 slot on DuckDB, which admits a single writer
   `ops.watermarks`
 - `staging.stg_<table>`: typed versions with validity intervals
 - `marts.fct_orders`, `marts.dim_customer`: state as of the covered day
+- `marts.customer_rfm`, `marts.customer_value_tier`, `marts.kpi_daily`,
+  `marts.segment_migration`: snapshots keyed by `as_of_date` (delete-insert of the
+  run's day; a first run on a new warehouse builds `history_days` days in one pass)
 
 See README.md and docs/data_dictionary.md.
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task, task_group
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, task_group
 
 from crm_pipeline.config import (
     CRM_SOURCE_CONN_ID,
@@ -74,6 +77,13 @@ def _run() -> tuple:
     default_args=DEFAULT_ARGS,
     tags=["crm", "nightly"],
     doc_md=__doc__,
+    params={
+        "history_days": Param(
+            0, type="integer", minimum=0,
+            description="Days of snapshot history to (re)build ending at the run's day; "
+            "0: the configured history on a new warehouse, else the run's day only",
+        ),
+    },
 )
 def crm_nightly():
     @task_group(tooltip="Pull new and changed source rows into raw, by updated_at watermark")
@@ -98,16 +108,36 @@ def crm_nightly():
 
         return build_staging()
 
-    @task_group(tooltip="Contract tables: state as of the covered day")
+    @task_group(tooltip="Contract tables: state and snapshots as of the covered day")
     def marts():
         @task
-        def build_core_marts() -> dict:
+        def build_fct_orders() -> dict:
             from crm_pipeline.transform import build_marts
 
             day, _ = _run()
-            return build_marts(_warehouse(), ("fct_orders", "dim_customer"), day)
+            return build_marts(_warehouse(), ("fct_orders",), day)
 
-        return build_core_marts()
+        @task
+        def build_snapshots(params=None) -> dict:
+            from crm_pipeline.config import settings
+            from crm_pipeline.kpis import build_snapshots as build
+            from crm_pipeline.kpis import history_start
+
+            day, _ = _run()
+            wh = _warehouse()
+            days = params["history_days"] or settings()["kpis"]["history_days"]
+            start = history_start(wh, day, days) if not params["history_days"] else (
+                day - timedelta(days=days - 1))
+            return build(wh, start, day)
+
+        @task
+        def build_dim_customer() -> dict:
+            from crm_pipeline.transform import build_marts
+
+            day, _ = _run()
+            return build_marts(_warehouse(), ("dim_customer",), day)
+
+        build_fct_orders() >> build_snapshots() >> build_dim_customer()
 
     extract() >> stage() >> marts()
 

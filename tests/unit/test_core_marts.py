@@ -6,15 +6,23 @@ from decimal import Decimal
 from factories import build_source, customer, order, upsert
 
 from crm_pipeline.extract import extract_table
+from crm_pipeline.kpis import build_snapshots
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform import build_marts, build_staging
+
+
+def build_day(wh, day):
+    """The marts stage of crm_nightly for one day, in the DAG's order."""
+    build_marts(wh, ("fct_orders",), day)
+    build_snapshots(wh, day, day)
+    build_marts(wh, ("dim_customer",), day)
 
 
 def run_day(src, wh, day):
     for t in TABLE_ORDER:
         extract_table(src, wh, t, day, f"run-{day}")
     build_staging(wh)
-    build_marts(wh, ("fct_orders", "dim_customer"), day)
+    build_day(wh, day)
 
 
 def rows(wh, sql):
@@ -42,10 +50,13 @@ def test_core_marts_as_of_a_date(tmp_path, warehouse):
         ("O3", dt.date(2025, 3, 10), "cancelled", Decimal("8.00"), Decimal("3.20"), False),
     ]
     assert rows(warehouse, "select customer_id, first_order_date, last_order_date, completed_orders, "
-                "net_revenue, margin_amount, region, as_of_date from marts.dim_customer order by 1") == [
+                "net_revenue, margin_amount, region, segment, tier, as_of_date "
+                "from marts.dim_customer order by 1") == [
+        # the only buyer: rank 1 of 1 is the top 1% (vip); in a base of one every RFM score
+        # is 1 (score = 1 + floor(5 * (rank - 1) / n)), which the segment map calls Lost
         ("C1", dt.date(2025, 3, 1), dt.date(2025, 3, 5), 2, Decimal("30.00"), Decimal("13.50"),
-         "north", day),
-        ("C2", None, None, 0, Decimal("0.00"), Decimal("0.00"), "south", day),
+         "north", "Lost", "vip", day),
+        ("C2", None, None, 0, Decimal("0.00"), Decimal("0.00"), "south", None, None, day),
     ]
 
 
@@ -61,7 +72,7 @@ def test_a_late_change_is_seen_from_its_day_on_and_not_before(tmp_path, warehous
     assert rows(warehouse, "select order_id, status from marts.fct_orders order by 1") == [
         ("O1", "refunded"), ("O2", "completed")]
     # a backfill of the 10th, after the refund was pulled, still sees O1 as it was then
-    build_marts(warehouse, ("fct_orders", "dim_customer"), dt.date(2025, 3, 10))
+    build_day(warehouse, dt.date(2025, 3, 10))
     assert rows(warehouse, "select order_id, status from marts.fct_orders order by 1") == [
         ("O1", "completed"), ("O2", "completed")]
     assert rows(warehouse, "select completed_orders from marts.dim_customer") == [(2,)]

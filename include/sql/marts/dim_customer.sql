@@ -11,6 +11,16 @@ purchases as (
     where is_purchase
 ),
 
+segments as (
+    select customer_id, segment from marts.customer_rfm
+    where as_of_date = {{ as_of_date }}
+),
+
+tiers as (
+    select customer_id, tier from marts.customer_value_tier
+    where as_of_date = {{ as_of_date }}
+),
+
 purchase_summary as (
     select
         customer_id,
@@ -40,13 +50,17 @@ final as (
         customers.income_band,
         customers.loyalty_member,
         customers.loyalty_tier,
-        cast(null as varchar) as segment,
-        cast(null as varchar) as tier,
+        segments.segment,
+        tiers.tier,
         cast(null as decimal(14, 2)) as clv,
         {{ as_of_date }} as as_of_date
     from customers
     left join purchase_summary
         on customers.customer_id = purchase_summary.customer_id
+    left join segments
+        on customers.customer_id = segments.customer_id
+    left join tiers
+        on customers.customer_id = tiers.customer_id
 )
 
 select * from final

@@ -1,0 +1,152 @@
+"""Snapshot marts keyed by as_of_date: RFM segments, value tiers, KPIs, segment migration.
+
+Every build takes a range of dates, and the nightly run is the range of one day: the SQL
+joins a spine of dates (`as_of_dates`) to the versioned staging tables, so a 90-day
+history is one set-based pass that yields exactly the rows 90 nightly runs would. The
+range is replaced in one transaction (delete-insert), so a rerun or a backfill gives the
+same rows and a reader never sees half of it.
+
+Order inside the transaction: intermediate temp tables (completed purchases and customer
+attributes as of each day), then customer_rfm and customer_value_tier (the KPIs' tier and
+segment dimensions), then kpi_daily and segment_migration (which compares each day with
+30 days before, so a history build reaches 30 days further back for RFM and tiers).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from itertools import accumulate
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from crm_pipeline.config import settings
+from crm_pipeline.dates import end_of_day
+from crm_pipeline.extract import ensure_raw_tables
+from crm_pipeline.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+MIGRATION_DAYS = 30
+SNAPSHOT_MARTS = ("customer_rfm", "customer_value_tier", "kpi_daily", "segment_migration")
+
+
+def segment_map(config: dict[str, Any]) -> pd.DataFrame:
+    """The 25 (R, F) cells with their named segment: first matching rule wins."""
+    rows = []
+    for r in range(1, 6):
+        for f in range(1, 6):
+            match = next(
+                (rule["segment"] for rule in config["rfm"]["segments"]
+                 if rule["r"][0] <= r <= rule["r"][1] and rule["f"][0] <= f <= rule["f"][1]),
+                None,
+            )
+            if match is None:
+                raise ValueError(f"rfm.segments in pipeline.yaml leaves cell R={r} F={f} unnamed")
+            rows.append({"r_score": r, "f_score": f, "segment": match})
+    return pd.DataFrame(rows)
+
+
+def tier_params(config: dict[str, Any]) -> dict[str, int]:
+    """Cumulative integer percents for the pyramid (1/4/15/80 -> 1, 5, 20)."""
+    tiers = config["value_tiers"]
+    names = [t["tier"] for t in tiers]
+    if names != ["vip", "key", "regular", "small"]:
+        raise ValueError(f"value_tiers must be vip, key, regular, small in that order, got {names}")
+    cumulative = list(accumulate(int(t["percent"]) for t in tiers))
+    if cumulative[-1] != 100:
+        raise ValueError(f"value_tiers percents add up to {cumulative[-1]}, not 100")
+    return {f"{n}_cum_pct": c for n, c in zip(names[:3], cumulative[:3], strict=True)}
+
+
+def sql_params(config: dict[str, Any]) -> dict[str, Any]:
+    lookback = int(config["rfm"]["lookback_days"])
+    if not 1 <= lookback <= 365:
+        raise ValueError(f"rfm.lookback_days must be 1..365, got {lookback}")
+    return {
+        "rfm_lookback_days": lookback,
+        "lookback_days": 365,
+        "sla_hours": int(config["kpis"]["complaint_sla_hours"]),
+        "response_days": int(config["kpis"]["campaign_response_days"]),
+        **tier_params(config),
+    }
+
+
+def build_snapshots(
+    wh: Warehouse, date_from: dt.date, date_to: dt.date, config: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """Rebuild the snapshot marts for every day in [date_from, date_to], in one transaction."""
+    config = config or settings()
+    params = sql_params(config)
+    if date_from > date_to:
+        raise ValueError(f"empty range {date_from} .. {date_to}")
+    # a range (history) also builds the 30 days before it, for segment_migration
+    position_from = date_from - dt.timedelta(days=MIGRATION_DAYS) if date_from < date_to else date_from
+    counts: dict[str, int] = {}
+    with wh.begin() as conn:
+        ensure_raw_tables(wh, conn)
+        _temp_from_frame(wh, conn, "rfm_segment_map", segment_map(config))
+        _date_spine(wh, conn, position_from, date_to)
+        for name in ("int_purchases", "int_customers"):
+            conn.exec_driver_sql(f"drop table if exists {name}")
+            conn.exec_driver_sql(
+                f"create temporary table {name} as "
+                + wh.render(wh.sql_file("intermediate", name), params)
+            )
+        span = {**params, "date_from": position_from, "date_to": date_to}
+        for name in ("customer_rfm", "customer_value_tier"):
+            counts[f"marts.{name}"] = wh.replace_partition(
+                conn, f"marts.{name}", wh.sql_file("marts", name), span
+            )
+        _date_spine(wh, conn, date_from, date_to)
+        span = {**params, "date_from": date_from, "date_to": date_to}
+        for name in ("kpi_daily", "segment_migration"):
+            counts[f"marts.{name}"] = wh.replace_partition(
+                conn, f"marts.{name}", wh.sql_file("marts", name), span
+            )
+    log.info("snapshot marts rebuilt for %s .. %s: %s", date_from, date_to, counts)
+    return counts
+
+
+def history_start(wh: Warehouse, as_of_date: dt.date, history_days: int) -> dt.date:
+    """Where a run's KPI build starts: the run's day, or further back on a new warehouse.
+
+    A first run (no kpi_daily yet) builds `history_days` days at once, so trends show
+    from the first morning; later runs build their own day only.
+    """
+    if history_days <= 1:
+        return as_of_date
+    with wh.begin() as conn:
+        if wh.table_exists(conn, "marts.kpi_daily"):
+            built = conn.exec_driver_sql(
+                "select count(*) from marts.kpi_daily where as_of_date < "
+                f"date '{as_of_date:%Y-%m-%d}'"
+            ).scalar_one()
+            if built:
+                return as_of_date
+    return as_of_date - dt.timedelta(days=history_days - 1)
+
+
+def _date_spine(wh: Warehouse, conn: sa.Connection, date_from: dt.date, date_to: dt.date) -> None:
+    days = pd.date_range(date_from, date_to, freq="D")
+    frame = pd.DataFrame({
+        "as_of_date": [d.date() for d in days],
+        "as_of_end": [end_of_day(d.date()) for d in days],
+    })
+    _temp_from_frame(wh, conn, "as_of_dates", frame, {"as_of_date": "date", "as_of_end": "timestamp"})
+
+
+def _temp_from_frame(
+    wh: Warehouse, conn: sa.Connection, name: str, frame: pd.DataFrame,
+    types: dict[str, str] | None = None,
+) -> None:
+    types = types or {
+        c: "integer" if pd.api.types.is_integer_dtype(frame[c]) else "varchar" for c in frame.columns
+    }
+    conn.exec_driver_sql(f"drop table if exists {name}")
+    conn.exec_driver_sql(
+        f"create temporary table {name} ({', '.join(f'{c} {t}' for c, t in types.items())})"
+    )
+    wh.bulk_load(conn, name, frame)

@@ -1,0 +1,51 @@
+-- grain: one row per as_of_date and customer created by the end of as_of_date, with their attributes then and their first completed purchase ever
+with as_of as (
+    select * from as_of_dates
+),
+
+customer_versions as (
+    select * from staging.stg_customers
+),
+
+order_versions as (
+    select * from staging.stg_orders
+),
+
+customers_at_day as (
+    select
+        as_of.as_of_date,
+        customer_versions.customer_id,
+        customer_versions.region,
+        customer_versions.loyalty_member
+    from as_of
+    inner join customer_versions
+        on customer_versions.valid_from < as_of.as_of_end
+        and customer_versions.valid_to >= as_of.as_of_end
+        and customer_versions.created_at < as_of.as_of_end
+),
+
+first_purchases as (
+    select
+        as_of.as_of_date,
+        order_versions.customer_id,
+        min(cast(order_versions.ordered_at as date)) as first_purchase_date
+    from as_of
+    inner join order_versions
+        on order_versions.valid_from < as_of.as_of_end
+        and order_versions.valid_to >= as_of.as_of_end
+        and order_versions.ordered_at < as_of.as_of_end
+    where order_versions.status = 'completed'
+    group by as_of.as_of_date, order_versions.customer_id
+),
+
+final as (
+    select
+        customers_at_day.*,
+        first_purchases.first_purchase_date
+    from customers_at_day
+    left join first_purchases
+        on customers_at_day.as_of_date = first_purchases.as_of_date
+        and customers_at_day.customer_id = first_purchases.customer_id
+)
+
+select * from final

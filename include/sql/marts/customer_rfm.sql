@@ -1,0 +1,66 @@
+-- grain: one row per as_of_date and customer with a completed purchase in the {{ rfm_lookback_days }} days ending at as_of_date
+with purchases as (
+    select * from int_purchases
+    where order_date > as_of_date - {{ rfm_lookback_days }}
+),
+
+segment_map as (
+    select * from rfm_segment_map
+),
+
+rfm_values as (
+    select
+        as_of_date,
+        customer_id,
+        as_of_date - max(order_date) as recency_days,
+        count(*) as frequency,
+        sum(net_amount) as monetary
+    from purchases
+    group by as_of_date, customer_id
+),
+
+-- quintile by rank: score = 1 + floor(5 * (rank - 1) / n); ties share the lowest rank, so
+-- equal values always get equal scores, and the order of rows never matters
+ranked as (
+    select
+        rfm_values.*,
+        count(*) over (partition by as_of_date) as base_size,
+        rank() over (partition by as_of_date order by recency_days desc) as r_rank,
+        rank() over (partition by as_of_date order by frequency asc) as f_rank,
+        rank() over (partition by as_of_date order by monetary asc) as m_rank
+    from rfm_values
+),
+
+scored as (
+    select
+        as_of_date,
+        customer_id,
+        recency_days,
+        frequency,
+        monetary,
+        cast(floor(5.0 * (r_rank - 1) / base_size) as integer) + 1 as r_score,
+        cast(floor(5.0 * (f_rank - 1) / base_size) as integer) + 1 as f_score,
+        cast(floor(5.0 * (m_rank - 1) / base_size) as integer) + 1 as m_score
+    from ranked
+),
+
+final as (
+    select
+        scored.as_of_date,
+        scored.customer_id,
+        scored.recency_days,
+        scored.frequency,
+        scored.monetary,
+        scored.r_score,
+        scored.f_score,
+        scored.m_score,
+        cast(scored.r_score as varchar) || cast(scored.f_score as varchar)
+            || cast(scored.m_score as varchar) as rfm_cell,
+        segment_map.segment
+    from scored
+    inner join segment_map
+        on scored.r_score = segment_map.r_score
+        and scored.f_score = segment_map.f_score
+)
+
+select * from final
