@@ -94,3 +94,38 @@ def upsert(url: str, table: str, rows: list[dict]) -> None:
             conn.execute(tbl.delete().where(cond))
             conn.execute(tbl.insert(), [row])
     engine.dispose()
+
+
+def campaign(campaign_id: str, started_at: str, ended_at: str, objective: str = "retention",
+             **kw: Any) -> dict:
+    row = dict(campaign_id=campaign_id, name=f"Campaign {campaign_id}", channel="email",
+               objective=objective, started_at=ts(started_at), ended_at=ts(ended_at), spend=100.0)
+    row.update(_stamps(kw))
+    row.setdefault("updated_at", row["started_at"])
+    return row
+
+
+def contact(campaign_id: str, customer_id: str, contacted_at: str, responded_at: str | None = None,
+            **kw: Any) -> dict:
+    row = dict(campaign_id=campaign_id, customer_id=customer_id, contacted_at=ts(contacted_at),
+               responded_at=ts(responded_at) if responded_at else None)
+    row.update(_stamps(kw))
+    row.setdefault("updated_at", row["responded_at"] or row["contacted_at"])
+    return row
+
+
+def loyalty(event_id: str, customer_id: str, occurred_at: str, kind: str, points: int,
+            **kw: Any) -> dict:
+    row = dict(event_id=event_id, customer_id=customer_id, occurred_at=ts(occurred_at), kind=kind,
+               points=points, tier=None)
+    row.update(_stamps(kw))
+    row.setdefault("updated_at", row["occurred_at"])
+    return row
+
+
+def spend(spend_date: str, channel: str, objective: str, amount: float, **kw: Any) -> dict:
+    day = dt.date.fromisoformat(spend_date)
+    row = dict(spend_date=day, channel=channel, objective=objective, amount=amount,
+               updated_at=dt.datetime.combine(day, dt.time(23)))
+    row.update(_stamps(kw))
+    return row

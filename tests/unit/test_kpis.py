@@ -1,0 +1,255 @@
+"""Every KPI of contract section 3, RFM and value tiers, on a hand-made business.
+
+The day is d = 2025-06-30; the period is 2025-06-01 .. 2025-06-30; "active" looks at
+2025-04-02 (d-89) .. d; "active at d-30" at 2025-03-03 (d-119) .. 2025-05-31 (d-30); the
+repeat window is 2024-07-01 (d-364) .. d. Every expected number below is worked out by
+hand in the comments from the rows in `business()`, and checked on DuckDB and PostgreSQL.
+"""
+
+import datetime as dt
+
+import pytest
+from factories import (
+    build_source, campaign, complaint, contact, customer, loyalty, order, spend, survey, upsert,
+)
+
+from crm_pipeline.extract import extract_table
+from crm_pipeline.kpis import build_snapshots
+from crm_pipeline.source_schema import TABLE_ORDER
+from crm_pipeline.transform import build_staging
+
+D = dt.date(2025, 6, 30)
+
+
+def business() -> dict[str, list[dict]]:
+    north = {"region": "north"}
+    return {
+        "customers": [
+            customer("C01", "2024-01-01", **north), customer("C02", "2024-01-01", **north),
+            customer("C03", "2024-01-01", **north), customer("C04", "2024-01-01", loyalty_member=True),
+            customer("C05", "2025-06-01"), customer("C06", "2025-06-01"),
+            customer("C07", "2023-06-01"), customer("C08", "2024-01-01"),
+            customer("C09", "2024-01-01"), customer("C10", "2024-01-01"),
+            customer("C11", "2024-01-01", loyalty_member=True, loyalty_tier="gold"),
+            customer("C12", "2025-06-20"), customer("C13", "2025-05-01"),
+        ],
+        "orders": [
+            order("O01a", "C01", "2025-03-10"), order("O01b", "C01", "2025-04-02 08:00"),  # d-89: in
+            order("O02", "C02", "2025-04-01 23:59"),            # d-90: out of 'active', in 'active at d-30'
+            order("O03", "C03", "2025-03-03 00:00"),            # d-119: first day of 'active at d-30'
+            order("O04", "C04", "2025-03-02 23:59"),            # d-120: out
+            order("O05a", "C05", "2025-06-10", 30.0), order("O05b", "C05", "2025-06-20", 40.0),
+            order("O06a", "C06", "2025-06-05", status="refunded"), order("O06b", "C06", "2025-06-15", 25.0),
+            order("O07a", "C07", "2024-01-15"), order("O07b", "C07", "2025-05-31 23:00"),
+            order("O07c", "C07", "2025-06-01 00:00"),
+            order("O08a", "C08", "2025-03-20"), order("O08b", "C08", "2025-06-12", status="refunded"),
+            order("O09a", "C09", "2024-08-01"), order("O09b", "C09", "2025-06-25", status="cancelled"),
+            order("O10a", "C10", "2024-06-30"), order("O10b", "C10", "2024-07-01 00:00"),  # d-365 / d-364
+            order("O11a", "C11", "2025-05-01"), order("O11b", "C11", "2025-06-30 23:59", 50.0,
+                                                      channel="online"),
+            order("O13", "C13", "2025-07-01 00:00"),            # the next day: not in
+        ],
+        "surveys": [
+            survey("S1", "C01", "2025-06-05", "csat", 5), survey("S2", "C05", "2025-06-30 22:00", "csat", 4),
+            survey("S3", "C06", "2025-06-15", "csat", 3), survey("S4", "C07", "2025-05-31", "csat", 1),
+            survey("S5", "C11", "2025-07-01 00:30", "csat", 5),
+            survey("N1", "C01", "2025-06-10", "nps", 10), survey("N2", "C07", "2025-06-11", "nps", 9),
+            survey("N3", "C08", "2025-06-12", "nps", 6), survey("N4", "C11", "2025-06-13", "nps", 8),
+            survey("N5", "C05", "2025-06-14", "nps", 7),
+        ],
+        "complaints": [
+            complaint("K1", "C01", "2025-06-02 10:00", first_response_at="2025-06-02 14:00",
+                      closed_at="2025-06-03 10:00"),                      # 4 h, 24 h
+            complaint("K2", "C05", "2025-06-10 08:00", first_response_at="2025-06-11 08:00",
+                      closed_at="2025-06-12 08:00"),                      # 24 h, exactly 48 h
+            complaint("K3", "C07", "2025-05-25 00:00", first_response_at="2025-05-25 06:00",
+                      closed_at="2025-06-05 00:00"),                      # opened before: 264 h
+            complaint("K4", "C08", "2025-06-20 09:00", first_response_at="2025-06-20 10:30"),  # 1.5 h
+            complaint("K5", "C11", "2025-06-28 12:00", first_response_at="2025-07-01 12:00",
+                      updated_at="2025-06-28 12:00"),                     # answered after d
+            complaint("K6", "C06", "2025-06-15 00:00", first_response_at="2025-06-15 02:00",
+                      closed_at="2025-06-17 00:01"),                      # 2 h, 48 h 1 min
+        ],
+        "campaigns": [campaign("X1", "2025-05-30", "2025-06-30")],
+        "campaign_contacts": [
+            contact("X1", "C01", "2025-06-01 10:00", "2025-06-15 10:00"),  # exactly 14 days: yes
+            contact("X1", "C02", "2025-06-02 10:00", "2025-06-17 10:00"),  # 15 days: no
+            contact("X1", "C03", "2025-06-03 10:00"),                      # no response
+            contact("X1", "C04", "2025-05-31 10:00", "2025-06-01 10:00"),  # contacted before: out
+            contact("X1", "C05", "2025-06-25 10:00", "2025-07-01 09:00",
+                    updated_at="2025-06-25 10:00"),                        # responds after d
+        ],
+        "loyalty_events": [
+            loyalty("E1", "C11", "2025-06-05", "earn", 100), loyalty("E2", "C11", "2025-06-20", "redeem", 30),
+            loyalty("E3", "C01", "2025-06-25", "earn", 50), loyalty("E4", "C11", "2025-05-30", "earn", 999),
+            loyalty("E5", "C11", "2025-06-30", "tier_change", 0, tier="gold"),
+        ],
+        "marketing_spend": [
+            spend("2025-06-01", "shop", "acquisition", 100.0),
+            spend("2025-06-30", "online", "acquisition", 50.0),
+            spend("2025-06-10", "shop", "retention", 200.0),
+            spend("2025-05-31", "shop", "acquisition", 999.0),
+        ],
+    }
+
+
+@pytest.fixture
+def built(tmp_path, warehouse):
+    src = build_source(f"sqlite:///{tmp_path}/source.db", business())
+    for table in TABLE_ORDER:
+        extract_table(src, warehouse, table, D, "night-1")
+    # C05's 06-20 order is refunded on 07-02, after d: a run for d must still count it
+    upsert(src, "orders", [order("O05b", "C05", "2025-06-20", 40.0, status="refunded",
+                                 updated_at="2025-07-02 09:00")])
+    for table in TABLE_ORDER:
+        extract_table(src, warehouse, table, dt.date(2025, 7, 2), "night-2")
+    build_staging(warehouse)
+    build_snapshots(warehouse, D, D)
+    return warehouse
+
+
+def kpis(wh, day=D, dimension="all", value="all"):
+    with wh.begin() as conn:
+        rows = conn.exec_driver_sql(
+            "select kpi, value, numerator, denominator from marts.kpi_daily "
+            f"where as_of_date = date '{day}' and dimension = '{dimension}' "
+            f"and dimension_value = '{value}'").fetchall()
+    return {kpi: (v, n, d) for kpi, v, n, d in rows}
+
+
+def test_every_kpi_for_the_whole_base(built):
+    k = kpis(built)
+    assert set(k) == {
+        "active_customers", "churn_rate", "retention_rate", "new_customers",
+        "repeat_purchase_rate", "purchase_frequency", "aov", "csat", "nps", "cac",
+        "complaints_per_1000_orders", "complaint_first_response_hours",
+        "complaint_resolution_hours", "complaint_sla_rate", "campaign_response_rate",
+        "loyalty_member_share", "points_redemption_rate",
+    }
+    # active at d (04-02..06-30): C01 (04-02), C05, C06, C07, C11; not C08 (06-12 refunded)
+    assert k["active_customers"] == (5, 5, None)
+    # active at d-30 (03-03..05-31): C01, C02 (04-01), C03 (03-03), C07 (05-31), C08, C11 = 6;
+    # not active at d: C02, C03, C08
+    assert k["churn_rate"] == (0.5, 3, 6)
+    # new: first completed order ever in the period: C05 (06-10), C06 (06-15; 06-05 refunded)
+    assert k["new_customers"] == (2, 2, None)
+    assert k["retention_rate"] == (0.5, 3, 6)  # (E - N) / S = (5 - 2) / 6
+    # buyers 07-01..06-30: C01..C11 = 11 (C10 by its 2024-07-01 order only);
+    # 2+ orders: C01, C05 (refund after d not known yet), C07 (05-31, 06-01), C11 = 4
+    assert k["repeat_purchase_rate"] == (pytest.approx(4 / 11), 4, 11)
+    # period orders: O05a 30, O05b 40, O06b 25, O07c 20, O11b 50 by C05, C06, C07, C11
+    assert k["purchase_frequency"] == (1.25, 5, 4)
+    assert k["aov"] == (33.0, 165.0, 5)
+    # csat in period: 5, 4, 3 (S4 is 05-31, S5 is after d)
+    assert k["csat"] == (pytest.approx(200 / 3), 2, 3)
+    # nps: 10, 9 promoters; 6 detractor; 8, 7 passive: (2 - 1) / 5
+    assert k["nps"] == (20.0, 1, 5)
+    # acquisition spend 06-01 100 + 06-30 50 (retention and 05-31 out) / 2 new customers
+    assert k["cac"] == (75.0, 150.0, 2)
+    # opened in period: K1, K2, K4, K5, K6 = 5 per 5 completed orders
+    assert k["complaints_per_1000_orders"] == (1000.0, 5, 5)
+    # first responses known by d: 4, 24, 1.5, 2 (K5 answered after d) -> median (2 + 4) / 2
+    assert k["complaint_first_response_hours"] == (3.0, None, 4)
+    # closed in period: K1 24, K2 48, K3 264, K6 48.0167 -> median (48 + 48 + 1/60) / 2
+    assert k["complaint_resolution_hours"][0] == pytest.approx(48 + 1 / 120)
+    assert k["complaint_resolution_hours"][2] == 4
+    # within 48 hours: K1, K2 (exactly 48 h counts) of 4
+    assert k["complaint_sla_rate"] == (0.5, 2, 4)
+    # contacts in period: C01, C02, C03, C05; responded within 14 days by d: C01
+    assert k["campaign_response_rate"] == (0.25, 1, 4)
+    # members among the 5 active: C11 (C04 is a member but not active)
+    assert k["loyalty_member_share"] == (0.2, 1, 5)
+    # redeemed 30 / earned 100 + 50 (E4 before the period, tier change not points)
+    assert k["points_redemption_rate"] == (0.2, 30, 150)
+
+
+def test_dimensions(built):
+    # region: north = C01, C02, C03 (S = 3, churned C02, C03); south S = C07, C08, C11
+    assert kpis(built, dimension="region", value="north")["churn_rate"] == (
+        pytest.approx(2 / 3), 2, 3)
+    assert kpis(built, dimension="region", value="south")["churn_rate"] == (
+        pytest.approx(1 / 3), 1, 3)
+    # channel: the order's channel, for order KPIs only
+    online = kpis(built, dimension="channel", value="online")
+    assert online == {"purchase_frequency": (1.0, 1, 1), "aov": (50.0, 50, 1)}
+    staff = kpis(built, dimension="channel", value="delivery_staff")
+    assert staff["purchase_frequency"] == (pytest.approx(4 / 3), 4, 3)
+    assert staff["aov"] == (28.75, 115.0, 4)
+    # tier as of d (see test_value_tiers): S by tier: regular C01, C11; small C02, C03, C07, C08
+    assert kpis(built, dimension="tier", value="regular")["churn_rate"] == (0.0, 0, 2)
+    assert kpis(built, dimension="tier", value="small")["churn_rate"] == (0.75, 3, 4)
+    assert kpis(built, dimension="tier", value="vip")["churn_rate"] == (None, 0, 0)  # zero: null
+    assert "cac" not in kpis(built, dimension="tier", value="small")
+    # segment: Champions = C05, C11 -> both active, one new
+    champions = kpis(built, dimension="segment", value="Champions")
+    assert champions["active_customers"][0] == 2 and champions["new_customers"][0] == 1
+
+
+def test_rfm_scores_and_segments_at_ties(built):
+    with built.begin() as conn:
+        rows = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(
+            "select customer_id, recency_days, frequency, r_score, f_score, m_score, segment "
+            f"from marts.customer_rfm where as_of_date = date '{D}'").fetchall()}
+    # 11 buyers; score = 1 + floor(5 * (rank - 1) / 11), ties share the lowest rank.
+    # recency ranks (oldest first): C10 364, C09 333, C04 120 -> 1; C03 119, C08 102 -> 2;
+    # C02 90, C01 89 -> 3; C07 29, C06 15 -> 4; C05 10, C11 0 -> 5.
+    # frequency: seven customers with 1 order tie at rank 1 -> 1; four with 2 at rank 8 -> 4.
+    # monetary: six at 20 -> 1; C06 25 rank 7 -> 3; C01, C07 40 rank 8 -> 4; C05, C11 70 rank 10 -> 5
+    assert rows == {
+        "C10": (364, 1, 1, 1, 1, "Lost"), "C09": (333, 1, 1, 1, 1, "Lost"),
+        "C04": (120, 1, 1, 1, 1, "Lost"), "C03": (119, 1, 2, 1, 1, "Hibernating"),
+        "C08": (102, 1, 2, 1, 1, "Hibernating"), "C02": (90, 1, 3, 1, 1, "About to sleep"),
+        "C01": (89, 2, 3, 4, 4, "Loyal"), "C07": (29, 2, 4, 4, 4, "Loyal"),
+        "C06": (15, 1, 4, 1, 3, "Promising"), "C05": (10, 2, 5, 4, 5, "Champions"),
+        "C11": (0, 2, 5, 4, 5, "Champions"),
+    }
+
+
+def test_value_tiers_rank_by_margin_with_deterministic_ties(built):
+    with built.begin() as conn:
+        rows = conn.exec_driver_sql(
+            "select customer_id, revenue_12m, rank, tier from marts.customer_value_tier "
+            f"where as_of_date = date '{D}' order by rank").fetchall()
+    # C05 and C11 tie at 70 (margin 28): customer_id breaks it. n = 11: vip while
+    # 100 (rank - 1) < 1 * 11 -> rank 1; key < 5 * 11 -> none more; regular < 20 * 11 -> ranks 2, 3
+    assert [(r[0], float(r[1]), r[2], r[3]) for r in rows[:4]] == [
+        ("C05", 70.0, 1, "vip"), ("C11", 70.0, 2, "regular"),
+        ("C01", 40.0, 3, "regular"), ("C07", 40.0, 4, "small")]
+    assert len(rows) == 11 and {r[3] for r in rows[4:]} == {"small"}
+
+
+def test_a_period_with_no_surveys_gives_null_not_zero(built):
+    build_snapshots(built, dt.date(2025, 9, 30), dt.date(2025, 9, 30))
+    k = kpis(built, dt.date(2025, 9, 30))
+    assert k["csat"] == (None, 0, 0) and k["nps"] == (None, 0, 0)
+    assert k["aov"][0] is None and k["cac"][0] is None
+    assert k["active_customers"] == (0, 0, None)
+
+
+def test_the_refund_is_seen_from_its_own_day_on(built):
+    build_snapshots(built, dt.date(2025, 7, 2), dt.date(2025, 7, 2))
+    # period 06-03..07-02: O05a 30, O06b 25, O11b 50, O13 20 (07-01); O05b refunded on 07-02
+    assert kpis(built, dt.date(2025, 7, 2))["aov"] == (31.25, 125.0, 4)
+    assert kpis(built)["aov"] == (33.0, 165.0, 5)  # d itself untouched
+
+
+def snapshot(wh, first, last):
+    out = {}
+    with wh.begin() as conn:
+        for table in ("kpi_daily", "customer_rfm", "customer_value_tier", "segment_migration"):
+            out[table] = sorted(map(tuple, conn.exec_driver_sql(
+                f"select * from marts.{table} where as_of_date between date '{first}' "
+                f"and date '{last}'").fetchall()), key=repr)
+    return out
+
+
+def test_a_range_build_equals_the_days_built_one_by_one_and_reruns_are_equal(built):
+    first = D - dt.timedelta(days=2)
+    build_snapshots(built, first, D)
+    ranged = snapshot(built, first, D)
+    assert len({r[0] for r in ranged["kpi_daily"]}) == 3 and ranged["segment_migration"]
+    for day in (first, first + dt.timedelta(days=1), D):
+        build_snapshots(built, day, day)
+    assert snapshot(built, first, D) == ranged
+    build_snapshots(built, first, D)
+    assert snapshot(built, first, D) == ranged
