@@ -25,10 +25,10 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 for _var in ("AIRFLOW_CONN_CRM_SOURCE", "AIRFLOW_CONN_CRM_WAREHOUSE"):
     os.environ.pop(_var, None)
 
-import pytest
-import sqlalchemy as sa
+import pytest  # noqa: E402 - after the environment above, on purpose
+import sqlalchemy as sa  # noqa: E402
 
-from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse import Warehouse  # noqa: E402
 
 PG_URL = os.environ.get("CRM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 _pg_problem: list[str] = []

@@ -7,11 +7,14 @@ so the expected values worked out by hand in the test stay readable.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from crm_pipeline.source_schema import metadata
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def ts(value: str | dt.datetime) -> dt.datetime:

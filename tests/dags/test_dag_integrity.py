@@ -4,8 +4,7 @@ import datetime as dt
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
-
-from conftest import ROOT
+from factories import ROOT
 
 
 @pytest.fixture(scope="module")

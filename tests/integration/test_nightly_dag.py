@@ -9,7 +9,7 @@ import datetime as dt
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
-from conftest import ROOT
+from factories import ROOT
 
 from crm_pipeline import demo
 from crm_pipeline.warehouse import Warehouse

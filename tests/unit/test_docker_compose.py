@@ -4,7 +4,7 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT
+from factories import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
