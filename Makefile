@@ -1,5 +1,5 @@
 # The two commands a new user needs, and a few more for people who run this every night.
-.PHONY: run test lint backfill bench lock clean
+.PHONY: run test lint backfill lock clean
 
 run:            ## run crm_nightly end to end on the embedded default (venv + demo data as needed)
 	bash scripts/run.sh
@@ -15,3 +15,6 @@ lock:           ## re-resolve constraints.txt from requirements*.txt in a scratc
 
 clean:          ## remove the demo data, the warehouse and Airflow's local state (keeps .venv)
 	rm -rf data .airflow
+
+backfill:       ## one DAG run per day: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD
+	FROM=$(FROM) TO=$(TO) bash scripts/backfill.sh
