@@ -51,13 +51,54 @@ def prepare_demo(day: dt.date, customers: int, days: int, seed: int) -> None:
         print(f"demo: advanced to {last}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items() if n))
 
 
+HEADLINE_KPIS = (
+    "active_customers", "new_customers", "churn_rate", "retention_rate", "repeat_purchase_rate",
+    "aov", "csat", "nps", "complaint_sla_rate", "cac",
+)
+
+
 def summary(day: dt.date) -> None:
+    """What an analyst wants to see after a run: where, how much, and the day's picture."""
     wh = Warehouse(env_url("AIRFLOW_CONN_CRM_WAREHOUSE"), lock_wait_seconds=60)
     where = wh.engine.url.database if wh.dialect == "duckdb" else wh.engine.url.render_as_string()
     print(f"\nWarehouse ({wh.dialect}): {where}")
-    print(f"Tables for as_of_date {day}:")
+    print(f"Tables (snapshots for as_of_date {day}):")
     for table, count in wh.row_counts(("marts", "ops", "quarantine")).items():
         print(f"  {table:<40} {count:>12,} rows")
+    with wh.begin() as conn:
+        existing = set(wh.tables(conn, "marts"))
+
+        def query(sql: str) -> list[tuple]:
+            return [tuple(r) for r in conn.exec_driver_sql(wh.render(sql, {"as_of_date": day}))]
+
+        if "customer_rfm" in existing:
+            rows = query("select segment, count(*) from marts.customer_rfm "
+                         "where as_of_date = {{ as_of_date }} group by segment order by 2 desc")
+            print(f"\nRFM segments on {day}: " + ", ".join(f"{s} {n:,}" for s, n in rows))
+        if "customer_value_tier" in existing:
+            rows = query("select tier, count(*), sum(margin_12m) from marts.customer_value_tier "
+                         "where as_of_date = {{ as_of_date }} group by tier order by 3 desc")
+            print("Value tiers (customers, 12-month margin): " + ", ".join(
+                f"{t} {n:,} ({float(m):,.0f})" for t, n, m in rows))
+        if "kpi_daily" in existing:
+            rows = dict(query("select kpi, value from marts.kpi_daily where as_of_date = "
+                              "{{ as_of_date }} and dimension = 'all'"))
+            days = query("select count(distinct as_of_date) from marts.kpi_daily")[0][0]
+            print(f"Headline KPIs on {day} ({days} days of history in marts.kpi_daily):")
+            for kpi in HEADLINE_KPIS:
+                print(f"  {kpi:<24} {_fmt(kpi, rows.get(kpi))}")
+
+
+def _fmt(kpi: str, value: float | None) -> str:
+    if value is None:
+        return "n/a (nothing to divide by)"
+    if kpi.endswith("_rate"):
+        return f"{value:.1%}"
+    if kpi in ("csat", "nps"):
+        return f"{value:.1f}"
+    if kpi in ("active_customers", "new_customers"):
+        return f"{value:,.0f}"
+    return f"{value:,.2f}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -187,12 +187,21 @@ def _read_chunks(
     with source.connect().execution_options(stream_results=True) as conn:
         result = conn.execute(stmt, params)
         while rows := result.fetchmany(chunk_rows):
-            frame = pd.DataFrame.from_records(rows, columns=columns, coerce_float=False)
-            yield frame.apply(canonical_text).astype(object)
+            by_column = zip(*rows, strict=True)
+            yield pd.DataFrame({
+                name: canonical_text(pd.Series(values, dtype=object))
+                for name, values in zip(columns, by_column, strict=True)
+            })
 
 
 def canonical_text(column: pd.Series) -> pd.Series:
-    """One text spelling per value, whatever the source driver returned."""
+    """One text spelling per value, whatever the source driver returned.
+
+    Text columns (most of them, and all of SQLite's timestamps) pass through untouched;
+    only numbers, dates and booleans are spelled out, value by value.
+    """
+    if pd.api.types.infer_dtype(column, skipna=True) in ("string", "empty"):
+        return column.where(column.notna(), None)
     return column.map(_canon, na_action="ignore").astype(object).where(column.notna(), None)
 
 

@@ -45,24 +45,37 @@ spend as (
     select * from staging.stg_marketing_spend
 ),
 
+-- one row per customer and day with a purchase in the 365 days: the activity windows
+purchase_windows as (
+    select
+        purchases.as_of_date,
+        purchases.customer_id,
+        max(case when purchases.order_date between purchases.as_of_date - 119
+            and purchases.as_of_date - 30 then 1 else 0 end) as active_at_start,
+        max(case when purchases.order_date >= purchases.as_of_date - 89 then 1 else 0 end)
+            as active_at_end,
+        count(*) as purchases_365d
+    from purchases
+    where purchases.as_of_date in (select as_of_date from as_of)
+    group by purchases.as_of_date, purchases.customer_id
+),
+
 -- one row per customer and day: the customer-based KPIs' flags
 customer_activity as (
     select
         customers.as_of_date,
         customers.customer_id,
-        max(case when purchases.order_date between as_of.as_of_date - 119 and as_of.as_of_date - 30
-            then 1 else 0 end) as active_at_start,
-        max(case when purchases.order_date >= as_of.as_of_date - 89 then 1 else 0 end) as active_at_end,
-        max(case when customers.first_purchase_date >= as_of.period_start then 1 else 0 end) as is_new,
-        count(purchases.order_id) as purchases_365d,
-        max(case when customers.loyalty_member then 1 else 0 end) as loyalty_member
+        coalesce(purchase_windows.active_at_start, 0) as active_at_start,
+        coalesce(purchase_windows.active_at_end, 0) as active_at_end,
+        case when customers.first_purchase_date >= as_of.period_start then 1 else 0 end as is_new,
+        coalesce(purchase_windows.purchases_365d, 0) as purchases_365d,
+        case when customers.loyalty_member then 1 else 0 end as loyalty_member
     from customers
     inner join as_of
         on customers.as_of_date = as_of.as_of_date
-    left join purchases
-        on customers.as_of_date = purchases.as_of_date
-        and customers.customer_id = purchases.customer_id
-    group by customers.as_of_date, customers.customer_id
+    left join purchase_windows
+        on customers.as_of_date = purchase_windows.as_of_date
+        and customers.customer_id = purchase_windows.customer_id
 ),
 
 -- every fact the KPIs count, one row each, in one shape: what kind of fact, whose, and its measures
@@ -172,30 +185,41 @@ dimensions as (
     union all select 'channel'
 ),
 
--- each fact once per dimension, labelled with the customer's tier, segment and region as of
--- the day (or the order's channel); marketing spend belongs to no customer: 'all' only
-facts_by_dimension as (
+-- each fact with the customer's tier, segment and region as of the day
+facts_with_customer as (
     select
         facts.*,
-        dimensions.dimension,
-        case dimensions.dimension
-            when 'all' then 'all'
-            when 'tier' then coalesce(tiers.tier, 'unassigned')
-            when 'segment' then coalesce(segments.segment, 'unassigned')
-            when 'region' then coalesce(customers.region, 'unknown')
-            when 'channel' then facts.channel
-        end as dimension_value
+        coalesce(tiers.tier, 'unassigned') as tier,
+        coalesce(segments.segment, 'unassigned') as segment,
+        coalesce(customers.region, 'unknown') as region
     from facts
-    cross join dimensions
     left join tiers
         on facts.as_of_date = tiers.as_of_date and facts.customer_id = tiers.customer_id
     left join segments
         on facts.as_of_date = segments.as_of_date and facts.customer_id = segments.customer_id
     left join customers
         on facts.as_of_date = customers.as_of_date and facts.customer_id = customers.customer_id
+),
+
+-- each fact once per dimension it counts in; marketing spend belongs to no customer
+-- ('all' only), the channel dimension is the order's channel (purchases only)
+facts_by_dimension as (
+    select
+        facts_with_customer.*,
+        dimensions.dimension,
+        case dimensions.dimension
+            when 'all' then 'all'
+            when 'tier' then facts_with_customer.tier
+            when 'segment' then facts_with_customer.segment
+            when 'region' then facts_with_customer.region
+            when 'channel' then facts_with_customer.channel
+        end as dimension_value
+    from facts_with_customer
+    cross join dimensions
     where dimensions.dimension = 'all'
-        or (dimensions.dimension = 'channel' and facts.kind = 'purchase')
-        or (dimensions.dimension in ('tier', 'segment', 'region') and facts.customer_id is not null)
+        or (dimensions.dimension = 'channel' and facts_with_customer.kind = 'purchase')
+        or (dimensions.dimension in ('tier', 'segment', 'region')
+            and facts_with_customer.customer_id is not null)
 ),
 
 aggregated as (
