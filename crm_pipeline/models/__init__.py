@@ -1,0 +1,1 @@
+"""Statistical models scored by the nightly pipeline (pure numpy/scipy/pandas, no Airflow)."""
