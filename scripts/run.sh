@@ -26,10 +26,12 @@ if ! airflow dags test crm_nightly "$DAY" >"$log" 2>&1; then
   echo "run: crm_nightly FAILED for $DAY; full log: $log" >&2
   exit 1
 fi
-grep -oE "Marking task as [A-Z_]+.*task_id=[a-z_.]+" "$log" | sed 's/^/  /' | sort | uniq -c | sed 's/^ */  /' || true
 if ! grep -q "state=success" "$log"; then
   echo "run: crm_nightly did not succeed for $DAY; full log: $log" >&2
   exit 1
 fi
+run_id=$(grep -oE "DagRun Finished: dag_id=crm_nightly, logical_date=[^,]+, run_id=[^,]+" "$log" | tail -1 | sed 's/.*run_id=//')
+airflow tasks states-for-dag-run crm_nightly "$run_id" -o json 2>/dev/null \
+  | python scripts/task_report.py "$run_id" || true
 python -m crm_pipeline.cli summary --day "$DAY"
 echo "run: done in $(( $(date +%s) - start )) s; log: $log"
