@@ -1,0 +1,753 @@
+"""KPI targets and `marts.kpi_evaluation`: is each KPI where it should be, and is it normal?
+
+For every row of `marts.kpi_daily` on a day d (one KPI, one dimension value), this module
+answers two questions and writes the answers to `marts.kpi_evaluation`:
+
+* **Against its target** (include/config/targets.yaml, with effective dates, so a backfill
+  of a past day uses the targets then in force; optionally per dimension value).
+  `breach` when the KPI is on the wrong side of its target, `warn` when it is within the
+  warn margin of it.
+* **Against its own recent level** (the baseline): the median of the KPI's previous
+  `baseline_days` daily values (d excluded), with a normal band of
+  median +/- k * 1.4826 * MAD (a robust standard deviation, so one bad day in the window
+  does not widen the band), never narrower than the KPI's `min_band_width`. Leaving the
+  band in the bad direction is an `unusual_move`.
+
+Share-like KPIs are judged by the evidence behind them (`evidence` in targets.yaml), so
+ten survey responses do not trigger what a thousand would: the one-sided interval at
+`confidence` around the day's value (Wilson score interval for a share such as csat or
+churn; for NPS a normal interval with the variance bound (1 - nps^2) / n, which holds
+whatever the promoter and detractor shares are) must lie entirely on the wrong side of
+the target for a breach, and beyond the baseline for an unusual move. A value past the
+target without that evidence is only `warn`, with the reason saying so.
+
+A KPI whose input source tables failed validation or are stale for d (ops.table_status,
+crm_pipeline.validate) is `not_evaluated`, never an alarm; so is a KPI with no value or
+with fewer than `min_n` observations behind it.
+
+`flagged` = target breached or unusual move: what alert rules (crm_pipeline.alerts) fire on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+import yaml
+
+from crm_pipeline.config import CONFIG_DIR
+from crm_pipeline.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+TARGETS_FILE = CONFIG_DIR / "targets.yaml"
+EVALUATION_TABLE = "marts.kpi_evaluation"
+HIGHER = "higher_is_better"
+LOWER = "lower_is_better"
+STATUSES = ("ok", "warn", "breach", "not_evaluated")
+
+# Which source tables each KPI is computed from: if one of them failed validation or is
+# stale for the day, the KPI is not evaluated (shared/contract.md section 3).
+KPI_INPUTS: dict[str, tuple[str, ...]] = {
+    "active_customers": ("orders", "customers"),
+    "churn_rate": ("orders", "customers"),
+    "retention_rate": ("orders", "customers"),
+    "new_customers": ("orders", "customers"),
+    "repeat_purchase_rate": ("orders", "customers"),
+    "purchase_frequency": ("orders", "customers"),
+    "aov": ("orders", "customers"),
+    "csat": ("surveys",),
+    "nps": ("surveys",),
+    "complaints_per_1000_orders": ("complaints", "orders"),
+    "complaint_first_response_hours": ("complaints",),
+    "complaint_resolution_hours": ("complaints",),
+    "complaint_sla_rate": ("complaints",),
+    "campaign_response_rate": ("campaign_contacts",),
+    "cac": ("marketing_spend", "orders"),
+    "loyalty_member_share": ("customers", "orders"),
+    "points_redemption_rate": ("loyalty_events",),
+}
+# The breakdowns add their own inputs: a tier or segment comes from the orders, a region
+# from the customer record, a channel from the order.
+DIMENSION_INPUTS: dict[str, tuple[str, ...]] = {
+    "all": (),
+    "tier": ("orders",),
+    "segment": ("orders",),
+    "region": ("customers",),
+    "channel": ("orders",),
+}
+UNUSABLE_STATUSES = ("failed", "stale")  # 'quarantined' = bad rows held aside, table usable
+
+EVALUATION_COLUMNS: dict[str, str] = {
+    "as_of_date": "date",
+    "kpi": "varchar",
+    "dimension": "varchar",
+    "dimension_value": "varchar",
+    "value": "double precision",
+    "target": "double precision",
+    "direction": "varchar",
+    "status": "varchar",
+    "baseline": "double precision",
+    "change_vs_baseline": "double precision",
+    "baseline_low": "double precision",
+    "baseline_high": "double precision",
+    "baseline_days": "integer",
+    "n": "double precision",
+    "interval_low": "double precision",
+    "interval_high": "double precision",
+    "target_breached": "boolean",
+    "unusual_move": "boolean",
+    "flagged": "boolean",
+    "reason": "varchar",
+    "run_id": "varchar",
+}
+
+
+# -- configuration ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TargetVersion:
+    effective_from: dt.date
+    target: float | None
+    warn_margin: float = 0.0
+    # (dimension, dimension_value) -> (target, warn_margin)
+    overrides: Mapping[tuple[str, str], tuple[float | None, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KpiSpec:
+    kpi: str
+    direction: str
+    unit: str = "number"  # share | percent | score | count | money | hours | rate
+    label: str = ""
+    evidence: str = "none"  # none | proportion | nps
+    min_n: float = 0.0
+    min_band_width: float = 0.0
+    versions: tuple[TargetVersion, ...] = ()
+
+    @property
+    def title(self) -> str:
+        return self.label or self.kpi
+
+    def target_for(
+        self, day: dt.date, dimension: str = "all", value: str = "all"
+    ) -> tuple[float | None, float]:
+        """The (target, warn margin) in force on `day` for one dimension value."""
+        current = None
+        for version in self.versions:
+            if version.effective_from <= day:
+                current = version
+        if current is None:
+            return None, 0.0
+        return current.overrides.get((dimension, value), (current.target, current.warn_margin))
+
+    # formatting, shared with the alert email
+    def fmt(self, v: float | None, compact: bool = False) -> str:
+        return format_value(self.unit, v, compact)
+
+    def fmt_change(self, v: float | None) -> str:
+        return format_change(self.unit, v)
+
+    def op(self) -> str:
+        return "≥" if self.direction == HIGHER else "≤"
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    baseline_days: int = 28
+    min_history_days: int = 14
+    band_k: float = 3.0
+    confidence: float = 0.95
+
+    @property
+    def z(self) -> float:
+        return NormalDist().inv_cdf(self.confidence)
+
+
+@dataclass(frozen=True)
+class Targets:
+    kpis: Mapping[str, KpiSpec]
+    settings: EvaluationSettings = EvaluationSettings()
+
+    def spec(self, kpi: str) -> KpiSpec | None:
+        return self.kpis.get(kpi)
+
+
+def load_targets(source: str | Path | Mapping[str, Any] | Targets | None = None) -> Targets:
+    """Targets from a YAML file (default include/config/targets.yaml) or a parsed mapping."""
+    if isinstance(source, Targets):
+        return source
+    if source is None or isinstance(source, str | Path):
+        path = Path(source or TARGETS_FILE)
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    else:
+        raw = dict(source)
+    ev = dict(raw.get("evaluation") or {})
+    settings = EvaluationSettings(
+        baseline_days=int(ev.get("baseline_days", 28)),
+        min_history_days=int(ev.get("min_history_days", 14)),
+        band_k=float(ev.get("band_k", 3.0)),
+        confidence=float(ev.get("confidence", 0.95)),
+    )
+    if not 0.5 < settings.confidence < 1 or settings.baseline_days < 1 or settings.band_k <= 0:
+        raise ValueError(f"targets: bad evaluation settings {ev!r}")
+    kpis = {}
+    for kpi, spec in (raw.get("kpis") or {}).items():
+        kpis[kpi] = _kpi_spec(kpi, spec or {})
+    return Targets(kpis=kpis, settings=settings)
+
+
+def _kpi_spec(kpi: str, spec: Mapping[str, Any]) -> KpiSpec:
+    direction = spec.get("direction")
+    if direction not in (HIGHER, LOWER):
+        raise ValueError(
+            f"targets: {kpi}: direction must be {HIGHER} or {LOWER}, not {direction!r}"
+        )
+    evidence = spec.get("evidence", "none")
+    if evidence not in ("none", "proportion", "nps"):
+        raise ValueError(f"targets: {kpi}: evidence must be none, proportion or nps")
+    versions = []
+    for item in spec.get("targets") or []:
+        eff = item.get("effective_from")
+        if isinstance(eff, str):
+            eff = dt.date.fromisoformat(eff)
+        if not isinstance(eff, dt.date):
+            raise ValueError(f"targets: {kpi}: every target needs an effective_from date")
+        margin = float(item.get("warn_margin") or 0.0)
+        overrides = {}
+        for dim, values in (item.get("by_dimension") or {}).items():
+            for dim_value, override in (values or {}).items():
+                if isinstance(override, Mapping):
+                    overrides[(str(dim), str(dim_value))] = (
+                        _opt_float(override.get("target")),
+                        float(override.get("warn_margin", margin) or 0.0),
+                    )
+                else:
+                    overrides[(str(dim), str(dim_value))] = (_opt_float(override), margin)
+        versions.append(TargetVersion(eff, _opt_float(item.get("target")), margin, overrides))
+    versions.sort(key=lambda v: v.effective_from)
+    if len({v.effective_from for v in versions}) != len(versions):
+        raise ValueError(f"targets: {kpi}: two targets take effect on the same day")
+    return KpiSpec(
+        kpi=kpi,
+        direction=direction,
+        unit=str(spec.get("unit", "number")),
+        label=str(spec.get("label", "")),
+        evidence=evidence,
+        min_n=float(spec.get("min_n", 0) or 0),
+        min_band_width=float(spec.get("min_band_width", 0) or 0),
+        versions=tuple(versions),
+    )
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+# -- formatting -------------------------------------------------------------------------
+def _num(v: float, decimals: int, compact: bool) -> str:
+    text = f"{v:,.{decimals}f}"
+    if compact and "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def format_value(unit: str, v: float | None, compact: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if unit == "share":
+        return _num(100 * v, 1, compact) + "%"
+    if unit == "percent":
+        return _num(v, 1, compact) + "%"
+    if unit == "score":
+        return _num(v, 1, compact)
+    if unit == "count":
+        return _num(v, 0, compact)
+    if unit == "money":
+        return _num(v, 2, compact)
+    if unit == "hours":
+        return _num(v, 1, compact) + " h"
+    return _num(v, 2, compact)
+
+
+def format_change(unit: str, v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    sign = "+" if v > 0 else ("−" if v < 0 else "±")
+    a = abs(v)
+    if unit == "share":
+        return f"{sign}{100 * a:.1f} pts"
+    if unit == "percent":
+        return f"{sign}{a:.1f} pts"
+    if unit == "score":
+        return f"{sign}{a:.1f}"
+    if unit == "count":
+        return f"{sign}{a:,.0f}"
+    if unit == "hours":
+        return f"{sign}{a:.1f} h"
+    return f"{sign}{a:,.2f}"
+
+
+# -- statistics -------------------------------------------------------------------------
+def wilson_interval(p: float, n: float, z: float) -> tuple[float, float]:
+    """Wilson score interval for a share p observed on n trials (z: one side's quantile)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = min(max(p, 0.0), 1.0)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def nps_interval(nps: float, n: float, z: float) -> tuple[float, float]:
+    """Normal interval for NPS (-100..100) on n responses, with the conservative variance.
+
+    Per response the score is +1 (promoter), 0 or -1 (detractor): its variance is
+    (P + D) - (P - D)^2 <= 1 - nps^2, so only the net share is needed and the interval
+    is never too narrow.
+    """
+    if n <= 0:
+        return -100.0, 100.0
+    d = min(max(nps / 100.0, -1.0), 1.0)
+    se = math.sqrt(max(1.0 - d * d, 0.0) / n)
+    # a net share at +/-1 has no spread in this bound: fall back to the Wilson width of
+    # the promoter (or detractor) share so a unanimous handful is still uncertain
+    if se == 0.0:
+        lo, hi = wilson_interval((d + 1) / 2, n, z)
+        return 100 * (2 * lo - 1), 100 * (2 * hi - 1)
+    return max(-100.0, 100 * (d - z * se)), min(100.0, 100 * (d + z * se))
+
+
+def evidence_interval(
+    spec: KpiSpec, value: float, n: float | None, z: float
+) -> tuple[float, float]:
+    """The one-sided-at-each-end interval around the value, in the KPI's own units."""
+    if spec.evidence == "none" or n is None or n <= 0:
+        return value, value
+    if spec.evidence == "nps":
+        return nps_interval(value, n, z)
+    scale = 100.0 if spec.unit == "percent" else 1.0
+    lo, hi = wilson_interval(value / scale, n, z)
+    # a share above 1 (retention can be, with reactivations) keeps its own point
+    return min(lo * scale, value), max(hi * scale, value)
+
+
+def baseline_frame(
+    series: pd.Series, settings: EvaluationSettings, min_width: float = 0.0
+) -> pd.DataFrame:
+    """Baseline, band and history count for every day of a daily series (d excluded).
+
+    `series` is indexed by consecutive days (missing days NaN). For day d the window is
+    the `baseline_days` days before it; the baseline needs `min_history_days` values.
+    """
+    prev = series.astype(float).shift(1)
+    window = prev.rolling(settings.baseline_days, min_periods=1)
+    median = window.median()
+    count = window.count().fillna(0).astype(int)
+    mad = window.apply(_mad, raw=True)
+    half = np.maximum(settings.band_k * 1.4826 * mad, min_width)
+    enough = count >= settings.min_history_days
+    out = pd.DataFrame(
+        {
+            "baseline": median.where(enough),
+            "baseline_low": (median - half).where(enough),
+            "baseline_high": (median + half).where(enough),
+            "baseline_days": count,
+        }
+    )
+    return out
+
+
+def _mad(w: np.ndarray) -> float:
+    w = w[~np.isnan(w)]
+    if w.size == 0:
+        return np.nan
+    w = np.sort(w)
+    med = _sorted_median(w)
+    return _sorted_median(np.sort(np.abs(w - med)))
+
+
+def _sorted_median(w: np.ndarray) -> float:
+    n = w.size
+    mid = n // 2
+    return float(w[mid]) if n % 2 else float((w[mid - 1] + w[mid]) / 2)
+
+
+# -- judging one value -------------------------------------------------------------------
+def judge(
+    spec: KpiSpec | None,
+    value: float | None,
+    n: float | None,
+    target: float | None,
+    warn_margin: float,
+    base: Mapping[str, Any],
+    settings: EvaluationSettings,
+    failed_inputs: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Status, flags and reason for one KPI value (see the module docstring)."""
+    out: dict[str, Any] = {
+        "target": target,
+        "direction": spec.direction if spec else None,
+        "baseline": base.get("baseline"),
+        "baseline_low": base.get("baseline_low"),
+        "baseline_high": base.get("baseline_high"),
+        "baseline_days": int(base.get("baseline_days") or 0),
+        "change_vs_baseline": None,
+        "interval_low": None,
+        "interval_high": None,
+        "target_breached": False,
+        "unusual_move": False,
+        "flagged": False,
+    }
+    baseline = _clean(out["baseline"])
+    if value is not None and baseline is not None:
+        out["change_vs_baseline"] = value - baseline
+    failed = sorted(set(failed_inputs))
+    if spec is None:
+        return {
+            **out,
+            "status": "not_evaluated",
+            "reason": "no settings for this KPI in targets.yaml",
+        }
+    if failed:
+        return {
+            **out,
+            "status": "not_evaluated",
+            "reason": "input not usable for the day: " + ", ".join(failed),
+        }
+    if value is None:
+        return {**out, "status": "not_evaluated", "reason": "no value (nothing to measure)"}
+    if n is not None and n < spec.min_n:
+        return {
+            **out,
+            "status": "not_evaluated",
+            "reason": f"too few to judge (n={n:g}, needs {spec.min_n:g})",
+        }
+
+    lo, hi = evidence_interval(spec, value, n, settings.z)
+    if spec.evidence != "none":
+        out["interval_low"], out["interval_high"] = lo, hi
+    higher = spec.direction == HIGHER
+    # the most favourable reading the evidence allows, and the least favourable
+    kind = "responses" if spec.kpi in ("csat", "nps") else "observations"
+    evidence_note = (
+        f" ({settings.confidence:.0%} interval {spec.fmt(lo)}–{spec.fmt(hi)} on {n:g} {kind})"
+        if spec.evidence != "none" and n is not None
+        else ""
+    )
+    favourable = hi if higher else lo
+    reasons = []
+    noted = False  # the evidence is quoted once
+
+    def evidence() -> str:
+        nonlocal noted
+        if noted:
+            return ""
+        noted = True
+        return evidence_note
+
+    status = "ok"
+
+    if target is not None:
+        past = value < target if higher else value > target
+        word = "below" if higher else "above"
+        if past:
+            surely = favourable < target if higher else favourable > target
+            if surely:
+                out["target_breached"] = True
+                status = "breach"
+                reasons.append(f"{word} target {spec.fmt(target, True)}{evidence()}")
+            else:
+                status = "warn"
+                reasons.append(
+                    f"{word} target {spec.fmt(target, True)} but not significantly{evidence()}"
+                )
+        elif warn_margin and (
+            value < target + warn_margin if higher else value > target - warn_margin
+        ):
+            status = "warn"
+            reasons.append(f"within {spec.fmt_change(warn_margin).lstrip('+')} of target")
+
+    low, high = _clean(out["baseline_low"]), _clean(out["baseline_high"])
+    if baseline is None:
+        reasons.append(
+            f"no baseline yet ({out['baseline_days']} of {settings.min_history_days} days of history)"
+        )
+    elif low is not None and high is not None:
+        band = f"{spec.fmt(low)}–{spec.fmt(high)}"
+        worse = value < low if higher else value > high
+        better = value > high if higher else value < low
+        if worse:
+            beyond = favourable < baseline if higher else favourable > baseline
+            if beyond:
+                out["unusual_move"] = True
+                if status == "ok":
+                    status = "warn"
+                reasons.append(
+                    f"{'below' if higher else 'above'} its normal band {band} "
+                    f"({spec.fmt_change(value - baseline)} vs baseline {spec.fmt(baseline)})"
+                )
+            else:
+                reasons.append(f"outside its normal band {band} but not significantly{evidence()}")
+        elif better:
+            reasons.append(f"better than its normal band {band}")
+
+    out["flagged"] = bool(out["target_breached"] or out["unusual_move"])
+    return {
+        **out,
+        "status": status,
+        "reason": "; ".join(reasons) or "within target and normal band",
+    }
+
+
+def _clean(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+# -- reading inputs ----------------------------------------------------------------------
+def read_frame(conn: sa.Connection, sql: str) -> pd.DataFrame:
+    result = conn.exec_driver_sql(sql)
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def read_kpi_daily(
+    wh: Warehouse,
+    date_from: dt.date,
+    date_to: dt.date,
+    kpis: Iterable[str] | None = None,
+    conn: sa.Connection | None = None,
+) -> pd.DataFrame:
+    """kpi_daily rows between two days (inclusive), optionally for some KPIs only."""
+    cols = "as_of_date, kpi, dimension, dimension_value, value, numerator, denominator"
+    sql = wh.render(
+        f"select {cols} from marts.kpi_daily where as_of_date between {{{{ lo }}}} and {{{{ hi }}}}",
+        {"lo": date_from, "hi": date_to},
+    )
+    if kpis is not None:
+        names = [k for k in kpis]
+        sql += " and kpi in (" + ", ".join(wh.render("{{ k }}", {"k": k}) for k in names) + ")"
+    if conn is None:
+        with wh.begin() as own:
+            if not wh.table_exists(own, "marts.kpi_daily"):
+                return pd.DataFrame(columns=cols.split(", "))
+            return read_frame(own, sql)
+    if not wh.table_exists(conn, "marts.kpi_daily"):
+        return pd.DataFrame(columns=cols.split(", "))
+    return read_frame(conn, sql)
+
+
+def _source_name(table_name: str) -> str:
+    name = str(table_name).strip().lower().split(".")[-1]
+    return name[4:] if name.startswith("stg_") else name
+
+
+def unusable_tables(
+    wh: Warehouse, date_from: dt.date, date_to: dt.date
+) -> dict[dt.date, dict[str, str]]:
+    """Source tables that failed validation or are stale, per day: {day: {table: status}}.
+
+    Read from ops.table_status (written by crm_pipeline.validate; absent table: nothing
+    failed), with the same test as `validate.failed_tables` (status failed or stale). The
+    table is read directly rather than through that function so this task does not import
+    the validation stack (Great Expectations, ~10 s) nor create its tables. Names are
+    reduced to the source table ('staging.stg_surveys' -> 'surveys').
+    """
+    out: dict[dt.date, dict[str, str]] = {d: {} for d in pd.date_range(date_from, date_to).date}
+    with wh.begin() as conn:
+        if not wh.table_exists(conn, "ops.table_status"):
+            return out
+        statuses = ", ".join(f"'{s}'" for s in UNUSABLE_STATUSES)
+        frame = read_frame(
+            conn,
+            wh.render(
+                "select as_of_date, table_name, lower(status) as status from ops.table_status "
+                f"where as_of_date between {{{{ lo }}}} and {{{{ hi }}}} and lower(status) in ({statuses})",
+                {"lo": date_from, "hi": date_to},
+            ),
+        )
+    for d, name, status in frame.itertuples(index=False):
+        out.setdefault(_as_date(d), {})[_source_name(name)] = status
+    return out
+
+
+def _as_date(v: Any) -> dt.date:
+    if isinstance(v, dt.datetime):
+        return v.date()
+    if isinstance(v, dt.date):
+        return v
+    return pd.Timestamp(v).date()
+
+
+# -- evaluation --------------------------------------------------------------------------
+def compute_evaluation(
+    daily: pd.DataFrame,
+    days: Iterable[dt.date],
+    targets: Targets,
+    unusable: Mapping[dt.date, Mapping[str, str]] | None = None,
+    run_id: str = "",
+) -> pd.DataFrame:
+    """kpi_evaluation rows for the given days from kpi_daily rows (with their history)."""
+    days = sorted(set(days))
+    unusable = unusable or {}
+    settings = targets.settings
+    rows: list[dict[str, Any]] = []
+    if daily.empty or not days:
+        return _evaluation_frame(rows)
+    daily = daily.copy()
+    daily["as_of_date"] = pd.to_datetime(daily["as_of_date"].map(_as_date))
+    calendar = pd.date_range(
+        min(days) - dt.timedelta(days=settings.baseline_days), max(days), freq="D"
+    )
+    wanted = pd.to_datetime(pd.Series(days))
+    for (kpi, dimension, dim_value), group in daily.groupby(
+        ["kpi", "dimension", "dimension_value"], sort=True
+    ):
+        group = group.drop_duplicates("as_of_date", keep="last").set_index("as_of_date")
+        present = wanted[wanted.isin(group.index)]
+        if present.empty:
+            continue
+        spec = targets.spec(kpi)
+        values = group["value"].astype(float).reindex(calendar)
+        base = baseline_frame(values, settings, spec.min_band_width if spec else 0.0)
+        inputs = set(KPI_INPUTS.get(kpi, ())) | set(DIMENSION_INPUTS.get(dimension, ()))
+        # plain dicts: row-wise pandas access would dominate the time of a long range
+        day_values = group["value"].to_dict()
+        day_ns = group["denominator"].to_dict()
+        bases = base.loc[present].to_dict("index")
+        for ts in present:
+            day = ts.date()
+            value = _clean(day_values[ts])
+            n = _clean(day_ns[ts])
+            target, margin = spec.target_for(day, dimension, dim_value) if spec else (None, 0.0)
+            bad = unusable.get(day, {})
+            verdict = judge(
+                spec,
+                value,
+                n,
+                target,
+                margin,
+                bases[ts],
+                settings,
+                [f"{t} {bad[t]}" for t in sorted(inputs & set(bad))],
+            )
+            rows.append(
+                {
+                    "as_of_date": day,
+                    "kpi": kpi,
+                    "dimension": dimension,
+                    "dimension_value": dim_value,
+                    "value": value,
+                    "n": n,
+                    **verdict,
+                    "run_id": run_id,
+                }
+            )
+    return _evaluation_frame(rows)
+
+
+def _evaluation_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(EVALUATION_COLUMNS))
+    for col, kind in EVALUATION_COLUMNS.items():
+        if kind == "double precision":
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        elif kind == "boolean":
+            frame[col] = frame[col].fillna(False).astype(bool)
+        elif kind == "integer":
+            frame[col] = frame[col].fillna(0).astype("int64")
+        elif kind == "varchar":
+            frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
+    return frame
+
+
+def ensure_evaluation_table(wh: Warehouse, conn: sa.Connection) -> None:
+    conn.exec_driver_sql("create schema if not exists marts")
+    cols = ", ".join(f"{name} {kind}" for name, kind in EVALUATION_COLUMNS.items())
+    conn.exec_driver_sql(f"create table if not exists {EVALUATION_TABLE} ({cols})")
+
+
+def write_evaluation(
+    wh: Warehouse, frame: pd.DataFrame, date_from: dt.date, date_to: dt.date
+) -> int:
+    """Delete-insert of the days' partition in one transaction (a rerun gives the same rows)."""
+    with wh.begin() as conn:
+        ensure_evaluation_table(wh, conn)
+        wh.execute(
+            conn,
+            f"delete from {EVALUATION_TABLE} where as_of_date between {{{{ lo }}}} and {{{{ hi }}}}",
+            {"lo": date_from, "hi": date_to},
+        )
+        return wh.bulk_load(conn, EVALUATION_TABLE, frame)
+
+
+def evaluate_range(
+    wh: Warehouse,
+    date_from: dt.date,
+    date_to: dt.date,
+    run_id: str,
+    targets: str | Path | Mapping[str, Any] | Targets | None = None,
+) -> dict[str, Any]:
+    """Evaluate every day from date_from to date_to (inclusive) in one read and one write."""
+    spec = load_targets(targets)
+    history_from = date_from - dt.timedelta(days=spec.settings.baseline_days)
+    daily = read_kpi_daily(wh, history_from, date_to)
+    days = list(pd.date_range(date_from, date_to).date)
+    unusable = unusable_tables(wh, date_from, date_to)
+    frame = compute_evaluation(daily, days, spec, unusable, run_id)
+    written = write_evaluation(wh, frame, date_from, date_to)
+    summary = {
+        "date_from": str(date_from),
+        "date_to": str(date_to),
+        "rows": written,
+        **{s: int((frame["status"] == s).sum()) for s in STATUSES},
+        "flagged": int(frame["flagged"].sum()),
+    }
+    if daily.empty:
+        log.warning(
+            "kpi_evaluation: marts.kpi_daily has no rows up to %s: nothing evaluated", date_to
+        )
+    log.info("kpi_evaluation %s..%s: %s", date_from, date_to, summary)
+    return summary
+
+
+def evaluate_day(
+    wh: Warehouse,
+    as_of_date: dt.date,
+    run_id: str,
+    targets: str | Path | Mapping[str, Any] | Targets | None = None,
+) -> dict[str, Any]:
+    """Evaluate one day's KPIs into marts.kpi_evaluation; returns counts by status.
+
+    The summary also lists the flagged rows ("kpi dimension=value: reason"), for the log.
+    """
+    summary = evaluate_range(wh, as_of_date, as_of_date, run_id, targets)
+    summary["as_of_date"] = str(as_of_date)
+    with wh.begin() as conn:
+        flagged = read_frame(
+            conn,
+            wh.render(
+                f"select kpi, dimension, dimension_value, status, reason from {EVALUATION_TABLE} "
+                "where as_of_date = {{ d }} and flagged order by kpi, dimension, dimension_value",
+                {"d": as_of_date},
+            ),
+        )
+    summary["flagged_rows"] = [
+        f"{r.kpi} {r.dimension}={r.dimension_value} {r.status}: {r.reason}"
+        for r in flagged.itertuples(index=False)
+    ]
+    return summary
