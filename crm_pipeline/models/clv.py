@@ -978,6 +978,7 @@ def fit_and_score(
     margin_ratio: float | Sequence[float] | np.ndarray | str = 1.0,
     *,
     penalizer: float = 0.0,
+    maxiter: int = 1000,
     month_length: float = 30.0,
 ) -> tuple[pd.DataFrame, FitResult, FitResult]:
     """Fit both models on ``summary`` and score every customer in it.
@@ -1004,8 +1005,8 @@ def fit_and_score(
     else:
         margin = np.broadcast_to(np.asarray(margin_ratio, dtype=float), x.shape)
 
-    bg = fit_bgnbd(x, tx, TT, penalizer=penalizer)
-    gg = fit_gamma_gamma(x, m, penalizer=penalizer)
+    bg = fit_bgnbd(x, tx, TT, penalizer=penalizer, maxiter=maxiter)
+    gg = fit_gamma_gamma(x, m, penalizer=penalizer, maxiter=maxiter)
     n = x.size
     nan = np.full(n, np.nan)
     bg_ok = n > 0 and all(math.isfinite(v) for v in bg.params.values())
@@ -1090,9 +1091,9 @@ def holdout_comparison(predicted, actual, n_groups: int = 10) -> pd.DataFrame:
     Customers are ranked by prediction (ties broken by position) and cut into ``n_groups``
     groups of equal size: group 1 has the lowest predictions, group n_groups the highest.
     One row per group plus a first row ``segment='all'`` with group NA. Columns: segment,
-    group, n_customers, predicted_sum, actual_sum, predicted_mean, actual_mean, error_pct
-    (100 * (predicted - actual) / actual, NaN when actual_sum is 0), mae (mean absolute
-    per-customer error).
+    group, n_customers, predicted_sum, actual_sum, predicted_mean, actual_mean,
+    relative_error (predicted_sum / actual_sum - 1, NaN when actual_sum is 0: the number a
+    gate bounds), mae (mean absolute per-customer error).
     """
     pred = np.ravel(_float_array(predicted, "predicted"))
     act = np.ravel(_float_array(actual, "actual"))
@@ -1116,7 +1117,7 @@ def holdout_comparison(predicted, actual, n_groups: int = 10) -> pd.DataFrame:
             "actual_sum": as_,
             "predicted_mean": float(p.mean()) if p.size else float("nan"),
             "actual_mean": float(a.mean()) if a.size else float("nan"),
-            "error_pct": 100.0 * (ps - as_) / as_ if as_ != 0 else float("nan"),
+            "relative_error": ps / as_ - 1.0 if as_ != 0 else float("nan"),
             "mae": float(np.abs(p - a).mean()) if p.size else float("nan"),
         }
 
