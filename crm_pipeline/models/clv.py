@@ -49,6 +49,8 @@ from scipy import integrate, optimize, special
 __all__ = [
     "BGNBD_PARAM_NAMES",
     "GAMMA_GAMMA_PARAM_NAMES",
+    "SCORE_COLUMNS",
+    "SUMMARY_COLUMNS",
     "FitResult",
     "bgnbd_loglik",
     "clv",
