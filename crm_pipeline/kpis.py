@@ -75,39 +75,55 @@ def sql_params(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_snapshots(
-    wh: Warehouse, date_from: dt.date, date_to: dt.date, config: dict[str, Any] | None = None
+    wh: Warehouse, date_from: dt.date, date_to: dt.date, config: dict[str, Any] | None = None,
+    chunk_days: int | None = None,
 ) -> dict[str, int]:
-    """Rebuild the snapshot marts for every day in [date_from, date_to], in one transaction."""
+    """Rebuild the snapshot marts for every day in [date_from, date_to], in one transaction.
+
+    Days are computed in chunks of `chunk_days`, oldest first: each day's rows depend only
+    on the data and, for segment_migration, on positions 30 days earlier, so chunking
+    changes nothing in the result and bounds the memory of a long history.
+    """
     config = config or settings()
     params = sql_params(config)
+    chunk_days = chunk_days or int(config["kpis"].get("history_chunk_days", 15))
     if date_from > date_to:
         raise ValueError(f"empty range {date_from} .. {date_to}")
     # a range (history) also builds the 30 days before it, for segment_migration
-    position_from = date_from - dt.timedelta(days=MIGRATION_DAYS) if date_from < date_to else date_from
-    counts: dict[str, int] = {}
+    positions_from = date_from - dt.timedelta(days=MIGRATION_DAYS) if date_from < date_to else date_from
+    counts = dict.fromkeys((f"marts.{m}" for m in SNAPSHOT_MARTS), 0)
     with wh.begin() as conn:
         ensure_raw_tables(wh, conn)
         _temp_from_frame(wh, conn, "rfm_segment_map", segment_map(config))
-        _date_spine(wh, conn, position_from, date_to)
-        for name in ("int_purchases", "int_customers"):
-            conn.exec_driver_sql(f"drop table if exists {name}")
-            conn.exec_driver_sql(
-                f"create temporary table {name} as "
-                + wh.render(wh.sql_file("intermediate", name), params)
-            )
-        span = {**params, "date_from": position_from, "date_to": date_to}
-        for name in ("customer_rfm", "customer_value_tier"):
-            counts[f"marts.{name}"] = wh.replace_partition(
-                conn, f"marts.{name}", wh.sql_file("marts", name), span
-            )
-        _date_spine(wh, conn, date_from, date_to)
-        span = {**params, "date_from": date_from, "date_to": date_to}
-        for name in ("kpi_daily", "segment_migration"):
-            counts[f"marts.{name}"] = wh.replace_partition(
-                conn, f"marts.{name}", wh.sql_file("marts", name), span
-            )
+        plan = [(lo, hi, SNAPSHOT_MARTS) for lo, hi in _chunks(date_from, date_to, chunk_days)]
+        if positions_from < date_from:  # RFM and tiers only, for the first month's migration
+            day_before = date_from - dt.timedelta(days=1)
+            plan[:0] = [(lo, hi, SNAPSHOT_MARTS[:2])
+                        for lo, hi in _chunks(positions_from, day_before, chunk_days)]
+        for lo, hi, marts in plan:
+            _date_spine(wh, conn, lo, hi)
+            for name in ("int_purchases", "int_customers"):
+                conn.exec_driver_sql(f"drop table if exists {name}")
+                conn.exec_driver_sql(
+                    f"create temporary table {name} as "
+                    + wh.render(wh.sql_file("intermediate", name), params)
+                )
+            span = {**params, "date_from": lo, "date_to": hi}
+            for name in marts:
+                counts[f"marts.{name}"] += wh.replace_partition(
+                    conn, f"marts.{name}", wh.sql_file("marts", name), span
+                )
     log.info("snapshot marts rebuilt for %s .. %s: %s", date_from, date_to, counts)
     return counts
+
+
+def _chunks(first: dt.date, last: dt.date, size: int):
+    """Consecutive day ranges of at most `size` days covering first..last."""
+    lo = first
+    while lo <= last:
+        hi = min(lo + dt.timedelta(days=size - 1), last)
+        yield lo, hi
+        lo = hi + dt.timedelta(days=1)
 
 
 def history_start(wh: Warehouse, as_of_date: dt.date, history_days: int) -> dt.date:

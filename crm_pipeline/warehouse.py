@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -47,7 +48,14 @@ class Warehouse:
 
     def __init__(self, url: str, lock_wait_seconds: float = 600.0, lock_poll_seconds: float = 5.0):
         self.url = normalise_url(url)
-        self.engine = sa.create_engine(self.url, poolclass=NullPool)
+        connect_args = {}
+        if self.url.startswith("duckdb"):
+            # DuckDB takes 80% of the machine's memory by default; cap it and let it spill
+            # to disk, so a long history never starves the scheduler beside it
+            connect_args["config"] = {
+                "memory_limit": os.environ.get("CRM_DUCKDB_MEMORY_LIMIT", "2GB"),
+            }
+        self.engine = sa.create_engine(self.url, poolclass=NullPool, connect_args=connect_args)
         self.dialect = self.engine.dialect.name  # 'duckdb' or 'postgresql'
         self.lock_wait_seconds = lock_wait_seconds
         self.lock_poll_seconds = lock_poll_seconds
