@@ -73,7 +73,7 @@ SEVERITY_RANK = {"warning": 1, "breach": 2}
 NOTIFY_EVENTS = ("new", "escalated", "worse", "reminder", "resolved")
 EVENT_ORDER = {"new": 0, "escalated": 1, "worse": 2, "reminder": 3, "resolved": 4}
 EVENT_WORDS = {
-    "new": "new alert(s)",
+    "new": "new",
     "escalated": "escalated to breach",
     "worse": "worse since the last notice",
     "reminder": "still firing (reminder)",
@@ -175,12 +175,18 @@ class Rule:
         return values is None or value in values
 
     def fires(self, row: Mapping[str, Any]) -> str | None:
-        """The severity this rule gives the evaluation row, or None if it does not fire."""
-        if "breach" in self.on and bool(row.get("target_breached")):
-            return "breach"
-        if "unusual" in self.on and bool(row.get("unusual_move")):
-            return "warning"
-        return None
+        """The severity of the alert this rule raises on the row, or None if it does not fire.
+
+        `fire_on` decides whether the rule fires; the severity tells the KPI's state:
+        breach when its target is breached, warning when it only left its normal band.
+        """
+        breached = bool(row.get("target_breached"))
+        fired = ("breach" in self.on and breached) or (
+            "unusual" in self.on and bool(row.get("unusual_move"))
+        )
+        if not fired:
+            return None
+        return "breach" if breached else "warning"
 
 
 @dataclass(frozen=True)
@@ -772,13 +778,41 @@ class EmailContext:
             )
             self.history = read_kpi_daily(wh, history_from, self.day, kpis, conn=conn)
         self.at_risk, self.at_risk_note = at_risk_customers(wh, conn, self.day, self.config.at_risk)
-        for item in open_items[: self.config.max_charts]:
-            if item.spec is not None:
-                self.charts[item.key] = render_chart(self, item)
+        # one chart for the lead alert of each KPI first, then the others in reading order
+        groups = grouped(open_items)
+        leads = [items[0] for _, items in groups]
+        rest = [i for _, items in groups for i in items[1:]]
+        chosen = {i.key for i in (leads + rest)[: self.config.max_charts] if i.spec is not None}
+        for _, items in groups:
+            for item in items:
+                if item.key in chosen:
+                    self.charts[item.key] = render_chart(self, item)
 
     @property
     def subject(self) -> str:
         return email_subject(self)
+
+
+def grouped(items: list[Item]) -> list[tuple[str, list[Item]]]:
+    """Alerts by KPI, the KPI with the most severe alert first; within a KPI the whole base,
+    then tiers (vip first), then segments, each by severity and size of the move."""
+    order = list(dict.fromkeys(i.kpi for i in items))  # items come most severe first
+    return [
+        (
+            kpi,
+            sorted(
+                (i for i in items if i.kpi == kpi),
+                key=lambda i: (
+                    DIMENSION_ORDER.get(i.key[1], 9),
+                    -SEVERITY_RANK.get(i.state.get("severity") or "", 0),
+                    TIER_ORDER.get(i.key[2], 9) if i.key[1] == "tier" else 0,
+                    -abs(_f(i.state.get("change_vs_baseline")) or 0.0),
+                    i.key[2],
+                ),
+            ),
+        )
+        for kpi in order
+    ]
 
 
 def _n_text(item: Item) -> str:
@@ -1134,11 +1168,19 @@ def email_html(ctx: EmailContext) -> str:
         f"{n} {EVENT_WORDS[e]}"
         for e, n in sorted(counts.items(), key=lambda kv: EVENT_ORDER[kv[0]])
     )
-    cards = "".join(_alert_card_html(ctx, i, cids.get(i.key)) for i in open_items)
     alerted = {i.key for i in open_items}
-    breakdowns = "".join(
-        _breakdown_html(ctx, k, alerted) for k in dict.fromkeys(i.kpi for i in open_items)
-    )
+    sections = []
+    for kpi, items in grouped(open_items):
+        spec = ctx.targets.spec(kpi)
+        sections.append(
+            f'<tr><td style="padding:6px 24px 12px 24px"><div style="font-size:13px;'
+            f"font-weight:bold;color:{COLORS['muted']};text-transform:uppercase;letter-spacing:.6px;"
+            f'padding-bottom:6px;border-bottom:2px solid {COLORS["line"]}">'
+            f"{E(spec.title if spec else kpi)}</div></td></tr>"
+        )
+        sections.extend(_alert_card_html(ctx, i, cids.get(i.key)) for i in items)
+        sections.append(_breakdown_html(ctx, kpi, alerted))
+    body = _glance_html(ctx, open_items) + "".join(sections)
     footer = "<br>".join(E(line) for line in _footer_text(ctx) if line)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
@@ -1152,9 +1194,56 @@ def email_html(ctx: EmailContext) -> str:
  <div style="font-size:13px;opacity:.9;margin-top:4px">{E(summary)}</div>
 </td></tr>
 <tr><td style="height:18px"></td></tr>
-{cards}{breakdowns}{_resolved_html(resolved)}{_at_risk_html(ctx)}
+{body}{_resolved_html(resolved)}{_at_risk_html(ctx)}
 <tr><td style="padding:14px 24px 20px 24px;border-top:1px solid {COLORS["line"]};font-size:11px;color:{COLORS["muted"]};line-height:1.5">{footer}</td></tr>
 </table></td></tr></table></body></html>"""
+
+
+def _glance_html(ctx: EmailContext, open_items: list[Item]) -> str:
+    """A one-line-per-alert table at the top when there is more than one thing to tell."""
+    if len(ctx.items) < 2:
+        return ""
+    td = f'style="padding:5px 8px;font-size:13px;border-bottom:1px solid {COLORS["line"]}"'
+    tdr = td.replace('style="', 'style="text-align:right;')
+    rows = []
+    for _, items in grouped(open_items):
+        for item in items:
+            spec, st = item.spec, item.state
+            sev = st["severity"]
+            rows.append(
+                f"<tr><td {td}>{_badge(sev, COLORS.get(sev, COLORS['warning']))}</td>"
+                f"<td {td}><b>{E(spec.title if spec else item.kpi)}</b> — "
+                f"{E(dimension_text(*item.key[1:]))}</td>"
+                f"<td {tdr}><b>{E(spec.fmt(_f(st['value'])))}</b></td>"
+                f"<td {tdr}>{E(_target_text(spec, _f(st.get('target'))))}</td>"
+                f"<td {tdr}>{E(spec.fmt_change(_f(st.get('change_vs_baseline'))))}</td>"
+                f"<td {td}>{E(EVENT_WORDS[item.event])}</td></tr>"
+            )
+    for item in (i for i in ctx.items if i.event == "resolved"):
+        spec, st = item.spec, item.state
+        rows.append(
+            f"<tr><td {td}>{_badge('resolved', COLORS['resolved'])}</td>"
+            f"<td {td}><b>{E(spec.title if spec else item.kpi)}</b> — "
+            f"{E(dimension_text(*item.key[1:]))}</td>"
+            f"<td {tdr}><b>{E(spec.fmt(_f(st.get('value'))))}</b></td>"
+            f"<td {tdr}>{E(_target_text(spec, _f(st.get('target'))))}</td>"
+            f"<td {tdr}>{E(spec.fmt_change(_f(st.get('change_vs_baseline'))))}</td>"
+            f"<td {td}>{E(EVENT_WORDS['resolved'])}</td></tr>"
+        )
+    th = (
+        f'style="text-align:left;padding:5px 8px;font-size:11px;color:{COLORS["muted"]};'
+        f'text-transform:uppercase;border-bottom:2px solid {COLORS["line"]}"'
+    )
+    thr = th.replace("text-align:left", "text-align:right")
+    head = (
+        f"<tr><th {th}></th><th {th}>KPI</th><th {thr}>Value</th><th {thr}>Target</th>"
+        f"<th {thr}>vs baseline</th><th {th}>News</th></tr>"
+    )
+    return f"""
+<tr><td style="padding:0 24px 22px 24px">
+ <div style="font-size:15px;font-weight:bold;color:{COLORS["ink"]};margin-bottom:6px">At a glance</div>
+ <table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="border-collapse:collapse">{head}{"".join(rows)}</table>
+</td></tr>"""
 
 
 def _headline(ctx: EmailContext) -> str:
@@ -1177,7 +1266,8 @@ def _headline(ctx: EmailContext) -> str:
 
 def email_text(ctx: EmailContext) -> str:
     out = [ctx.subject, "=" * min(len(ctx.subject), 78), ""]
-    for item in [i for i in ctx.items if i.event != "resolved"]:
+    open_items = [i for i in ctx.items if i.event != "resolved"]
+    for item in [i for _, items in grouped(open_items) for i in items]:
         spec, s, row = item.spec, item.state, item.row or {}
         out.append(
             f"* {s['severity'].upper()} ({item.event}): {spec.title} — {dimension_text(*item.key[1:])}"
@@ -1195,7 +1285,6 @@ def email_text(ctx: EmailContext) -> str:
         out.append(f"  {_why(item)}")
         out.append(f"  why it fired: {row.get('reason') or ''}")
         out.append("")
-    open_items = [i for i in ctx.items if i.event != "resolved"]
     for kpi in dict.fromkeys(i.kpi for i in open_items):
         spec = ctx.targets.spec(kpi)
         records = breakdown_rows(ctx, kpi)
@@ -1468,6 +1557,8 @@ def at_risk_customers(
     ):
         if col not in frame:
             frame[col] = None
+    for col in ("tier", "risk_band", "top_reasons"):  # text: missing is None, never NaN
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
     churn = pd.to_numeric(frame["churn_probability"], errors="coerce")
     alive = pd.to_numeric(frame["p_alive"], errors="coerce")
     alive_before = pd.to_numeric(frame["p_alive_before"], errors="coerce")
@@ -1509,6 +1600,7 @@ def at_risk_customers(
     for col in ("name", "region"):
         if col not in frame:
             frame[col] = None
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
     shown = f"the {len(frame)} with the highest CLV" if total > len(frame) else "all of them"
     note = (
         f"{total} {' and '.join(tiers)} customer(s) with a churn probability of {min_churn:.0%} "

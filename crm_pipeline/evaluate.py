@@ -282,19 +282,22 @@ def format_value(unit: str, v: float | None, compact: bool = False) -> str:
 def format_change(unit: str, v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
-    sign = "+" if v > 0 else ("−" if v < 0 else "±")
     a = abs(v)
     if unit == "share":
-        return f"{sign}{100 * a:.1f} pts"
-    if unit == "percent":
-        return f"{sign}{a:.1f} pts"
-    if unit == "score":
-        return f"{sign}{a:.1f}"
-    if unit == "count":
-        return f"{sign}{a:,.0f}"
-    if unit == "hours":
-        return f"{sign}{a:.1f} h"
-    return f"{sign}{a:,.2f}"
+        text = f"{100 * a:.1f} pts"
+    elif unit == "percent":
+        text = f"{a:.1f} pts"
+    elif unit == "score":
+        text = f"{a:.1f}"
+    elif unit == "count":
+        text = f"{a:,.0f}"
+    elif unit == "hours":
+        text = f"{a:.1f} h"
+    else:
+        text = f"{a:,.2f}"
+    if not any(ch in "123456789" for ch in text):
+        return text  # rounds to zero: no sign
+    return ("+" if v > 0 else "−") + text
 
 
 # -- statistics -------------------------------------------------------------------------

@@ -172,6 +172,26 @@ def test_recovery_resolves_and_an_unjudged_day_changes_nothing():
     assert item.event == "carried"
 
 
+def test_fire_on_decides_whether_a_rule_fires_and_the_kpi_its_severity():
+    config = {
+        **ALERTS,
+        "rules": [{"kpi": "churn_rate", "dimensions": {"tier": "*"}, "fire_on": ["unusual"]}],
+    }
+    assert one([ev(breached=True, unusual=True)], config=config).state["severity"] == "breach"
+    assert one([ev(breached=False, unusual=True)], config=config).state["severity"] == "warning"
+    assert (
+        transitions(
+            D,
+            pd.DataFrame([ev(breached=True, unusual=False)]),
+            pd.DataFrame(columns=list(HISTORY_COLUMNS)),
+            load_alert_config(config),
+            TARGETS,
+            "r",
+        )
+        == []
+    )
+
+
 def test_a_rule_without_notification_keeps_the_alert_open_and_silent():
     csat = {**ev(kpi="csat", dimension="all", value_name="all", value=70.0), "target": 80.0}
     item = one([csat])
