@@ -1,0 +1,1750 @@
+"""The validate stage: Great Expectations suites over the raw layer, between extract and stage.
+
+What is validated: the versions of the extract batches not validated yet (`ops.extract_batches`
+minus `ops.validated_batches`), so a rerun after a table-level failure sees the same batches
+again and a rerun after a success re-does nothing twice. Big batches (a first full load) are
+read in chunks of `chunk_rows` versions, sorted by key so that every version of a key in a
+batch lands in the same chunk (the uniqueness check stays exact).
+
+Each chunk goes through the table's row suite (`<table>.rows`, GX 1.x: an ephemeral context, a
+pandas datasource, one dataframe asset per table, a whole-dataframe batch definition and a
+ValidationDefinition, result_format COMPLETE keyed by `_row_hash`). The frame holds every
+contract column typed (a text copy `<column>__text` for typed columns), plus derived columns:
+`<fk>__in_<parent>` (does the value resolve to a key of the parent in raw, in a version that is
+not held) and, for orders, `net_amount__minus_gross_less_discount`. After the chunks, a one-row
+profile of the table (rows read, new versions, freshness, volume against recent batches, the
+share of bad versions) goes through `<table>.table`.
+
+Every expectation carries `meta = {"rule", "level", "column"}`:
+
+* level `row`: the offending versions go to `quarantine.rows` (staging leaves held versions
+  out) and the night goes on with the others;
+* level `table`: `DataQualityError` after everything is recorded, naming table, column, rule
+  and row count, for every table that failed. Versions whose value does not parse as its
+  type are held as well, so that staging can never meet them.
+
+Writes (quarantine, `ops.dq_results`, `ops.table_status`, `ops.validated_batches`, orphan
+releases) happen in one transaction per table. Data Docs (HTML) are built into `docs_dir`
+from a file-backed results store in `docs_dir/_results`, so the site keeps every run.
+
+No wall clock is read here: `now` (the DAG run's run_after) bounds "future" timestamps, and
+`released_at` is given by the caller.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import statistics
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+import yaml
+from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+from great_expectations.core.run_identifier import RunIdentifier
+from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.data_context.types.resource_identifiers import (
+    ExpectationSuiteIdentifier,
+    ValidationResultIdentifier,
+)
+from great_expectations.execution_engine import PandasExecutionEngine
+from great_expectations.expectations.expectation import ColumnMapExpectation
+from great_expectations.expectations.metrics.map_metric_provider import (
+    ColumnMapMetricProvider,
+    column_condition_partial,
+)
+from great_expectations.expectations.row_conditions import Column as Col
+from sqlalchemy import Boolean, Date, DateTime, Integer, Numeric
+
+from crm_pipeline import source_schema as ss
+from crm_pipeline.config import CONFIG_DIR
+from crm_pipeline.dates import end_of_day
+from crm_pipeline.extract import ensure_raw_tables
+from crm_pipeline.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DataQualityError",
+    "accept_failed_batches",
+    "failed_tables",
+    "load_config",
+    "release_quarantine",
+    "validate_run",
+]
+
+ROW, TABLE = "row", "table"
+PASSED, QUARANTINED, FAILED, STALE, ACCEPTED = (
+    "passed",
+    "quarantined",
+    "failed",
+    "stale",
+    "accepted",
+)
+TS_TEXT = "%Y-%m-%d %H:%M:%S.%f"
+
+# -- what the contract says about each table ----------------------------------------------------
+
+FOREIGN_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    "orders": (("customer_id", "customers"),),
+    "order_lines": (("order_id", "orders"), ("product_id", "products")),
+    "surveys": (("customer_id", "customers"),),
+    "complaints": (("customer_id", "customers"),),
+    "interactions": (("customer_id", "customers"),),
+    "campaign_contacts": (("campaign_id", "campaigns"), ("customer_id", "customers")),
+    "loyalty_events": (("customer_id", "customers"),),
+}
+
+VALUE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "orders": {"status": ss.ORDER_STATUSES, "channel": ss.ORDER_CHANNELS},
+    "surveys": {"survey_type": ss.SURVEY_TYPES},
+    "complaints": {"severity": ss.SEVERITIES},
+    "interactions": {"channel": ss.INTERACTION_CHANNELS, "direction": ss.DIRECTIONS},
+    "campaigns": {"objective": ss.CAMPAIGN_OBJECTIVES},
+    "marketing_spend": {"objective": ss.CAMPAIGN_OBJECTIVES},
+    "loyalty_events": {"kind": ss.LOYALTY_KINDS},
+}
+
+NON_NEGATIVE: dict[str, tuple[str, ...]] = {
+    "orders": ("gross_amount", "discount_amount", "net_amount", "cost_amount"),
+    "order_lines": ("unit_price", "net_amount"),
+    "campaigns": ("spend",),
+    "marketing_spend": ("amount",),
+}
+
+# Timestamps of things that happened: never after the run's `now`, never after the row's own
+# updated_at. Planned dates (campaign start/end, product launch/discontinuation) are not here.
+EVENT_TIMESTAMPS: dict[str, tuple[str, ...]] = {
+    "customers": ("created_at",),
+    "orders": ("ordered_at",),
+    "surveys": ("responded_at",),
+    "complaints": ("opened_at", *ss.COMPLAINT_STEPS),
+    "interactions": ("occurred_at",),
+    "campaign_contacts": ("contacted_at", "responded_at"),
+    "loyalty_events": ("occurred_at",),
+}
+
+# (later, earlier): the later one may not come before the earlier one
+PERIODS: dict[str, tuple[tuple[str, str], ...]] = {
+    "products": (("discontinued_at", "launched_at"),),
+    "campaigns": (("ended_at", "started_at"),),
+    "campaign_contacts": (("responded_at", "contacted_at"),),
+}
+
+NET_TOLERANCE = 0.01
+
+
+def column_kind(table: str, column: str) -> str:
+    """'number' | 'integer' | 'timestamp' | 'date' | 'boolean' | 'text', from source_schema."""
+    col_type = ss.metadata.tables[table].c[column].type
+    if isinstance(col_type, Boolean):
+        return "boolean"
+    if isinstance(col_type, Integer):
+        return "integer"
+    if isinstance(col_type, Numeric):
+        return "number"
+    if isinstance(col_type, DateTime):
+        return "timestamp"
+    if isinstance(col_type, Date):
+        return "date"
+    return "text"
+
+
+def _required(table: str, column: str) -> bool:
+    return not ss.metadata.tables[table].c[column].nullable
+
+
+# -- parsing text the way staging will cast it --------------------------------------------------
+
+_PATTERNS = {
+    "number": re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"),
+    "integer": re.compile(r"[+-]?\d+"),
+    "timestamp": re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?"),
+    "date": re.compile(r"\d{4}-\d{2}-\d{2}"),
+    "boolean": re.compile(r"(?i:true|false|t|f|1|0|yes|no|y|n)"),
+}
+_LIMITS = {"number": 1e12, "integer": 2**31 - 1}  # decimal(14, 2), integer
+_TRUE = {"true", "t", "1", "yes", "y"}
+_NS_MIN, _NS_MAX = pd.Timestamp("1678-01-02"), pd.Timestamp("2262-04-10")
+KIND_WORDS = {
+    "number": "a number",
+    "integer": "an integer",
+    "timestamp": "a timestamp",
+    "date": "a date",
+    "boolean": "a boolean",
+}
+
+
+def as_text(values: pd.Series) -> pd.Series:
+    """Text as object values with None for null (whatever dtype the driver gave)."""
+    return values.astype(object).where(values.notna(), None)
+
+
+def parse_values(text: pd.Series, kind: str) -> pd.Series:
+    """Typed values; null where the text is null or does not parse as `kind` (like a cast).
+
+    Timestamps come back as datetime64[us] (years 1-9999, as the warehouse casts them)."""
+    text = as_text(text)
+    if kind == "text":
+        return text
+    if text.notna().any():
+        ok = text.str.fullmatch(_PATTERNS[kind]).fillna(False).astype(bool)
+    else:
+        ok = pd.Series(False, index=text.index)
+    candidate = text.where(ok, None)
+    if kind in ("number", "integer"):
+        values = pd.to_numeric(candidate, errors="coerce").astype(float)
+        return values.where(values.abs() <= _LIMITS[kind])
+    if kind in ("timestamp", "date"):
+        values = pd.to_datetime(candidate, format="ISO8601", errors="coerce")
+        return values.astype("datetime64[us]")
+    return candidate.str.lower().isin(_TRUE).astype(object).where(candidate.notna(), None)
+
+
+def parses(text: pd.Series, kind: str) -> pd.Series:
+    """True where the text is null or parses as `kind`."""
+    return text.isna() | parse_values(text, kind).notna()
+
+
+class ColumnValuesParseAs(ColumnMapMetricProvider):
+    """Map metric: the text value parses as the column's contract type (nulls are skipped)."""
+
+    condition_metric_name = "column_values.crm_parse_as"
+    condition_value_keys = ("kind",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column, kind, **kwargs):
+        return parses(column, kind)
+
+
+class ExpectColumnValuesToParseAs(ColumnMapExpectation):
+    """Expect every non-null text value of the column to parse as `kind` (number, integer,
+    timestamp, date, boolean), exactly as the staging cast will need it to."""
+
+    kind: str
+    map_metric: ClassVar[str] = "column_values.crm_parse_as"
+    success_keys: ClassVar[tuple[str, ...]] = ("kind", "mostly")
+    args_keys: ClassVar[tuple[str, ...]] = ("column", "kind")
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """include/config/validation.yaml (or $CRM_VALIDATION_CONFIG), with per-table defaults filled."""
+    path = Path(path or os.environ.get("CRM_VALIDATION_CONFIG", CONFIG_DIR / "validation.yaml"))
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    return normalise_config(raw)
+
+
+def normalise_config(raw: dict[str, Any]) -> dict[str, Any]:
+    defaults = {
+        "max_bad_share": 0.05,
+        "bad_share_min_rows": 50,
+        "non_empty": False,
+        "daily": False,
+        "freshness_max_age_hours": None,
+        "volume": None,
+    } | dict(raw.get("defaults") or {})
+    tables = {}
+    for table in ss.TABLE_ORDER:
+        rules = defaults | dict((raw.get("tables") or {}).get(table) or {})
+        if rules.get("volume"):
+            rules["volume"] = {
+                "max_factor": 10,
+                "history_batches": 14,
+                "min_history": 3,
+                "min_baseline": 5,
+            } | dict(rules["volume"])
+        tables[table] = rules
+    unknown = set(raw.get("tables") or {}) - set(ss.TABLE_ORDER)
+    if unknown:
+        raise ValueError(f"validation config names unknown table(s): {', '.join(sorted(unknown))}")
+    return {
+        "chunk_rows": int(raw.get("chunk_rows") or 200_000),
+        "tables": tables,
+        "extra_values": {k: list(v or []) for k, v in (raw.get("extra_values") or {}).items()},
+    }
+
+
+# -- the suites -----------------------------------------------------------------------------------
+
+
+def _meta(rule: str, level: str, column: str | None, *value_columns: str) -> dict[str, Any]:
+    return {
+        "rule": rule,
+        "level": level,
+        "column": column,
+        "value_columns": list(value_columns or ([column] if column else [])),
+    }
+
+
+def text_column(table: str, column: str) -> str:
+    """The frame column holding a contract column's text as the source gave it."""
+    return column if column_kind(table, column) == "text" else f"{column}__text"
+
+
+def fk_column(column: str, parent: str) -> str:
+    return f"{column}__in_{parent}"
+
+
+NET_DIFF = "net_amount__minus_gross_less_discount"
+
+
+NOW = {"$PARAMETER": "now"}  # the run's run_after, given when the suite runs
+THIS_YEAR = {"$PARAMETER": "this_year"}
+
+
+def suite_parameters(now: dt.datetime) -> dict[str, Any]:
+    return {"now": now, "this_year": now.year}
+
+
+def row_expectations(
+    table: str, present: Iterable[str], cfg: dict[str, Any]
+) -> list[gxe.Expectation]:
+    """The row suite of a table, for the contract columns the source actually had."""
+    spec = ss.SOURCE_TABLES[table]
+    present = set(present)
+    out: list[gxe.Expectation] = []
+    # table-level: the contract's columns are there (extra source columns are allowed) and parse
+    out.append(
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=list(spec.columns),
+            exact_match=False,
+            meta=_meta("column_present", TABLE, None),
+        )
+    )
+    has = present.__contains__
+    for col in spec.columns:
+        kind = column_kind(table, col)
+        if has(col) and kind != "text":
+            out.append(
+                ExpectColumnValuesToParseAs(
+                    column=f"{col}__text", kind=kind, meta=_meta(f"type_{kind}", TABLE, col)
+                )
+            )
+    # keys and required columns
+    for col in spec.columns:
+        if has(col) and _required(table, col):
+            out.append(
+                gxe.ExpectColumnValuesToNotBeNull(
+                    column=text_column(table, col), meta=_meta("not_null", ROW, col)
+                )
+            )
+    if all(map(has, spec.key)):
+        out.append(
+            gxe.ExpectCompoundColumnsToBeUnique(
+                column_list=[text_column(table, k) for k in spec.key] + ["_batch_id"],
+                meta=_meta("unique_key", ROW, ",".join(spec.key), *spec.key),
+            )
+        )
+    for col, parent in FOREIGN_KEYS.get(table, ()):
+        if has(col):
+            out.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=fk_column(col, parent),
+                    value_set=[True],
+                    meta=_meta(f"fk_{parent}", ROW, col),
+                )
+            )
+    # value sets
+    for col, values in VALUE_SETS.get(table, {}).items():
+        if has(col):
+            allowed = list(values) + [
+                v for v in cfg["extra_values"].get(f"{table}.{col}", []) if v not in values
+            ]
+            out.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=col, value_set=allowed, meta=_meta("accepted_values", ROW, col)
+                )
+            )
+    # ranges
+    for col in NON_NEGATIVE.get(table, ()):
+        if has(col):
+            out.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=col, min_value=0, meta=_meta("non_negative", ROW, col)
+                )
+            )
+    if table == "order_lines" and has("quantity"):
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="quantity",
+                min_value=0,
+                strict_min=True,
+                meta=_meta("positive", ROW, "quantity"),
+            )
+        )
+    if table == "loyalty_events" and has("points") and has("kind"):
+        for kind in ("earn", "redeem"):  # a tier_change moves no points (0)
+            out.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="points",
+                    min_value=0,
+                    strict_min=True,
+                    row_condition=Col("kind") == kind,
+                    meta=_meta("positive", ROW, "points"),
+                )
+            )
+    if table == "surveys" and has("score") and has("survey_type"):
+        for survey_type, lo, hi in (("csat", 1, 5), ("nps", 0, 10)):
+            out.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="score",
+                    min_value=lo,
+                    max_value=hi,
+                    row_condition=Col("survey_type") == survey_type,
+                    meta=_meta("score_range", ROW, "score", "survey_type", "score"),
+                )
+            )
+    if table == "customers" and has("birth_year"):
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="birth_year",
+                min_value=1900,
+                max_value=THIS_YEAR,
+                meta=_meta("birth_year_range", ROW, "birth_year"),
+            )
+        )
+    if table == "orders" and all(map(has, ("gross_amount", "discount_amount", "net_amount"))):
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=NET_DIFF,
+                min_value=-NET_TOLERANCE,
+                max_value=NET_TOLERANCE,
+                meta=_meta(
+                    "net_equals_gross_minus_discount",
+                    ROW,
+                    "net_amount",
+                    "net_amount",
+                    "gross_amount",
+                    "discount_amount",
+                ),
+            )
+        )
+    # timestamps: not in the future of the run, not after the row's own updated_at
+    for col in (*EVENT_TIMESTAMPS.get(table, ()), "updated_at"):
+        if has(col):
+            out.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=col, max_value=NOW, meta=_meta("not_in_future", ROW, col)
+                )
+            )
+    for col in EVENT_TIMESTAMPS.get(table, ()):
+        if has(col) and has("updated_at"):
+            out.append(
+                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                    column_A="updated_at",
+                    column_B=col,
+                    or_equal=True,
+                    ignore_row_if="either_value_is_missing",
+                    meta=_meta("not_after_updated_at", ROW, col, col, "updated_at"),
+                )
+            )
+    for later, earlier in PERIODS.get(table, ()):
+        if has(later) and has(earlier):
+            out.append(
+                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                    column_A=later,
+                    column_B=earlier,
+                    or_equal=True,
+                    ignore_row_if="either_value_is_missing",
+                    meta=_meta("period_order", ROW, later, earlier, later),
+                )
+            )
+    if table == "complaints":
+        chain = ("opened_at", *ss.COMPLAINT_STEPS)
+        for earlier, later in zip(chain, chain[1:], strict=False):
+            if has(earlier) and has(later):
+                out.append(
+                    gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                        column_A=later,
+                        column_B=earlier,
+                        or_equal=True,
+                        ignore_row_if="either_value_is_missing",
+                        meta=_meta("complaint_step_order", ROW, later, earlier, later),
+                    )
+                )
+                if earlier != "opened_at":  # a step is reached only after the one before it
+                    out.append(
+                        gxe.ExpectColumnValuesToBeNull(
+                            column=later,
+                            row_condition=Col(earlier).is_null(),
+                            meta=_meta("complaint_step_order", ROW, later, earlier, later),
+                        )
+                    )
+        if has("closed_at") and has("opened_at"):
+            out.append(
+                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                    column_A="closed_at",
+                    column_B="opened_at",
+                    or_equal=False,
+                    ignore_row_if="either_value_is_missing",
+                    meta=_meta("closed_after_opened", ROW, "closed_at", "opened_at", "closed_at"),
+                )
+            )
+    return out
+
+
+def table_expectations(table: str, cfg: dict[str, Any]) -> list[gxe.Expectation]:
+    """The table suite: run over a one-row profile of the table and this run's batches."""
+    rules = cfg["tables"][table]
+    out: list[gxe.Expectation] = []
+    if rules["non_empty"]:
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="rows_read", min_value=1, meta=_meta("table_not_empty", TABLE, "*")
+            )
+        )
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="raw_rows", min_value=1, meta=_meta("table_not_empty", TABLE, "*")
+            )
+        )
+    if rules["daily"]:
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="new_versions", min_value=1, meta=_meta("empty_extract", TABLE, "*")
+            )
+        )
+    if rules["freshness_max_age_hours"] is not None:
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="hours_since_newest_update",
+                max_value=float(rules["freshness_max_age_hours"]),
+                meta=_meta("freshness", TABLE, "updated_at"),
+            )
+        )
+    if rules["volume"]:
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="volume_ratio",
+                max_value=float(rules["volume"]["max_factor"]),
+                meta=_meta("volume", TABLE, "*"),
+            )
+        )
+    out.append(
+        gxe.ExpectColumnValuesToBeBetween(
+            column="bad_row_share",
+            max_value=float(rules["max_bad_share"]),
+            meta=_meta("bad_row_share", TABLE, "*"),
+        )
+    )
+    return out
+
+
+# -- GX plumbing ----------------------------------------------------------------------------------
+
+RESULT_FORMAT = {
+    "result_format": "COMPLETE",
+    "unexpected_index_column_names": ["_row_hash"],
+    "return_unexpected_index_query": False,
+    "partial_unexpected_count": 20,
+}
+DOCS_SITE = "crm_data_quality"
+HISTORY_STORE = "crm_dq_history"
+
+
+@dataclass
+class _Suite:
+    """A suite ready to run: its display name, expectations and validation definition."""
+
+    name: str
+    vd: gx.ValidationDefinition
+    rechecks: dict[tuple[int, ...], gx.ValidationDefinition] = field(default_factory=dict)
+
+    @property
+    def expectations(self) -> list[gxe.Expectation]:
+        return list(self.vd.suite.expectations)
+
+
+class _GxEngine:
+    """The process's ephemeral GX context: suites and validation definitions built in code.
+
+    Suites depend on the table, the columns the source had and the config only (the run's
+    `now` is a suite parameter), so they are built once per process and reused."""
+
+    def __init__(self) -> None:
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.datasource = self.context.data_sources.add_pandas("crm_raw")
+        self.suites: dict[str, _Suite] = {}
+
+    def _definition(
+        self, name: str, expectations: list[gxe.Expectation]
+    ) -> gx.ValidationDefinition:
+        suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        batch = self.datasource.add_dataframe_asset(name).add_batch_definition_whole_dataframe(
+            "chunk"
+        )
+        return self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        )
+
+    def suite(self, name: str, expectations: list[gxe.Expectation]) -> _Suite:
+        signature = name + repr([e.configuration.to_json_dict() for e in expectations])
+        if signature not in self.suites:
+            internal = f"{name}#{len(self.suites)}"
+            self.suites[signature] = _Suite(name, self._definition(internal, expectations))
+        return self.suites[signature]
+
+    def run(
+        self, suite: _Suite, frame: pd.DataFrame, params: dict[str, Any]
+    ) -> tuple[list[ExpectationValidationResult], dict[str, Any]]:
+        """Results in the suite's order. A cheap pass first; the expectations that failed are
+        run again with result_format COMPLETE, which lists every unexpected row."""
+        batch = {"dataframe": frame}
+        res = suite.vd.run(
+            batch_parameters=batch, expectation_parameters=params, result_format="BOOLEAN_ONLY"
+        )
+        expectations = suite.expectations
+        by_id = {r.expectation_config.id: r for r in res.results}
+        results = [by_id[e.id] for e in expectations]
+        failed = tuple(i for i, r in enumerate(results) if not r.success)
+        if failed:
+            if failed not in suite.rechecks:
+                copies = []
+                for i in failed:
+                    copy = expectations[i].configuration.to_domain_obj()
+                    copy.id = None
+                    copies.append(copy)
+                suite.rechecks[failed] = self._definition(
+                    f"{suite.vd.name}~{len(suite.rechecks)}", copies
+                )
+            recheck = suite.rechecks[failed]
+            detail = recheck.run(
+                batch_parameters=batch, expectation_parameters=params, result_format=RESULT_FORMAT
+            )
+            by_id = {r.expectation_config.id: r for r in detail.results}
+            for i, e in zip(failed, recheck.suite.expectations, strict=True):
+                results[i] = by_id[e.id]
+        return results, dict(res.meta)
+
+
+_ENGINE: _GxEngine | None = None
+
+
+def _engine() -> _GxEngine:
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = _GxEngine()
+    return _ENGINE
+
+
+class _Docs:
+    """Data Docs of one validation: results go to a file-backed store under docs_dir/_results
+    (so the site keeps every run) and the HTML site is built into docs_dir."""
+
+    def __init__(self, docs_dir: str | os.PathLike):
+        self.dir = Path(docs_dir).resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.add_store(
+            HISTORY_STORE,
+            {
+                "class_name": "ValidationResultsStore",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(self.dir / "_results"),
+                },
+            },
+        )
+        self.context.add_data_docs_site(
+            DOCS_SITE,
+            {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(self.dir),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "site_section_builders": {
+                    "validations": {"source_store_name": HISTORY_STORE},
+                    "profiling": {"source_store_name": HISTORY_STORE},
+                },
+            },
+        )
+        self.keys: list[Any] = []
+
+    def store(
+        self,
+        result: ExpectationSuiteValidationResult,
+        expectations: list[gxe.Expectation],
+        run_id: str,
+        now: dt.datetime,
+        batch_name: str,
+    ) -> None:
+        self.context.suites.add(
+            gx.ExpectationSuite(name=result.suite_name, expectations=expectations)
+        )
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name=result.suite_name),
+            run_id=RunIdentifier(run_name=run_id, run_time=now.replace(tzinfo=dt.UTC)),
+            batch_identifier=batch_name,
+        )
+        self.context.stores[HISTORY_STORE].set(key, result)
+        self.keys += [key, ExpectationSuiteIdentifier(name=result.suite_name)]
+
+    def build(self) -> str:
+        self.context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=self.keys)
+        return str(self.dir / "index.html")
+
+
+@dataclass
+class _Agg:
+    """One expectation's outcome summed over the chunks of a table."""
+
+    expectation: gxe.Expectation
+    element_count: int = 0
+    unexpected_count: int = 0
+    success: bool = True
+    partial: list[Any] = field(default_factory=list)
+    observed: Any = None
+    exception: str | None = None
+    last: ExpectationValidationResult | None = None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.expectation.meta or {}
+
+    def add(self, res: ExpectationValidationResult, rows: int) -> None:
+        self.last = res
+        info = res.exception_info or {}
+        if info.get("raised_exception"):
+            self.success = False
+            self.exception = str(info.get("exception_message"))
+            return
+        result = res.result or {}
+        if res.success and not result:  # the cheap pass: nothing unexpected in these rows
+            self.element_count += rows
+            return
+        self.success = self.success and bool(res.success)
+        self.element_count += int(result.get("element_count") or 0)
+        self.unexpected_count += int(result.get("unexpected_count") or 0)
+        if "observed_value" in result:
+            self.observed = result["observed_value"]
+        room = 20 - len(self.partial)
+        if room > 0:
+            self.partial.extend((result.get("partial_unexpected_list") or [])[:room])
+
+    def to_result(self) -> ExpectationValidationResult:
+        result: dict[str, Any] = {}
+        if self.last is not None and self.last.result:
+            result = {
+                k: v
+                for k, v in self.last.result.items()
+                if k
+                not in (
+                    "unexpected_list",
+                    "unexpected_index_list",
+                    "partial_unexpected_index_list",
+                    "partial_unexpected_counts",
+                )
+            }
+        if "element_count" in result or (self.last is not None and not self.last.result):
+            n = max(self.element_count, 1)
+            result.update(
+                element_count=self.element_count,
+                unexpected_count=self.unexpected_count,
+                unexpected_percent=100.0 * self.unexpected_count / n,
+                partial_unexpected_list=self.partial,
+            )
+        return ExpectationValidationResult(
+            success=self.success and self.exception is None,
+            expectation_config=self.expectation.configuration,
+            result=result,
+            exception_info={
+                "raised_exception": self.exception is not None,
+                "exception_message": self.exception,
+                "exception_traceback": None,
+            },
+        )
+
+
+def _suite_result(
+    name: str, aggs: list[_Agg], meta: dict[str, Any]
+) -> ExpectationSuiteValidationResult:
+    results = [a.to_result() for a in aggs]
+    ok = sum(r.success for r in results)
+    return ExpectationSuiteValidationResult(
+        success=ok == len(results),
+        results=results,
+        suite_name=name,
+        statistics={
+            "evaluated_expectations": len(results),
+            "successful_expectations": ok,
+            "unsuccessful_expectations": len(results) - ok,
+            "success_percent": 100.0 * ok / len(results) if results else None,
+        },
+        meta=meta,
+    )
+
+
+# -- errors and results ---------------------------------------------------------------------------
+
+
+@dataclass
+class Failure:
+    table: str
+    column: str
+    rule: str
+    rows: int
+    detail: str
+
+    def message(self) -> str:
+        return (
+            f"{self.table}.{self.column}: {self.detail} (rule: {self.rule}) - table-level failure"
+        )
+
+
+class DataQualityError(Exception):
+    """Table-level data-quality failures; the message names table, column, rule and rows."""
+
+    def __init__(self, failures: list[Failure], summary: dict[str, Any] | None = None):
+        self.failures = failures
+        self.summary = summary or {}
+        tables = sorted({f.table for f in failures})
+        lines = [f.message() for f in failures]
+        head = (
+            f"data quality: {len(failures)} table-level failure(s) in {', '.join(tables)}; "
+            "marts not rebuilt"
+        )
+        super().__init__(head + "\n" + "\n".join(f"  - {line}" for line in lines))
+
+
+def _n(x: int | float) -> str:
+    return f"{int(x):,}"
+
+
+# -- warehouse bookkeeping ------------------------------------------------------------------------
+
+
+def ensure_dq_tables(wh: Warehouse, conn: sa.Connection) -> None:
+    ensure_raw_tables(wh, conn)
+    conn.exec_driver_sql(
+        """create table if not exists ops.validated_batches (
+            batch_id bigint not null, table_name varchar not null, run_id varchar not null,
+            as_of_date date not null, status varchar not null, rows_validated bigint,
+            quarantined bigint, validated_at timestamp)"""
+    )
+    conn.exec_driver_sql(
+        """create table if not exists ops.dq_results (
+            run_id varchar not null, as_of_date date not null, table_name varchar not null,
+            expectation varchar not null, column_name varchar, level varchar not null,
+            success boolean not null, observed_value varchar, unexpected_count bigint,
+            element_count bigint, rule varchar not null, suite varchar not null)"""
+    )
+    conn.exec_driver_sql(
+        """create table if not exists ops.table_status (
+            as_of_date date not null, table_name varchar not null, status varchar not null,
+            run_id varchar not null, detail varchar, rows_validated bigint, quarantined bigint,
+            validated_at timestamp)"""
+    )
+
+
+def _q(value: str) -> str:
+    """A text literal for values this module builds itself (table names, rule ids, run ids)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _ts_literal(value: dt.datetime) -> str:
+    return f"timestamp '{value:%Y-%m-%d %H:%M:%S.%f}'"
+
+
+def _pending_batches(conn: sa.Connection, table: str, run_id: str) -> list[dict[str, Any]]:
+    """This table's batches still to validate: never validated, failed, or validated by this run."""
+    rows = (
+        conn.exec_driver_sql(
+            f"""select e.batch_id, e.run_id, e.watermark_from, e.rows_read, e.new_versions,
+                   e.source_columns, e.missing_columns
+            from ops.extract_batches e
+            where e.table_name = {_q(table)}
+              and not exists (
+                select 1 from ops.validated_batches v
+                where v.batch_id = e.batch_id
+                  and (v.status = '{ACCEPTED}'
+                       or (v.status in ('{PASSED}', '{QUARANTINED}') and v.run_id <> {_q(run_id)})))
+            order by e.batch_id"""
+        )
+        .mappings()
+        .all()
+    )
+    return [dict(r) for r in rows]
+
+
+def _held(table: str) -> str:
+    return f"(select row_hash from quarantine.held_rows where table_name = {_q(table)})"
+
+
+def _orphans(conn: sa.Connection, parent: str, values_sql: str) -> set[str]:
+    """Values from `values_sql` (column v) with no version of the parent in raw that is not held."""
+    pk = ss.SOURCE_TABLES[parent].key[0]
+    rows = conn.exec_driver_sql(
+        f"""select v from ({values_sql}) x
+            where v is not null and not exists (
+                select 1 from raw.{parent} p
+                where p.{pk} = x.v and p._row_hash not in {_held(parent)})"""
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _held_count(conn: sa.Connection, table: str) -> int:
+    return conn.exec_driver_sql(
+        f"select count(*) from quarantine.rows where table_name = {_q(table)} and released_at is null"
+    ).scalar_one()
+
+
+def _auto_release_orphans(conn: sa.Connection, table: str, run_id: str, now: dt.datetime) -> int:
+    """Release held orphan-FK versions of `table` whose parent has arrived since."""
+    before = _held_count(conn, table)
+    for col, parent in FOREIGN_KEYS.get(table, ()):
+        pk = ss.SOURCE_TABLES[parent].key[0]
+        conn.exec_driver_sql(
+            f"""update quarantine.rows set released_at = {_ts_literal(now)},
+                    release_run_id = {_q(run_id)}
+                where table_name = {_q(table)} and rule = {_q("fk_" + parent)}
+                  and released_at is null
+                  and exists (
+                    select 1 from raw.{table} c
+                    where c._row_hash = quarantine.rows.row_hash
+                      and exists (select 1 from raw.{parent} p
+                                  where p.{pk} = c.{col} and p._row_hash not in {_held(parent)}))"""
+        )
+    return before - _held_count(conn, table)
+
+
+# -- reading raw ----------------------------------------------------------------------------------
+
+
+def _read_sorted(reader: sa.Connection, sql: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Stream a query in blocks of about `chunk_rows` rows without holding the whole result
+    in memory, on a connection that only reads (raw is committed by extract)."""
+    dbapi = reader.connection.driver_connection
+    if reader.dialect.name == "duckdb":
+        cur = dbapi.cursor()
+        cur.execute(sql)
+        vectors = max(1, -(-chunk_rows // 2048))  # DuckDB streams vectors of 2,048 rows
+        while True:
+            frame = cur.fetch_df_chunk(vectors)
+            if frame.empty:
+                break
+            yield frame.astype(object).where(frame.notna(), None)
+    else:
+        cur = dbapi.cursor(name=f"dq_stream_{time.monotonic_ns()}")  # a server-side cursor
+        cur.itersize = chunk_rows
+        try:
+            cur.execute(sql)
+            columns = None
+            while rows := cur.fetchmany(chunk_rows):
+                columns = columns or [d[0] for d in cur.description]
+                frame = pd.DataFrame(rows, columns=columns, dtype=object)
+                yield frame.where(frame.notna(), None)
+        finally:
+            cur.close()
+
+
+def key_text(frame: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
+    """The key as text: 'O123', or 'O1|2' for a composite key."""
+    out = frame[key[0]].fillna("").astype(str)
+    for col in key[1:]:
+        out = out + "|" + frame[col].fillna("").astype(str)
+    return out
+
+
+def key_chunks(blocks: Iterable[pd.DataFrame], key: tuple[str, ...]) -> Iterator[pd.DataFrame]:
+    """Re-cut blocks sorted by key so that no key straddles two chunks: the rows of the last
+    key of a block wait for the next block (if there is one)."""
+    pending: pd.DataFrame | None = None
+    for block in blocks:
+        if pending is None:
+            pending = block
+            continue
+        keys = key_text(pending, key)
+        tail = keys == keys.iloc[-1]
+        if (~tail).any():
+            yield pending[~tail].reset_index(drop=True)
+        pending = pd.concat([pending[tail], block], ignore_index=True)
+    if pending is not None and len(pending):
+        yield pending.reset_index(drop=True)
+
+
+# -- one chunk ------------------------------------------------------------------------------------
+
+
+def check_frame(
+    table: str, raw: pd.DataFrame, present: Iterable[str], orphans: dict[str, set[str]]
+) -> pd.DataFrame:
+    """Typed contract columns, their text, and the derived columns the suite checks."""
+    spec = ss.SOURCE_TABLES[table]
+    present = [c for c in spec.columns if c in set(present)]
+    frame = pd.DataFrame(index=raw.index)
+    frame["_row_hash"] = raw["_row_hash"].astype(object)
+    frame["_batch_id"] = raw["_batch_id"].astype("int64")
+    for col in present:
+        kind = column_kind(table, col)
+        text = raw[col].astype(object).where(raw[col].notna(), None)
+        if kind == "text":
+            frame[col] = text
+        elif kind in ("timestamp", "date"):
+            # nanosecond timestamps keep GX's range checks vectorised; the few values past
+            # 2262 are left out of the range checks (they parse, so staging casts them)
+            values = parse_values(text, kind)
+            in_ns = (values > _NS_MIN) & (values < _NS_MAX)
+            frame[col] = values.where(in_ns).astype("datetime64[ns]")
+            frame[f"{col}__text"] = text
+        else:
+            frame[col] = parse_values(text, kind)
+            frame[f"{col}__text"] = text
+    for col, parent in FOREIGN_KEYS.get(table, ()):
+        if col in present:
+            values = raw[col]
+            resolved = ~values.isin(orphans.get(col, set()))
+            frame[fk_column(col, parent)] = resolved.astype(object).where(values.notna(), None)
+    if table == "orders" and {"gross_amount", "discount_amount", "net_amount"} <= set(present):
+        diff = frame["net_amount"] - (frame["gross_amount"] - frame["discount_amount"])
+        frame[NET_DIFF] = diff.round(6)
+    return frame
+
+
+@dataclass
+class _Findings:
+    """Offending versions of a chunk, as quarantine rows."""
+
+    frame: pd.DataFrame
+
+    @classmethod
+    def collect(
+        cls,
+        table: str,
+        raw: pd.DataFrame,
+        results: list[ExpectationValidationResult],
+        levels: tuple[str, ...] = (ROW, TABLE),
+    ) -> _Findings:
+        spec = ss.SOURCE_TABLES[table]
+        by_hash = raw.set_index("_row_hash")
+        parts = []
+        for r in results:
+            meta = r.expectation_config.meta or {}
+            if r.success or meta.get("level") not in levels or not meta.get("value_columns"):
+                continue
+            hashes = [d["_row_hash"] for d in (r.result or {}).get("unexpected_index_list") or []]
+            if not hashes:
+                continue
+            rows = by_hash.loc[list(dict.fromkeys(hashes))]
+            cols = meta["value_columns"]
+            if len(cols) == 1:
+                value = rows[cols[0]].astype(object).where(rows[cols[0]].notna(), None)
+            else:
+                value = pd.Series("", index=rows.index)
+                for i, c in enumerate(cols):
+                    value = (
+                        value
+                        + ("" if i == 0 else ", ")
+                        + c
+                        + "="
+                        + rows[c].fillna("null").astype(str)
+                    )
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "table_name": table,
+                        "row_key": key_text(rows, spec.key).to_numpy(),
+                        "row_hash": rows.index.to_numpy(),
+                        "rule": meta["rule"],
+                        "column_name": meta["column"],
+                        "value": value.to_numpy(),
+                        "level": meta["level"],
+                    }
+                )
+            )
+        if not parts:
+            return cls(
+                pd.DataFrame(
+                    columns=[
+                        "table_name",
+                        "row_key",
+                        "row_hash",
+                        "rule",
+                        "column_name",
+                        "value",
+                        "level",
+                    ]
+                )
+            )
+        return cls(pd.concat(parts, ignore_index=True))
+
+
+# -- one table ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _TableOutcome:
+    table: str
+    rows: int = 0
+    quarantined: int = 0
+    newly_quarantined: int = 0
+    released: int = 0
+    status: str = PASSED
+    failures: list[Failure] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "quarantined": self.quarantined,
+            "status": self.status,
+            "newly_quarantined": self.newly_quarantined,
+            "released": self.released,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 2),
+            "failures": [f.message() for f in self.failures],
+        }
+
+
+def _findings_table(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("drop table if exists _dq_findings")
+    conn.exec_driver_sql(
+        """create temporary table _dq_findings (table_name varchar, row_key varchar,
+            row_hash varchar, rule varchar, column_name varchar, value varchar, level varchar)"""
+    )
+
+
+def _volume(
+    conn: sa.Connection, table: str, batches: list[dict[str, Any]], rule: dict[str, Any]
+) -> tuple[float | None, str]:
+    """Highest ratio of a batch's new versions to the median of the incremental batches before it."""
+    worst: tuple[float | None, str] = (None, "")
+    for b in batches:
+        if b["watermark_from"] is None:  # the first, full pull of a table has no "usual"
+            continue
+        history = [
+            r[0]
+            for r in conn.exec_driver_sql(
+                f"""select new_versions from ops.extract_batches
+                where table_name = {_q(table)} and watermark_from is not null
+                  and batch_id < {int(b["batch_id"])}
+                order by batch_id desc limit {int(rule["history_batches"])}"""
+            ).fetchall()
+        ]
+        if len(history) < int(rule["min_history"]):
+            continue
+        median = statistics.median(history)
+        ratio = b["new_versions"] / max(median, float(rule["min_baseline"]))
+        if worst[0] is None or ratio > worst[0]:
+            worst = (
+                ratio,
+                (
+                    f"{_n(b['new_versions'])} new versions in batch {b['batch_id']}, "
+                    f"{ratio:.1f}x the usual (median {median:g} of the last "
+                    f"{len(history)} incremental batches)"
+                ),
+            )
+    return worst
+
+
+def _validate_table(
+    wh: Warehouse,
+    conn: sa.Connection,
+    reader: sa.Connection,
+    table: str,
+    as_of_date: dt.date,
+    run_id: str,
+    now: dt.datetime,
+    cfg: dict[str, Any],
+    docs: _Docs | None = None,
+) -> _TableOutcome:
+    """Validate one table's pending batches; writes go through `conn` (the run's transaction)."""
+    started = time.monotonic()
+    spec = ss.SOURCE_TABLES[table]
+    rules = cfg["tables"][table]
+    out = _TableOutcome(table)
+    out.released = _auto_release_orphans(conn, table, run_id, now)
+    batches = _pending_batches(conn, table, run_id)
+    out.batches = [int(b["batch_id"]) for b in batches]
+    missing: dict[str, int] = {}
+    extra: set[str] = set()
+    for b in batches:
+        for col in filter(None, (b["missing_columns"] or "").split(",")):
+            missing[col] = missing.get(col, 0) + int(b["new_versions"])
+        extra |= set(filter(None, (b["source_columns"] or "").split(","))) - set(spec.columns)
+    present = [c for c in spec.columns if c not in missing]
+    engine = _engine()
+    params = suite_parameters(now)
+    row_suite = engine.suite(f"{table}.rows", row_expectations(table, present, cfg))
+    aggs = [_Agg(e) for e in row_suite.expectations]
+    batch_list = ", ".join(str(b) for b in out.batches) or "null"
+    orphans = {
+        col: _orphans(
+            conn,
+            parent,
+            f"select distinct {col} as v from raw.{table} where _batch_id in ({batch_list})",
+        )
+        for col, parent in FOREIGN_KEYS.get(table, ())
+        if col in present
+    }
+    _findings_table(conn)
+    meta: dict[str, Any] = {}
+    if out.batches:
+        order = ", ".join(spec.key)
+        sql = (
+            f"select {', '.join(spec.columns)}, _row_hash, _batch_id from raw.{table} "
+            f"where _batch_id in ({batch_list}) order by {order}, _batch_id, _row_hash"
+        )
+        for raw in key_chunks(_read_sorted(reader, sql, cfg["chunk_rows"]), spec.key):
+            frame = check_frame(table, raw, present, orphans)
+            results, meta = engine.run(row_suite, frame, params)
+            for agg, r in zip(aggs, results, strict=True):
+                agg.add(r, len(frame))
+            found = _Findings.collect(table, raw, results).frame
+            wh.bulk_load(conn, "_dq_findings", found)
+            out.rows += len(raw)
+    # quarantine: row-level findings, and values staging could not cast
+    out.quarantined = conn.exec_driver_sql(
+        "select count(distinct row_hash) from _dq_findings"
+    ).scalar_one()
+    bad_row_versions = conn.exec_driver_sql(
+        f"select count(distinct row_hash) from _dq_findings where level = '{ROW}'"
+    ).scalar_one()
+    before = conn.exec_driver_sql(
+        f"select count(*) from quarantine.rows where table_name = {_q(table)}"
+    ).scalar_one()
+    conn.exec_driver_sql(
+        f"""insert into quarantine.rows (table_name, row_key, row_hash, rule, column_name, value,
+                as_of_date, run_id, released_at, release_run_id)
+            select distinct f.table_name, f.row_key, f.row_hash, f.rule, f.column_name, f.value,
+                   date '{as_of_date:%Y-%m-%d}', {_q(run_id)}, cast(null as timestamp),
+                   cast(null as varchar)
+            from _dq_findings f
+            where not exists (
+                select 1 from quarantine.rows q
+                where q.table_name = f.table_name and q.row_hash = f.row_hash
+                  and q.rule = f.rule and coalesce(q.column_name, '') = coalesce(f.column_name, '')
+                  and q.released_at is null)"""
+    )
+    out.newly_quarantined = (
+        conn.exec_driver_sql(
+            f"select count(*) from quarantine.rows where table_name = {_q(table)}"
+        ).scalar_one()
+        - before
+    )
+    # the table profile, then its suite
+    profile = _profile(conn, table, batches, now, as_of_date, rules, out.rows, bad_row_versions)
+    tab_suite = engine.suite(f"{table}.table", table_expectations(table, cfg))
+    tab_results, tab_meta = engine.run(tab_suite, pd.DataFrame([profile["values"]]), params)
+    tab_aggs = [_Agg(e) for e in tab_suite.expectations]
+    for agg, r in zip(tab_aggs, tab_results, strict=True):
+        agg.add(r, 1)
+        agg.observed = profile["values"].get(r.expectation_config.kwargs.get("column"))
+    out.failures = _failures(table, aggs, tab_aggs, missing, extra, out.rows, profile)
+    stale_only = out.failures and all(
+        f.rule in ("freshness", "empty_extract") for f in out.failures
+    )
+    if out.failures:
+        out.status = (
+            STALE if stale_only and any(f.rule == "freshness" for f in out.failures) else FAILED
+        )
+    elif out.quarantined:
+        out.status = QUARANTINED
+    _record(
+        conn, table, as_of_date, run_id, now, out, {row_suite.name: aggs, tab_suite.name: tab_aggs}
+    )
+    conn.exec_driver_sql("drop table if exists _dq_findings")
+    out.seconds = time.monotonic() - started
+    if docs is not None:
+        batch_name = (
+            f"batches {out.batches[0]}-{out.batches[-1]}" if out.batches else "no new batch"
+        )
+        docs.store(
+            _suite_result(row_suite.name, aggs, meta),
+            row_expectations(table, present, cfg),
+            run_id,
+            now,
+            batch_name,
+        )
+        docs.store(
+            _suite_result(tab_suite.name, tab_aggs, tab_meta),
+            table_expectations(table, cfg),
+            run_id,
+            now,
+            batch_name,
+        )
+    log.info(
+        "validated %s: %d versions in batch(es) %s, %d quarantined (%d new), %d orphan(s) "
+        "released, status %s, %.1fs",
+        table,
+        out.rows,
+        out.batches or "-",
+        out.quarantined,
+        out.newly_quarantined,
+        out.released,
+        out.status,
+        out.seconds,
+    )
+    return out
+
+
+def _profile(
+    conn: sa.Connection,
+    table: str,
+    batches: list[dict[str, Any]],
+    now: dt.datetime,
+    as_of_date: dt.date,
+    rules: dict[str, Any],
+    rows: int,
+    bad: int,
+) -> dict[str, Any]:
+    newest_text = conn.exec_driver_sql(
+        f"""select max(updated_at) from raw.{table}
+            where updated_at <= {_q(now.strftime(TS_TEXT))}
+              and _row_hash not in {_held(table)}"""
+    ).scalar()
+    newest = parse_values(pd.Series([newest_text], dtype=object), "timestamp").iloc[0]
+    newest = None if pd.isna(newest) else newest.to_pydatetime()
+    hours = None if newest is None else (end_of_day(as_of_date) - newest).total_seconds() / 3600
+    raw_rows = conn.exec_driver_sql(f"select count(*) from raw.{table}").scalar_one()
+    ratio, volume_detail = (None, "")
+    if rules["volume"]:
+        ratio, volume_detail = _volume(conn, table, batches, rules["volume"])
+    share = bad / rows if rows and rows >= int(rules["bad_share_min_rows"]) else None
+    values = {
+        "raw_rows": raw_rows,
+        "rows_read": sum(int(b["rows_read"]) for b in batches) if batches else None,
+        "new_versions": sum(int(b["new_versions"]) for b in batches) if batches else None,
+        "hours_since_newest_update": float("inf") if newest is None and raw_rows else hours,
+        "volume_ratio": ratio,
+        "bad_row_share": share,
+    }
+    return {"values": values, "newest": newest, "volume_detail": volume_detail, "bad": bad}
+
+
+def _failures(
+    table: str,
+    aggs: list[_Agg],
+    tab_aggs: list[_Agg],
+    missing: dict[str, int],
+    extra: set[str],
+    rows: int,
+    profile: dict[str, Any],
+) -> list[Failure]:
+    out: list[Failure] = []
+    for col, n in missing.items():
+        hint = (
+            f"; the source has new column(s) {', '.join(sorted(extra))} - renamed?" if extra else ""
+        )
+        out.append(
+            Failure(
+                table,
+                col,
+                "column_present",
+                n,
+                f"column missing from the source table ({_n(n)} rows extracted without it{hint})",
+            )
+        )
+    for agg in aggs:
+        meta = agg.meta
+        if agg.exception is not None:
+            out.append(
+                Failure(
+                    table,
+                    meta.get("column") or "*",
+                    meta.get("rule", "?"),
+                    rows,
+                    f"expectation {agg.expectation.expectation_type} could not be "
+                    f"evaluated on {_n(rows)} rows: {agg.exception}",
+                )
+            )
+        elif (
+            meta.get("level") == TABLE
+            and meta.get("rule", "").startswith("type_")
+            and agg.unexpected_count
+        ):
+            kind = meta["rule"][len("type_") :]
+            sample = ", ".join(repr(v) for v in agg.partial[:3])
+            out.append(
+                Failure(
+                    table,
+                    meta["column"],
+                    meta["rule"],
+                    agg.unexpected_count,
+                    f"{_n(agg.unexpected_count)} of {_n(agg.element_count)} rows do not "
+                    f"parse as {KIND_WORDS[kind]} (e.g. {sample})",
+                )
+            )
+    values = profile["values"]
+    seen: set[str] = set()
+    for agg in tab_aggs:
+        rule = agg.meta.get("rule", "?")
+        if agg.success or rule in seen:
+            continue
+        seen.add(rule)
+        if agg.exception is not None:
+            detail, n = f"could not be evaluated: {agg.exception}", rows
+        elif rule == "table_not_empty":
+            n = values["rows_read"] or 0
+            detail = (
+                f"the source table returned {_n(n)} rows (not even the row at the watermark) "
+                f"and raw holds {_n(values['raw_rows'])}"
+            )
+        elif rule == "empty_extract":
+            n = values["new_versions"] or 0
+            detail = f"{_n(n)} new or changed rows extracted, rows are expected every day"
+        elif rule == "freshness":
+            n = values["new_versions"] or 0
+            age = values["hours_since_newest_update"]
+            newest = profile["newest"]
+            detail = (
+                f"newest updated_at {newest:%Y-%m-%d %H:%M} is {age:.1f} hours before the end "
+                f"of the covered day, more than {agg.expectation.max_value:g} allowed "
+                f"({_n(n)} new rows this run)"
+                if newest
+                else "no parseable updated_at in raw"
+            )
+        elif rule == "volume":
+            n = values["new_versions"] or 0
+            detail = f"{profile['volume_detail']}, more than {agg.expectation.max_value:g}x allowed"
+        elif rule == "bad_row_share":
+            n = profile["bad"]
+            worst = sorted(
+                (a for a in aggs if a.meta.get("level") == ROW and a.unexpected_count),
+                key=lambda a: -a.unexpected_count,
+            )[:3]
+            most = "; ".join(
+                f"{a.meta['rule']} on {a.meta['column']}: {_n(a.unexpected_count)}" for a in worst
+            )
+            detail = (
+                f"{_n(n)} of {_n(rows)} rows ({100 * values['bad_row_share']:.1f}%) failed "
+                f"row-level rules ({most}), more than "
+                f"{100 * agg.expectation.max_value:g}% allowed; they are quarantined"
+            )
+        else:
+            n, detail = rows, "failed"
+        out.append(Failure(table, agg.meta.get("column") or "*", rule, n, detail))
+    return out
+
+
+def _observed(agg: _Agg) -> str | None:
+    if agg.exception is not None:
+        return f"error: {agg.exception}"[:500]
+    if agg.observed is not None:
+        return str(agg.observed)[:500]
+    if agg.partial:
+        return ("e.g. " + ", ".join(repr(v) for v in agg.partial[:5]))[:500]
+    return None
+
+
+def _record(
+    conn: sa.Connection,
+    table: str,
+    as_of_date: dt.date,
+    run_id: str,
+    now: dt.datetime,
+    out: _TableOutcome,
+    suites: dict[str, list[_Agg]],
+) -> None:
+    results = pd.DataFrame(
+        [
+            {
+                "run_id": run_id,
+                "as_of_date": as_of_date,
+                "table_name": table,
+                "expectation": agg.expectation.expectation_type,
+                "column_name": agg.meta.get("column"),
+                "level": agg.meta.get("level"),
+                "success": bool(agg.success and agg.exception is None),
+                "observed_value": _observed(agg),
+                "unexpected_count": agg.unexpected_count,
+                "element_count": agg.element_count,
+                "rule": agg.meta.get("rule"),
+                "suite": suite,
+            }
+            for suite, aggs in suites.items()
+            for agg in aggs
+        ]
+    )
+    conn.exec_driver_sql(
+        f"delete from ops.dq_results where run_id = {_q(run_id)} and table_name = {_q(table)}"
+    )
+    _load(conn, "ops.dq_results", results)
+    detail = "; ".join(f.message() for f in out.failures) or (
+        f"{_n(out.quarantined)} of {_n(out.rows)} versions quarantined"
+        if out.quarantined
+        else f"{_n(out.rows)} versions passed"
+    )
+    conn.exec_driver_sql(
+        f"delete from ops.table_status where as_of_date = date '{as_of_date:%Y-%m-%d}' "
+        f"and table_name = {_q(table)}"
+    )
+    _load(
+        conn,
+        "ops.table_status",
+        pd.DataFrame(
+            [
+                {
+                    "as_of_date": as_of_date,
+                    "table_name": table,
+                    "status": out.status,
+                    "run_id": run_id,
+                    "detail": detail[:4000],
+                    "rows_validated": out.rows,
+                    "quarantined": out.quarantined,
+                    "validated_at": now,
+                }
+            ]
+        ),
+    )
+    if out.batches:
+        conn.exec_driver_sql(
+            f"delete from ops.validated_batches where batch_id in "
+            f"({', '.join(map(str, out.batches))})"
+        )
+        status = FAILED if out.failures else (QUARANTINED if out.quarantined else PASSED)
+        _load(
+            conn,
+            "ops.validated_batches",
+            pd.DataFrame(
+                [
+                    {
+                        "batch_id": b,
+                        "table_name": table,
+                        "run_id": run_id,
+                        "as_of_date": as_of_date,
+                        "status": status,
+                        "rows_validated": out.rows,
+                        "quarantined": out.quarantined,
+                        "validated_at": now,
+                    }
+                    for b in out.batches
+                ]
+            ),
+        )
+
+
+def _load(conn: sa.Connection, qualified: str, frame: pd.DataFrame) -> None:
+    """Small bookkeeping inserts, with bound parameters (same SQL on both engines)."""
+    if frame.empty:
+        return
+    cols = list(frame.columns)
+    records = [
+        {k: (None if _isnull(v) else _py(v)) for k, v in r.items()}
+        for r in frame.to_dict("records")
+    ]
+    conn.execute(
+        sa.text(
+            f"insert into {qualified} ({', '.join(cols)}) "
+            f"values ({', '.join(':' + c for c in cols)})"
+        ),
+        records,
+    )
+
+
+def _isnull(v: Any) -> bool:
+    try:
+        return v is None or (not isinstance(v, (list, dict, str)) and bool(pd.isna(v)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _py(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, pd.Timestamp):
+        return v.to_pydatetime()
+    return v
+
+
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+# -- public API -----------------------------------------------------------------------------------
+
+
+def validate_run(
+    wh: Warehouse,
+    as_of_date: dt.date,
+    run_id: str,
+    now: dt.datetime,
+    docs_dir: str | os.PathLike | None = None,
+    *,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate every table's unvalidated batches; write quarantine, dq_results, table_status;
+    build Data Docs into `docs_dir`; raise DataQualityError after recording everything if a
+    table-level rule failed. Returns {table: {"rows", "quarantined", "status", ...}, "docs": path}.
+
+    `now` is the DAG run's run_after: timestamps after it are "in the future".
+    """
+    cfg = config or load_config()
+    now = _naive_utc(now)
+    with wh.begin() as conn:
+        ensure_dq_tables(wh, conn)
+    docs = _Docs(docs_dir) if docs_dir else None
+    summary: dict[str, Any] = {}
+    failures: list[Failure] = []
+    started = time.monotonic()
+    # one transaction for everything the run writes (a killed run leaves nothing half-done);
+    # raw is read on a second connection, streamed
+    with wh.begin() as conn, wh.engine.connect() as reader:
+        for table in ss.TABLE_ORDER:
+            outcome = _validate_table(wh, conn, reader, table, as_of_date, run_id, now, cfg, docs)
+            summary[table] = outcome.summary()
+            failures += outcome.failures
+    summary["docs"] = docs.build() if docs is not None else None
+    summary["seconds"] = round(time.monotonic() - started, 2)
+    if failures:
+        raise DataQualityError(failures, summary)
+    return summary
+
+
+def failed_tables(wh: Warehouse, as_of_date: dt.date) -> set[str]:
+    """Tables whose data for the date did not pass (status failed or stale): KPIs reading
+    them are not evaluated for that date."""
+    with wh.begin() as conn:
+        ensure_dq_tables(wh, conn)
+        rows = conn.exec_driver_sql(
+            f"select table_name from ops.table_status where as_of_date = date '{as_of_date:%Y-%m-%d}' "
+            f"and status in ('{FAILED}', '{STALE}')"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def release_quarantine(
+    wh: Warehouse,
+    as_of_date: dt.date,
+    run_id: str,
+    released_at: dt.datetime,
+    table: str | None = None,
+    rule: str | None = None,
+    *,
+    config: dict[str, Any] | None = None,
+) -> int:
+    """Re-validate held versions (all, or of one table / one rule) against the current config
+    and the current raw layer; release the quarantine entries that now pass. Returns the
+    number of entries released. Staging picks the released versions up at its next build.
+    `released_at` is also the "now" of the future-timestamp rule."""
+    cfg = config or load_config()
+    released_at = _naive_utc(released_at)
+    tables = [table] if table else list(ss.TABLE_ORDER)
+    if table and table not in ss.SOURCE_TABLES:
+        raise ValueError(f"unknown table {table!r}")
+    engine = _engine()
+    params = suite_parameters(released_at)
+    total = 0
+    for name in tables:
+        spec = ss.SOURCE_TABLES[name]
+        with wh.begin() as conn:
+            ensure_dq_tables(wh, conn)
+            rule_sql = f" and rule = {_q(rule)}" if rule else ""
+            hashes = [
+                r[0]
+                for r in conn.exec_driver_sql(
+                    f"select distinct row_hash from quarantine.rows where table_name = {_q(name)} "
+                    f"and released_at is null{rule_sql}"
+                ).fetchall()
+            ]
+            if not hashes:
+                continue
+            missing_sql = conn.exec_driver_sql(
+                f"""select distinct e.missing_columns from ops.extract_batches e
+                    where e.table_name = {_q(name)} and e.batch_id in (
+                        select _batch_id from raw.{name} where _row_hash in
+                        (select row_hash from quarantine.rows where table_name = {_q(name)}
+                         and released_at is null))"""
+            ).fetchall()
+            missing = {c for r in missing_sql for c in (r[0] or "").split(",") if c}
+            present = [c for c in spec.columns if c not in missing]
+            suite = engine.suite(f"{name}.rows", row_expectations(name, present, cfg))
+            conn.exec_driver_sql("drop table if exists _dq_probe")
+            conn.exec_driver_sql("create temporary table _dq_probe (row_hash varchar)")
+            _findings_table(conn)
+            step = cfg["chunk_rows"]
+            for i in range(0, len(hashes), step):
+                conn.exec_driver_sql("delete from _dq_probe")
+                wh.bulk_load(conn, "_dq_probe", pd.DataFrame({"row_hash": hashes[i : i + step]}))
+                key_match = " and ".join(f"s.{k} = h.{k}" for k in spec.key)
+                # the held versions, plus the other versions of their key in the same batch
+                # (a duplicate is still a duplicate)
+                rows = conn.exec_driver_sql(
+                    f"""select {", ".join("s." + c for c in spec.columns)}, s._row_hash, s._batch_id
+                        from raw.{name} s
+                        where exists (select 1 from raw.{name} h join _dq_probe p
+                                      on p.row_hash = h._row_hash
+                                      where h._batch_id = s._batch_id and {key_match})"""
+                ).fetchall()
+                raw = pd.DataFrame.from_records(
+                    rows, columns=[*spec.columns, "_row_hash", "_batch_id"], coerce_float=False
+                )
+                if raw.empty:
+                    continue
+                orphans = {}
+                for col, parent in FOREIGN_KEYS.get(name, ()):
+                    if col in present:
+                        conn.exec_driver_sql("drop table if exists _dq_values")
+                        conn.exec_driver_sql("create temporary table _dq_values (v varchar)")
+                        wh.bulk_load(
+                            conn,
+                            "_dq_values",
+                            pd.DataFrame({"v": raw[col].dropna().unique().astype(object)}),
+                        )
+                        orphans[col] = _orphans(conn, parent, "select v from _dq_values")
+                frame = check_frame(name, raw, present, orphans)
+                results, _meta = engine.run(suite, frame, params)
+                wh.bulk_load(conn, "_dq_findings", _Findings.collect(name, raw, results).frame)
+                for col, _parent in FOREIGN_KEYS.get(name, ()):
+                    if col in present:
+                        conn.exec_driver_sql("drop table if exists _dq_values")
+            held_before = _held_count(conn, name)
+            conn.exec_driver_sql(
+                f"""update quarantine.rows set released_at = {_ts_literal(released_at)},
+                        release_run_id = {_q(run_id)}
+                    where table_name = {_q(name)} and released_at is null{rule_sql}
+                      and not exists (
+                        select 1 from _dq_findings f
+                        where f.row_hash = quarantine.rows.row_hash
+                          and f.rule = quarantine.rows.rule
+                          and coalesce(f.column_name, '') = coalesce(quarantine.rows.column_name, ''))"""
+            )
+            released = held_before - _held_count(conn, name)
+            conn.exec_driver_sql("drop table if exists _dq_findings")
+            conn.exec_driver_sql("drop table if exists _dq_probe")
+        log.info(
+            "release_quarantine %s (%s): %d of the held entries released for %s by %s",
+            name,
+            rule or "all rules",
+            released,
+            as_of_date,
+            run_id,
+        )
+        total += released
+    return total
+
+
+def accept_failed_batches(wh: Warehouse, table: str, run_id: str, accepted_at: dt.datetime) -> int:
+    """An operator's decision after a table-level failure that will not go away by itself
+    (a real volume spike, a column the source dropped for good): the table's failed batches
+    count as validated from now on. Their offending rows stay held. Returns the batch count."""
+    with wh.begin() as conn:
+        ensure_dq_tables(wh, conn)
+        return (
+            conn.exec_driver_sql(
+                f"""update ops.validated_batches set status = '{ACCEPTED}', run_id = {_q(run_id)},
+                    validated_at = {_ts_literal(_naive_utc(accepted_at))}
+                where table_name = {_q(table)} and status = '{FAILED}'"""
+            ).rowcount
+            or 0
+        )
