@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DataQualityError",
+    "validate_frame",
     "accept_failed_batches",
     "failed_tables",
     "load_config",
@@ -515,7 +516,9 @@ def table_expectations(table: str, cfg: dict[str, Any]) -> list[gxe.Expectation]
     if rules["daily"]:
         out.append(
             gxe.ExpectColumnValuesToBeBetween(
-                column="new_versions", min_value=1, meta=_meta("empty_extract", TABLE, "*")
+                column="versions_updated_on_day",
+                min_value=1,
+                meta=_meta("empty_extract", TABLE, "*"),
             )
         )
     if rules["freshness_max_age_hours"] is not None:
@@ -955,6 +958,62 @@ def _read_sorted(reader: sa.Connection, sql: str, chunk_rows: int) -> Iterator[p
             cur.close()
 
 
+def _after(cols: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """SQL for (cols) > (values), lexicographically, spelled out (works on every engine)."""
+    terms = []
+    for i, col in enumerate(cols):
+        eq = [f"{cols[j]} = {_q(values[j])}" for j in range(i)]
+        terms.append("(" + " and ".join([*eq, f"{col} > {_q(values[i])}"]) + ")")
+    return "(" + " or ".join(terms) + ")"
+
+
+def _raw_chunks(
+    reader: sa.Connection, table: str, batch_list: str, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
+    """The versions of the given batches, in chunks of about `chunk_rows`, every version of a
+    key in one chunk, memory bounded by the chunk.
+
+    PostgreSQL: one query sorted by key through a server-side cursor (the server sorts on
+    disk past work_mem), re-cut at key changes. DuckDB would sort the whole batch in memory,
+    so it reads key ranges instead: boundaries every `chunk_rows` keys (a sort of the key
+    columns only), then one small sorted query per range."""
+    spec = ss.SOURCE_TABLES[table]
+    cols = f"{', '.join(spec.columns)}, _row_hash, _batch_id"
+    order = f"{', '.join(spec.key)}, _batch_id, _row_hash"
+    where = f"_batch_id in ({batch_list})"
+    if reader.dialect.name != "duckdb":
+        sql = f"select {cols} from raw.{table} where {where} order by {order}"
+        yield from key_chunks(_read_sorted(reader, sql, chunk_rows), spec.key)
+        return
+    keys = ", ".join(spec.key)
+    not_null = " and ".join(f"{k} is not null" for k in spec.key)
+    bounds = [
+        tuple(r)
+        for r in reader.exec_driver_sql(
+            f"""select {keys} from (
+                select {keys}, row_number() over (order by {keys}) as _n
+                from raw.{table} where {where} and {not_null}) ranked
+            where _n % {int(chunk_rows)} = 0 order by _n"""
+        ).fetchall()
+    ]
+    if not bounds:
+        ranges = [""]
+    else:
+        ranges = [f" and not {_after(spec.key, bounds[0])}"]
+        ranges += [
+            f" and {_after(spec.key, lo)} and not {_after(spec.key, hi)}"
+            for lo, hi in zip(bounds, bounds[1:], strict=False)
+        ]
+        ranges += [f" and {_after(spec.key, bounds[-1])}", " and not (" + not_null + ")"]
+    dbapi = reader.connection.driver_connection
+    for extra in ranges:
+        cur = dbapi.cursor()
+        cur.execute(f"select {cols} from raw.{table} where {where}{extra} order by {order}")
+        frame = cur.fetch_df()
+        if len(frame):
+            yield frame.astype(object).where(frame.notna(), None)
+
+
 def key_text(frame: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
     """The key as text: 'O123', or 'O1|2' for a composite key."""
     out = frame[key[0]].fillna("").astype(str)
@@ -1198,12 +1257,7 @@ def _validate_table(
     _findings_table(conn)
     meta: dict[str, Any] = {}
     if out.batches:
-        order = ", ".join(spec.key)
-        sql = (
-            f"select {', '.join(spec.columns)}, _row_hash, _batch_id from raw.{table} "
-            f"where _batch_id in ({batch_list}) order by {order}, _batch_id, _row_hash"
-        )
-        for raw in key_chunks(_read_sorted(reader, sql, cfg["chunk_rows"]), spec.key):
+        for raw in _raw_chunks(reader, table, batch_list, cfg["chunk_rows"]):
             frame = check_frame(table, raw, present, orphans)
             results, meta = engine.run(row_suite, frame, params)
             for agg, r in zip(aggs, results, strict=True):
@@ -1265,7 +1319,7 @@ def _validate_table(
     out.seconds = time.monotonic() - started
     if docs is not None:
         batch_name = (
-            f"batches {out.batches[0]}-{out.batches[-1]}" if out.batches else "no new batch"
+            f"batches-{out.batches[0]}-{out.batches[-1]}" if out.batches else "no-new-batch"
         )
         docs.store(
             _suite_result(row_suite.name, aggs, meta),
@@ -1315,6 +1369,14 @@ def _profile(
     newest = None if pd.isna(newest) else newest.to_pydatetime()
     hours = None if newest is None else (end_of_day(as_of_date) - newest).total_seconds() / 3600
     raw_rows = conn.exec_driver_sql(f"select count(*) from raw.{table}").scalar_one()
+    # versions that changed during the covered day: what a daily table must have. Counted in
+    # raw rather than in this run's extract, so that a rerun or a backfill of a day whose rows
+    # are already stored is not an "empty extract"
+    day_from, day_to = as_of_date.isoformat(), (as_of_date + dt.timedelta(days=1)).isoformat()
+    on_day = conn.exec_driver_sql(
+        f"select count(*) from raw.{table} "
+        f"where updated_at >= {_q(day_from)} and updated_at < {_q(day_to)}"
+    ).scalar_one()
     ratio, volume_detail = (None, "")
     if rules["volume"]:
         ratio, volume_detail = _volume(conn, table, batches, rules["volume"])
@@ -1323,11 +1385,18 @@ def _profile(
         "raw_rows": raw_rows,
         "rows_read": sum(int(b["rows_read"]) for b in batches) if batches else None,
         "new_versions": sum(int(b["new_versions"]) for b in batches) if batches else None,
+        "versions_updated_on_day": on_day,
         "hours_since_newest_update": float("inf") if newest is None and raw_rows else hours,
         "volume_ratio": ratio,
         "bad_row_share": share,
     }
-    return {"values": values, "newest": newest, "volume_detail": volume_detail, "bad": bad}
+    return {
+        "values": values,
+        "newest": newest,
+        "volume_detail": volume_detail,
+        "bad": bad,
+        "day": as_of_date,
+    }
 
 
 def _failures(
@@ -1399,8 +1468,11 @@ def _failures(
                 f"and raw holds {_n(values['raw_rows'])}"
             )
         elif rule == "empty_extract":
-            n = values["new_versions"] or 0
-            detail = f"{_n(n)} new or changed rows extracted, rows are expected every day"
+            n = values["versions_updated_on_day"] or 0
+            detail = (
+                f"{_n(n)} rows updated on {profile['day']} ({_n(values['new_versions'] or 0)} "
+                "new versions in this run's extract), rows are expected every day"
+            )
         elif rule == "freshness":
             n = values["new_versions"] or 0
             age = values["hours_since_newest_update"]
@@ -1604,7 +1676,12 @@ def validate_run(
             outcome = _validate_table(wh, conn, reader, table, as_of_date, run_id, now, cfg, docs)
             summary[table] = outcome.summary()
             failures += outcome.failures
-    summary["docs"] = docs.build() if docs is not None else None
+    summary["docs"] = None
+    if docs is not None:
+        try:
+            summary["docs"] = docs.build()
+        except Exception:  # noqa: BLE001 - the results are recorded; the HTML is a view of them
+            log.exception("Data Docs could not be built into %s", docs.dir)
     summary["seconds"] = round(time.monotonic() - started, 2)
     if failures:
         raise DataQualityError(failures, summary)
@@ -1621,6 +1698,33 @@ def failed_tables(wh: Warehouse, as_of_date: dt.date) -> set[str]:
             f"and status in ('{FAILED}', '{STALE}')"
         ).fetchall()
     return {r[0] for r in rows}
+
+
+def validate_frame(
+    table: str,
+    raw: pd.DataFrame,
+    now: dt.datetime,
+    *,
+    config: dict[str, Any] | None = None,
+    orphans: dict[str, set[str]] | None = None,
+) -> pd.DataFrame:
+    """Run a table's row suite on a frame of raw text rows (contract columns, `_row_hash`,
+    `_batch_id`); return the findings (row_key, row_hash, rule, column_name, value, level).
+    `orphans` maps a foreign-key column to the values that do not resolve. No warehouse
+    involved: this is how the rules can be tried on a handful of rows."""
+    cfg = config or load_config()
+    spec = ss.SOURCE_TABLES[table]
+    present = [c for c in spec.columns if c in raw.columns]
+    raw = raw.copy()
+    for col in spec.columns:
+        if col not in raw.columns:
+            raw[col] = None
+    raw = raw.astype(object).where(raw.notna(), None)
+    engine = _engine()
+    suite = engine.suite(f"{table}.rows", row_expectations(table, present, cfg))
+    frame = check_frame(table, raw, present, orphans or {})
+    results, _meta = engine.run(suite, frame, suite_parameters(_naive_utc(now)))
+    return _Findings.collect(table, raw, results).frame
 
 
 def release_quarantine(
@@ -1740,11 +1844,13 @@ def accept_failed_batches(wh: Warehouse, table: str, run_id: str, accepted_at: d
     count as validated from now on. Their offending rows stay held. Returns the batch count."""
     with wh.begin() as conn:
         ensure_dq_tables(wh, conn)
-        return (
-            conn.exec_driver_sql(
-                f"""update ops.validated_batches set status = '{ACCEPTED}', run_id = {_q(run_id)},
-                    validated_at = {_ts_literal(_naive_utc(accepted_at))}
-                where table_name = {_q(table)} and status = '{FAILED}'"""
-            ).rowcount
-            or 0
+        where = f"where table_name = {_q(table)} and status = '{FAILED}'"
+        count = conn.exec_driver_sql(
+            f"select count(*) from ops.validated_batches {where}"
+        ).scalar_one()
+        conn.exec_driver_sql(
+            f"""update ops.validated_batches set status = '{ACCEPTED}', run_id = {_q(run_id)},
+                    validated_at = {_ts_literal(_naive_utc(accepted_at))} {where}"""
         )
+    log.warning("%s: %d failed batch(es) accepted by %s", table, count, run_id)
+    return count

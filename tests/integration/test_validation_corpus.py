@@ -462,3 +462,22 @@ def test_corpus(case: Case, history: History, tmp_path):
     assert {f"ON{case.day:%m%d}-{i}" for i in range(5)} <= orders
     assert not orders & set(case.absent_orders)
     assert orders >= {r[0] for r in history.snapshot["marts.fct_orders"]}
+
+
+# -- the clean demo business passes untouched ----------------------------------------------------
+
+
+def test_the_demo_business_passes_with_zero_quarantined_rows(tmp_path, warehouse):
+    from crm_pipeline import demo
+
+    src = f"sqlite:///{tmp_path}/demo.db"
+    demo.generate(src, customers=300, days=120, seed=11, end_date=D)
+    for day, run_id in ((D, "demo-1"), (D + dt.timedelta(days=1), "demo-2")):
+        if day > D:
+            demo.advance(src, day)  # one more day of business, late changes included
+        extract_all(src, warehouse, day, run_id)
+        summary = validate_run(warehouse, day, run_id, now_of(day))
+        assert {t: summary[t]["quarantined"] for t in TABLE_ORDER} == dict.fromkeys(TABLE_ORDER, 0)
+        assert {summary[t]["status"] for t in TABLE_ORDER} == {"passed"}
+    assert rows(warehouse, "select count(*) from quarantine.rows") == [(0,)]
+    assert rows(warehouse, "select count(*) from ops.dq_results where not success") == [(0,)]
