@@ -1,27 +1,25 @@
 """
 ### crm_nightly: the nightly watch over the CRM plan
 
-Pulls the CRM and order source incrementally, rebuilds the warehouse for the day the run
-covers, and (as later stages land) validates, scores, evaluates KPIs and emails managers.
+Pulls the CRM and order source incrementally, validates it, rebuilds the warehouse for
+the day the run covers, scores customers, evaluates the plan's KPIs and emails managers.
 
-**Schedule**: every day at 02:00 UTC, for the UTC day that just ended
-(`CronDataIntervalTimetable`: the run's logical date is the covered day; `airflow dags
-test crm_nightly 2026-11-22` builds 2026-11-22 as well).
+**Schedule**: 02:00 UTC daily, for the UTC day that just ended (CronDataIntervalTimetable:
+the logical date is the covered day; `airflow dags test crm_nightly 2026-11-22` builds
+2026-11-22 too). Param `history_days` rebuilds that many days of snapshots in one pass.
 
-**Connections**: `crm_source` (any SQLAlchemy database holding the contract's source
-tables) and `crm_warehouse` (DuckDB file or PostgreSQL). Writes to the warehouse go
-through the pool `crm_warehouse` (1 slot on DuckDB, which admits a single writer).
+**Connections**: `crm_source`, `crm_warehouse`, `smtp_default`. Warehouse writers run in the
+pool `crm_warehouse` (1 slot on DuckDB: one writer at a time). Failures of validation or of
+the model gate notify `CRM_DATA_ENGINEERS` (environment) by SMTP.
 
 **Tables written**
-- `raw.<table>`: every version of every source row, as text; `ops.extract_batches`,
-  `ops.watermarks`
+- `raw.<table>`, `ops.extract_batches`, `ops.watermarks`: every version of every source row
+- `quarantine.rows`, `ops.dq_results`, `ops.table_status`: validation outcome per row/table
 - `staging.stg_<table>`: typed versions with validity intervals
 - `marts.fct_orders`, `marts.dim_customer`: state as of the covered day
-- `marts.customer_rfm`, `marts.customer_value_tier`, `marts.kpi_daily`,
-  `marts.segment_migration`: snapshots keyed by `as_of_date` (delete-insert of the
-  run's day; a first run on a new warehouse builds `history_days` days in one pass)
-
-See README.md and docs/data_dictionary.md.
+- `marts.customer_rfm`, `customer_value_tier`, `kpi_daily`, `segment_migration`,
+  `customer_clv`, `customer_churn_risk`, `kpi_evaluation`: snapshots keyed by `as_of_date`
+- `ops.model_runs`, `marts.alerts`, `ops.alert_outbox`: model health and alert state
 """
 
 from __future__ import annotations
@@ -29,117 +27,104 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, task_group
+from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, task
+from airflow.sdk import task_group as stage
+from crm_airflow import DEFAULT_ARGS, NOTIFY
+from crm_airflow import current_run as _run
 
-from crm_pipeline.config import (
-    CRM_SOURCE_CONN_ID,
-    CRM_WAREHOUSE_CONN_ID,
-    WAREHOUSE_POOL,
-    sqlalchemy_url,
-)
+from crm_pipeline import config, stages
 from crm_pipeline.source_schema import TABLE_ORDER
 
-DEFAULT_ARGS = {
-    "owner": "crm-data",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=5),
-    "pool": WAREHOUSE_POOL,
-}
 
-
-def _connection_url(conn_id: str) -> str:
-    from airflow.sdk import Connection
-
-    return sqlalchemy_url(Connection.get(conn_id))
-
-
-def _warehouse():
-    from crm_pipeline.warehouse import Warehouse
-
-    return Warehouse(_connection_url(CRM_WAREHOUSE_CONN_ID))
-
-
-def _run() -> tuple:
-    """The day this run covers and its run id, derived in one place (crm_pipeline.dates)."""
-    from crm_pipeline.dates import covered_day
-
-    ctx = get_current_context()
-    dag_run = ctx["dag_run"]
-    return covered_day(ctx.get("logical_date"), dag_run.run_after), dag_run.run_id
-
-
-@dag(
-    dag_id="crm_nightly",
-    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2020, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["crm", "nightly"],
-    doc_md=__doc__,
-    params={
-        "history_days": Param(
-            0, type="integer", minimum=0,
-            description="Days of snapshot history to (re)build ending at the run's day; "
-            "0: the configured history on a new warehouse, else the run's day only",
-        ),
-    },
-)
+@dag(dag_id="crm_nightly", schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+     start_date=pendulum.datetime(2020, 1, 1, tz="UTC"), catchup=False, max_active_runs=1,
+     default_args=DEFAULT_ARGS, tags=["crm", "nightly"], doc_md=__doc__,
+     params={"history_days": Param(0, type="integer", minimum=0, description=(
+         "Days of snapshots to rebuild ending at the run's day; 0: the configured history "
+         "on a new warehouse, else the run's day only"))})
 def crm_nightly():
-    @task_group(tooltip="Pull new and changed source rows into raw, by updated_at watermark")
+    @stage(tooltip="Pull new and changed source rows into raw, by updated_at watermark")
     def extract():
         @task(map_index_template="{{ task.op_kwargs['table'] }}")
         def extract_table(table: str) -> dict:
-            from crm_pipeline.extract import extract_table as pull
+            return stages.extract(_run(), table)
 
-            day, run_id = _run()
-            stats = pull(_connection_url(CRM_SOURCE_CONN_ID), _warehouse(), table, day, run_id)
-            return {k: str(v) for k, v in stats.items()}
+        extract_table.expand(table=list(TABLE_ORDER))
 
-        return extract_table.expand(table=list(TABLE_ORDER))
+    @stage(tooltip="Great Expectations: quarantine bad rows, stop on broken tables")
+    def validate():
+        @task(on_failure_callback=NOTIFY)
+        def validate_sources() -> dict:
+            return stages.validate(_run())
 
-    @task_group(tooltip="Typed, versioned staging tables")
-    def stage():
+        validate_sources()
+
+    @stage(group_id="stage", tooltip="Typed, versioned staging tables")
+    def stage_sources():
         @task
         def build_staging() -> dict:
-            from crm_pipeline.transform import build_staging as build
+            return stages.stage(_run())
 
-            return build(_warehouse())
+        build_staging()
 
-        return build_staging()
-
-    @task_group(tooltip="Contract tables: state and snapshots as of the covered day")
+    @stage(tooltip="Orders, segments, tiers and KPI history as of the covered day")
     def marts():
         @task
         def build_fct_orders() -> dict:
-            from crm_pipeline.transform import build_marts
-
-            day, _ = _run()
-            return build_marts(_warehouse(), ("fct_orders",), day)
+            return stages.build_marts(_run(), "fct_orders")
 
         @task
-        def build_snapshots(params=None) -> dict:
-            from crm_pipeline.config import settings
-            from crm_pipeline.kpis import build_snapshots as build
-            from crm_pipeline.kpis import history_start
+        def build_snapshots(params=None) -> str:  # returns the first day it built
+            return stages.snapshots(_run(), params["history_days"])
 
-            day, _ = _run()
-            wh = _warehouse()
-            days = params["history_days"] or settings()["kpis"]["history_days"]
-            start = history_start(wh, day, days) if not params["history_days"] else (
-                day - timedelta(days=days - 1))
-            return build(wh, start, day)
+        build_fct_orders() >> build_snapshots()
 
-        @task
+    @stage(tooltip="CLV and churn risk, published only if the health gate passes")
+    def models():
+        @task(on_failure_callback=NOTIFY)
+        def score_customers() -> dict:
+            return stages.models(_run())
+
+        score_customers()
+
+    @stage(tooltip="The customer dimension: today's segment and tier, latest published CLV")
+    def publish():
+        # runs once the marts are built, also when the model gate kept yesterday's scores
+        @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
         def build_dim_customer() -> dict:
-            from crm_pipeline.transform import build_marts
+            return stages.build_marts(_run(), "dim_customer")
 
-            day, _ = _run()
-            return build_marts(_warehouse(), ("dim_customer",), day)
+        build_dim_customer()
 
-        build_fct_orders() >> build_snapshots() >> build_dim_customer()
+    @stage(tooltip="KPIs against targets and their recent level")
+    def kpis():
+        @task
+        def evaluate_kpis(ti=None) -> dict:
+            return stages.evaluate(_run(), ti.xcom_pull(task_ids="marts.build_snapshots"))
 
-    extract() >> stage() >> marts()
+        evaluate_kpis()
+
+    @stage(tooltip="One email per night: what is new, worse or resolved")
+    def alerts():
+        @task
+        def prepare_alert_email() -> dict:
+            from airflow.sdk import Variable  # recipients: the Variable wins over alerts.yaml
+
+            return stages.prepare_alerts(_run(), Variable.get("crm_alert_recipients", None))
+
+        @task(retries=3, retry_delay=timedelta(minutes=2))
+        def send_alert_email() -> dict:
+            from airflow.sdk import Connection
+
+            return stages.send_alerts(_run(), Connection.get(config.SMTP_CONN_ID))
+
+        prepare_alert_email() >> send_alert_email()
+
+    built = extract() >> validate() >> stage_sources() >> marts()
+    scored, published, evaluated = models(), publish(), kpis()
+    built >> [scored, evaluated]
+    [built, scored] >> published
+    [published, evaluated] >> alerts()
 
 
 crm_nightly()

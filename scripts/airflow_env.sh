@@ -10,4 +10,10 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=${AIRFLOW__CORE__DAGS_ARE_PAUS
 export AIRFLOW__LOGGING__LOGGING_LEVEL=${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}
 export AIRFLOW_CONN_CRM_SOURCE=${AIRFLOW_CONN_CRM_SOURCE:-sqlite:///$CRM_DATA_DIR/source.db}
 export AIRFLOW_CONN_CRM_WAREHOUSE=${AIRFLOW_CONN_CRM_WAREHOUSE:-duckdb:///$CRM_DATA_DIR/warehouse.duckdb}
+# Alert mail: the embedded default is a local SMTP sink that keeps each message as a file
+# (scripts/run.sh starts it); plain SMTP on loopback, so no SSL and no STARTTLS.
+export CRM_SMTP_SINK_PORT=${CRM_SMTP_SINK_PORT:-8025}
+export CRM_SMTP_SINK_DIR=${CRM_SMTP_SINK_DIR:-$CRM_DATA_DIR/mail}
+export AIRFLOW_CONN_SMTP_DEFAULT=${AIRFLOW_CONN_SMTP_DEFAULT:-"smtp://127.0.0.1:$CRM_SMTP_SINK_PORT?disable_ssl=true&disable_tls=true&from_email=crm-pipeline%40localhost"}
+export CRM_DATA_ENGINEERS=${CRM_DATA_ENGINEERS:-data-engineers@localhost}
 export PATH=$ROOT/.venv/bin:$PATH

@@ -17,6 +17,12 @@ if [ "$AIRFLOW_CONN_CRM_SOURCE" = "sqlite:///$CRM_DATA_DIR/source.db" ]; then
 fi
 
 log=$CRM_DATA_DIR/logs/crm_nightly-$DAY.log
+if [ "$AIRFLOW_CONN_SMTP_DEFAULT" = "smtp://127.0.0.1:$CRM_SMTP_SINK_PORT?disable_ssl=true&disable_tls=true&from_email=crm-pipeline%40localhost" ]; then
+  python -m crm_pipeline.smtp_sink start --dir "$CRM_SMTP_SINK_DIR" --port "$CRM_SMTP_SINK_PORT" \
+    --pid-file "$CRM_DATA_DIR/smtp_sink.pid"
+  trap 'python -m crm_pipeline.smtp_sink stop --pid-file "$CRM_DATA_DIR/smtp_sink.pid" >/dev/null 2>&1 || true' EXIT
+fi
+mails_before=$(ls "$CRM_SMTP_SINK_DIR" 2>/dev/null | wc -l)
 airflow db migrate >"$CRM_DATA_DIR/logs/airflow-db-migrate.log" 2>&1 \
   || { cat "$CRM_DATA_DIR/logs/airflow-db-migrate.log"; exit 1; }
 airflow pools set crm_warehouse 1 "Single writer on the warehouse (DuckDB admits one)" >/dev/null
@@ -34,4 +40,13 @@ run_id=$(grep -oE "DagRun Finished: dag_id=crm_nightly, logical_date=[^,]+, run_
 airflow tasks states-for-dag-run crm_nightly "$run_id" -o json 2>/dev/null \
   | python scripts/task_report.py "$run_id" || true
 python -m crm_pipeline.cli summary --day "$DAY"
+echo
+echo "Data quality docs: $CRM_DATA_DIR/dq_docs/index.html"
+new_mail=$(ls -t "$CRM_SMTP_SINK_DIR" 2>/dev/null | head -n $(( $(ls "$CRM_SMTP_SINK_DIR" 2>/dev/null | wc -l) - mails_before )) || true)
+if [ -n "$new_mail" ]; then
+  echo "Alert email(s) sent this run, saved by the SMTP sink:"
+  for f in $new_mail; do echo "  $CRM_SMTP_SINK_DIR/$f"; done
+else
+  echo "No alert email this run (nothing new, worse or resolved); mail folder: $CRM_SMTP_SINK_DIR"
+fi
 echo "run: done in $(( $(date +%s) - start )) s; log: $log"

@@ -34,16 +34,52 @@ def test_every_task_has_an_owner_retries_and_the_warehouse_pool(dagbag):
     for task in dag.tasks:
         assert task.owner == "crm-data", task.task_id
         assert task.retries >= 1, task.task_id
+        assert task.retry_policy is not None, task.task_id
         assert task.pool == "crm_warehouse", task.task_id
+
+
+def test_bad_data_and_failed_gates_fail_at_once_other_errors_retry():
+    from crm_airflow import RETRY_POLICY
+
+    from crm_pipeline.errors import PipelineStop
+
+    class TableLevelFailure(PipelineStop):
+        pass
+
+    assert (
+        RETRY_POLICY.evaluate(TableLevelFailure("orders.net_amount"), 1, 3).action.value == "fail"
+    )
+    assert RETRY_POLICY.evaluate(OSError("database is locked"), 1, 3).action.value != "fail"
 
 
 def test_stages_run_in_order_without_cycles(dagbag):
     dag = dagbag.dags["crm_nightly"]
     order = [t.task_id for t in dag.topological_sort()]
-    assert order.index("extract.extract_table") < order.index("stage.build_staging")
-    assert order.index("stage.build_staging") < order.index("marts.build_fct_orders")
-    assert order.index("marts.build_snapshots") < order.index("marts.build_dim_customer")
-    assert {g.split(".")[0] for g in order} >= {"extract", "stage", "marts"}
+    assert (
+        order
+        == [
+            "extract.extract_table",
+            "validate.validate_sources",
+            "stage.build_staging",
+            "marts.build_fct_orders",
+            "marts.build_snapshots",
+        ]
+        + order[5:]
+    )
+    upstream = {t.task_id: t.upstream_task_ids for t in dag.tasks}
+    assert upstream["models.score_customers"] == {"marts.build_snapshots"}
+    assert upstream["kpis.evaluate_kpis"] == {"marts.build_snapshots"}
+    # the customer dimension is published even when the model gate kept yesterday's scores
+    assert upstream["publish.build_dim_customer"] == {
+        "marts.build_snapshots",
+        "models.score_customers",
+    }
+    assert dag.get_task("publish.build_dim_customer").trigger_rule == "all_done_min_one_success"
+    assert upstream["alerts.prepare_alert_email"] == {
+        "kpis.evaluate_kpis",
+        "publish.build_dim_customer",
+    }
+    assert upstream["alerts.send_alert_email"] == {"alerts.prepare_alert_email"}
 
 
 def test_dag_file_does_no_work_at_import():

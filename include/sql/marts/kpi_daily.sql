@@ -78,7 +78,8 @@ customer_activity as (
         and customers.customer_id = purchase_windows.customer_id
 ),
 
--- every fact the KPIs count, one row each, in one shape: what kind of fact, whose, and its measures
+-- every fact the KPIs count, one row each, in one shape: what kind of fact, whose, and its
+-- measures; money stays decimal so sums are exact and a rerun gives the same bits
 facts as (
     select
         as_of_date, customer_id, cast(null as varchar) as channel, 'customer' as kind,
@@ -86,13 +87,13 @@ facts as (
         case when purchases_365d >= 1 then 1 else 0 end as flag_d,
         case when purchases_365d >= 2 then 1 else 0 end as flag_e,
         loyalty_member as flag_f,
-        cast(null as double precision) as amount, cast(null as double precision) as hours
+        cast(null as decimal(18, 2)) as amount, cast(null as double precision) as hours
     from customer_activity
 
     union all
     select
         purchases.as_of_date, purchases.customer_id, purchases.channel, 'purchase',
-        0, 0, 0, 0, 0, 0, cast(purchases.net_amount as double precision), null
+        0, 0, 0, 0, 0, 0, purchases.net_amount, null
     from purchases
     inner join as_of
         on purchases.as_of_date = as_of.as_of_date
@@ -154,10 +155,8 @@ facts as (
 
     union all
     select
-        as_of.as_of_date, loyalty.customer_id, null, 'loyalty',
-        0, 0, 0, 0, 0, 0,
-        case when loyalty.kind = 'earn' then cast(loyalty.points as double precision) else 0 end,
-        case when loyalty.kind = 'redeem' then cast(loyalty.points as double precision) else 0 end
+        as_of.as_of_date, loyalty.customer_id, null, 'points_' || loyalty.kind,
+        0, 0, 0, 0, 0, 0, loyalty.points, null
     from as_of
     inner join loyalty
         on loyalty.valid_from < as_of.as_of_end
@@ -168,7 +167,7 @@ facts as (
     union all
     select
         as_of.as_of_date, null, null, 'acquisition_spend',
-        0, 0, 0, 0, 0, 0, cast(spend.amount as double precision), null
+        0, 0, 0, 0, 0, 0, spend.amount, null
     from as_of
     inner join spend
         on spend.valid_from < as_of.as_of_end
@@ -251,8 +250,8 @@ aggregated as (
             order by case when kind = 'complaint_closed' then hours end) as median_resolution,
         sum(case when kind = 'contact' then 1 else 0 end) as contacts,
         sum(case when kind = 'contact' then flag_a else 0 end) as contacts_responded,
-        sum(case when kind = 'loyalty' then amount else 0 end) as points_earned,
-        sum(case when kind = 'loyalty' then hours else 0 end) as points_redeemed,
+        sum(case when kind = 'points_earn' then amount else 0 end) as points_earned,
+        sum(case when kind = 'points_redeem' then amount else 0 end) as points_redeemed,
         sum(case when kind = 'acquisition_spend' then amount else 0 end) as acquisition_spend
     from facts_by_dimension
     group by as_of_date, dimension, dimension_value

@@ -1,0 +1,100 @@
+"""The nightly run's steps, one function per DAG task, so the DAG file only wires them.
+
+Each step takes a `Run`: the day the run covers, its id and start time, and where the
+source and the warehouse are. Nothing here imports Airflow; the DAG builds the `Run`
+from its context and connections, and tests can call the steps directly. Heavy modules
+(Great Expectations, scikit-learn, matplotlib) are imported inside the step that needs
+them, so a task loads only its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crm_pipeline.warehouse import Warehouse
+
+
+@dataclass(frozen=True)
+class Run:
+    day: dt.date
+    run_id: str
+    started: dt.datetime
+    warehouse_url: str
+    source_url: str = ""
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("CRM_DATA_DIR", "data")))
+
+    @property
+    def warehouse(self) -> Warehouse:
+        return Warehouse(self.warehouse_url)
+
+
+def extract(run: Run, table: str) -> dict[str, str]:
+    from crm_pipeline.extract import extract_table
+
+    stats = extract_table(run.source_url, run.warehouse, table, run.day, run.run_id)
+    return {k: str(v) for k, v in stats.items()}
+
+
+def validate(run: Run) -> dict[str, Any]:
+    from crm_pipeline.validate import validate_run
+
+    return validate_run(run.warehouse, run.day, run.run_id, now=run.started,
+                        docs_dir=run.data_dir / "dq_docs")
+
+
+def stage(run: Run) -> dict[str, int]:
+    from crm_pipeline.transform import build_staging
+
+    return build_staging(run.warehouse)
+
+
+def build_marts(run: Run, *names: str) -> dict[str, int]:
+    from crm_pipeline.transform import build_marts as build
+
+    return build(run.warehouse, names, run.day)
+
+
+def snapshots(run: Run, history_days: int = 0) -> str:
+    """Build the snapshot marts; return the first day built (the KPI evaluation's too).
+
+    `history_days` > 0 rebuilds that many days ending at the run's day; 0 builds the
+    configured history on a new warehouse and the run's day otherwise.
+    """
+    from crm_pipeline.config import settings
+    from crm_pipeline.kpis import build_snapshots, history_start
+
+    wh = run.warehouse
+    if history_days:
+        first = run.day - dt.timedelta(days=history_days - 1)
+    else:
+        first = history_start(wh, run.day, int(settings()["kpis"]["history_days"]))
+    build_snapshots(wh, first, run.day)
+    return first.isoformat()
+
+
+def models(run: Run) -> dict[str, Any]:
+    from crm_pipeline.models.nightly import run_models
+
+    return run_models(run.warehouse, run.day, run.run_id)
+
+
+def evaluate(run: Run, first_day: str) -> dict[str, Any]:
+    from crm_pipeline.evaluate import evaluate_range
+
+    return evaluate_range(run.warehouse, dt.date.fromisoformat(first_day), run.day, run.run_id)
+
+
+def prepare_alerts(run: Run, recipients: str | None) -> dict[str, Any]:
+    from crm_pipeline.alerts import process_alerts
+
+    return process_alerts(run.warehouse, run.day, run.run_id, recipients=recipients)
+
+
+def send_alerts(run: Run, smtp_connection: Any) -> dict[str, Any]:
+    from crm_pipeline.alerts import send_pending, smtp_settings_from_connection
+
+    return send_pending(run.warehouse, smtp_settings_from_connection(smtp_connection))
