@@ -833,6 +833,15 @@ def _churn(
         ),
         "ece": _at_most("expected calibration error", m["ece"], float(gate["churn_max_ece"])),
     }
+    if m["n_valid"] < int(gate["churn_ece_min_customers"]):
+        checks["ece"] = _check(
+            None,
+            f"expected calibration error {m['ece']:.4g} on {m['n_valid']} validation customers, "
+            f"fewer than gate.churn_ece_min_customers = {gate['churn_ece_min_customers']}: "
+            "too noisy to judge (recorded, not checked)",
+            m["ece"],
+            float(gate["churn_max_ece"]),
+        )
     ok = _model_passed(checks)
     params = {
         "classifier": "HistGradientBoostingClassifier",
@@ -947,6 +956,20 @@ def _previous_fits(
     return out
 
 
+def _create_tables(conn: sa.Connection) -> None:
+    conn.exec_driver_sql(RUNS_DDL)
+    for ddl in MARTS_DDL.values():
+        conn.exec_driver_sql(ddl)
+
+
+def ensure_tables(wh: Warehouse) -> None:
+    """Create ops.model_runs, marts.customer_clv and marts.customer_churn_risk if missing
+    (empty), for code that reads them before the models stage has ever run."""
+    wh.ensure_schemas()
+    with wh.begin() as conn:
+        _create_tables(conn)
+
+
 def _temp_scores(
     wh: Warehouse, conn: sa.Connection, name: str, columns: Mapping[str, str], frame: pd.DataFrame
 ) -> None:
@@ -993,11 +1016,9 @@ def _record_and_publish(
     )
     published: dict[str, int] = {}
     with wh.begin() as conn:
-        conn.exec_driver_sql(RUNS_DDL)
         # the marts exist (empty) from the first run on, published or not, so that queries
         # and dim_customer can join them before the first night passes the gate
-        for ddl in MARTS_DDL.values():
-            conn.exec_driver_sql(ddl)
+        _create_tables(conn)
         conn.execute(
             sa.text(f"delete from {RUNS_TABLE} where run_id = :r and as_of_date = :d"),
             {"r": run_id, "d": as_of_date},
