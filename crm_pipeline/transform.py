@@ -66,6 +66,8 @@ def build_staging(wh: Warehouse) -> dict[str, int]:
 
 def build_marts(wh: Warehouse, names: tuple[str, ...], as_of_date: dt.date) -> dict[str, int]:
     """Rebuild state-as-of-the-run marts (build and swap), in order, in one transaction."""
+    if "dim_customer" in names:
+        _ensure_model_tables(wh)
     counts = {}
     with wh.begin() as conn:
         ensure_raw_tables(wh, conn)
@@ -75,3 +77,13 @@ def build_marts(wh: Warehouse, names: tuple[str, ...], as_of_date: dt.date) -> d
             )
     log.info("marts rebuilt for %s: %s", as_of_date, counts)
     return counts
+
+
+def _ensure_model_tables(wh: Warehouse) -> None:
+    """dim_customer reads the latest published CLV; before any models run that is none."""
+    with wh.begin() as conn:
+        missing = not wh.table_exists(conn, "marts.customer_clv")
+    if missing:
+        from crm_pipeline.models.nightly import ensure_tables
+
+        ensure_tables(wh)

@@ -50,6 +50,7 @@ import sqlalchemy as sa
 import yaml
 
 from crm_pipeline.config import CONFIG_DIR, settings
+from crm_pipeline.errors import PipelineStop
 from crm_pipeline.kpis import tier_params
 from crm_pipeline.models import churn
 from crm_pipeline.models import clv as clv_model
@@ -145,7 +146,7 @@ CHURN_SCORES_COLUMNS = {
 }
 
 
-class ModelGateError(Exception):
+class ModelGateError(PipelineStop):
     """A model-health check failed: the night's scores were recorded but not published."""
 
     def __init__(self, message: str, failures: list[str], result: dict[str, Any]):

@@ -8,6 +8,7 @@ from factories import build_source, order, upsert
 
 from crm_pipeline.extract import extract_table
 from crm_pipeline.kpis import build_snapshots
+from crm_pipeline.models.nightly import run_models
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform import build_marts, build_staging
 
@@ -25,6 +26,7 @@ def built(tmp_path, warehouse):
     build_staging(warehouse)
     build_marts(warehouse, ("fct_orders",), D)
     build_snapshots(warehouse, D, D)
+    run_models(warehouse, D, "built")  # 11 buyers: CLV with its small-data fallback, churn skipped
     build_marts(warehouse, ("dim_customer",), D)
     return warehouse
 

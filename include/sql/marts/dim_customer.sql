@@ -21,6 +21,14 @@ tiers as (
     where as_of_date = {{ as_of_date }}
 ),
 
+-- the latest CLV the model gate let through, on or before the day
+clv as (
+    select customer_id, clv from marts.customer_clv
+    where as_of_date = (
+        select max(as_of_date) from marts.customer_clv where as_of_date <= {{ as_of_date }}
+    )
+),
+
 purchase_summary as (
     select
         customer_id,
@@ -52,7 +60,7 @@ final as (
         customers.loyalty_tier,
         segments.segment,
         tiers.tier,
-        cast(null as decimal(14, 2)) as clv,
+        clv.clv,
         {{ as_of_date }} as as_of_date
     from customers
     left join purchase_summary
@@ -61,6 +69,8 @@ final as (
         on customers.customer_id = segments.customer_id
     left join tiers
         on customers.customer_id = tiers.customer_id
+    left join clv
+        on customers.customer_id = clv.customer_id
 )
 
 select * from final
