@@ -167,9 +167,8 @@ def test_the_shipped_configuration_covers_every_kpi_and_loads():
     churn_spec = targets.spec("churn_rate")
     assert churn_spec.target_for(dt.date(2026, 11, 22)) == (0.10, 0.02)
     assert churn_spec.target_for(dt.date(2025, 6, 1)) == (0.12, 0.02)
-    assert (
-        targets.spec("csat").target_for(D)[0] == 80 and targets.spec("nps").target_for(D)[0] == 30
-    )
+    assert targets.spec("csat").target_for(D)[0] == 65 and targets.spec("nps").target_for(D)[0] == 10
+    assert targets.spec("csat").target_for(dt.date(2027, 1, 1)) == (70, 3)  # the plan's next step
     alerts = load_alert_config()
     assert alerts.to and alerts.quiet_period_days > 0
     assert {r.kpi for r in alerts.rules} >= {
