@@ -7,6 +7,10 @@ between nightly runs, so incremental extraction has something to pull).
 `python -m crm_pipeline.cli summary --day D`: where the warehouse is, its tables with
 row counts, and a short analyst's summary of the day.
 
+`python -m crm_pipeline.cli release-quarantine --day D [--table T] [--rule R]` and
+`accept-batches --table T`: a data engineer's answers to a validation failure
+(docs/data_quality.md).
+
 URLs come from the same variables Airflow reads (`AIRFLOW_CONN_CRM_SOURCE`,
 `AIRFLOW_CONN_CRM_WAREHOUSE`), so the CLI and the DAG always agree.
 """
@@ -101,6 +105,27 @@ def _fmt(kpi: str, value: float | None) -> str:
     return f"{value:,.2f}"
 
 
+def release(day: dt.date, table: str | None, rule: str | None) -> None:
+    """Re-validate held rows and release those that pass now (a person's action: wall clock)."""
+    from crm_pipeline.validate import release_quarantine
+
+    wh = Warehouse(env_url("AIRFLOW_CONN_CRM_WAREHOUSE"), lock_wait_seconds=60)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    released = release_quarantine(wh, day, f"manual_release__{now:%Y%m%dT%H%M%S}", now,
+                                  table=table, rule=rule)
+    print(f"released {released:,} quarantined row version(s); the next run's staging picks them up")
+
+
+def accept(table: str) -> None:
+    """Accept a table's failed batches as they are (their bad rows stay held)."""
+    from crm_pipeline.validate import accept_failed_batches
+
+    wh = Warehouse(env_url("AIRFLOW_CONN_CRM_WAREHOUSE"), lock_wait_seconds=60)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    accepted = accept_failed_batches(wh, table, f"manual_accept__{now:%Y%m%dT%H%M%S}", now)
+    print(f"accepted {accepted} failed batch(es) of {table}; rerun the date to build the marts")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="crm-pipeline", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,9 +136,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=42)
     s = sub.add_parser("summary", help="print the warehouse tables and the day's headline figures")
     s.add_argument("--day", type=dt.date.fromisoformat, required=True)
+    r = sub.add_parser("release-quarantine", help="re-validate held rows, release those that pass")
+    r.add_argument("--day", type=dt.date.fromisoformat, required=True)
+    r.add_argument("--table")
+    r.add_argument("--rule")
+    a = sub.add_parser("accept-batches", help="accept a table's failed batches as they are")
+    a.add_argument("--table", required=True)
     args = parser.parse_args(argv)
     if args.command == "prepare-demo":
         prepare_demo(args.day, args.customers, args.days, args.seed)
+    elif args.command == "release-quarantine":
+        release(args.day, args.table, args.rule)
+    elif args.command == "accept-batches":
+        accept(args.table)
     else:
         summary(args.day)
 
