@@ -60,6 +60,7 @@ from crm_pipeline.evaluate import (
     read_frame,
     read_kpi_daily,
 )
+from crm_pipeline.evaluate import finite_or_none as _f
 from crm_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -336,16 +337,6 @@ class Item:
     @property
     def kpi(self) -> str:
         return self.key[0]
-
-
-def _f(v: Any) -> float | None:
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
 
 
 def _d(v: Any) -> dt.date | None:

@@ -412,7 +412,7 @@ def judge(
         "unusual_move": False,
         "flagged": False,
     }
-    baseline = _clean(out["baseline"])
+    baseline = finite_or_none(out["baseline"])
     if value is not None and baseline is not None:
         out["change_vs_baseline"] = value - baseline
     failed = sorted(set(failed_inputs))
@@ -481,7 +481,7 @@ def judge(
             status = "warn"
             reasons.append(f"within {spec.fmt_change(warn_margin).lstrip('+')} of target")
 
-    low, high = _clean(out["baseline_low"]), _clean(out["baseline_high"])
+    low, high = finite_or_none(out["baseline_low"]), finite_or_none(out["baseline_high"])
     if baseline is None:
         reasons.append(
             f"no baseline yet ({out['baseline_days']} of {settings.min_history_days} days of history)"
@@ -513,7 +513,8 @@ def judge(
     }
 
 
-def _clean(v: Any) -> float | None:
+def finite_or_none(v: Any) -> float | None:
+    """A float, or None for null, NaN and anything that is not a number (rows from SQL)."""
     if v is None:
         return None
     try:
@@ -635,8 +636,8 @@ def compute_evaluation(
         bases = base.loc[present].to_dict("index")
         for ts in present:
             day = ts.date()
-            value = _clean(day_values[ts])
-            n = _clean(day_ns[ts])
+            value = finite_or_none(day_values[ts])
+            n = finite_or_none(day_ns[ts])
             target, margin = spec.target_for(day, dimension, dim_value) if spec else (None, 0.0)
             bad = unusable.get(day, {})
             verdict = judge(
