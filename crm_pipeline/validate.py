@@ -3,17 +3,19 @@
 What is validated: the versions of the extract batches not validated yet (`ops.extract_batches`
 minus `ops.validated_batches`), so a rerun after a table-level failure sees the same batches
 again and a rerun after a success re-does nothing twice. Big batches (a first full load) are
-read in chunks of `chunk_rows` versions, sorted by key so that every version of a key in a
-batch lands in the same chunk (the uniqueness check stays exact).
+read in chunks of `chunk_rows` versions, every version of a key in a batch in the same chunk
+(the uniqueness check stays exact), so memory is bounded by the chunk: PostgreSQL streams one
+key-sorted query through a server-side cursor, DuckDB reads key ranges.
 
-Each chunk goes through the table's row suite (`<table>.rows`, GX 1.x: an ephemeral context, a
-pandas datasource, one dataframe asset per table, a whole-dataframe batch definition and a
-ValidationDefinition, result_format COMPLETE keyed by `_row_hash`). The frame holds every
-contract column typed (a text copy `<column>__text` for typed columns), plus derived columns:
-`<fk>__in_<parent>` (does the value resolve to a key of the parent in raw, in a version that is
-not held) and, for orders, `net_amount__minus_gross_less_discount`. After the chunks, a one-row
-profile of the table (rows read, new versions, freshness, volume against recent batches, the
-share of bad versions) goes through `<table>.table`.
+Each chunk goes through the table's row suite (`<table>.rows`; GX 1.x: an ephemeral context,
+a pandas datasource, a dataframe asset, a whole-dataframe batch definition, a
+ValidationDefinition; a cheap BOOLEAN_ONLY pass, then result_format COMPLETE keyed by
+`_row_hash` for the expectations that failed). The frame holds every contract column typed
+as staging will cast it, the text as extracted in `<column>__text` for typed columns, and
+derived columns: `<fk>__in_<parent>` (does the value resolve to a key of the parent in raw,
+in a version that is not held) and, for orders, `net_amount__minus_gross_less_discount`.
+After the chunks, a one-row profile of the table (rows read, rows of the day, freshness,
+volume against recent batches, the share of bad versions) goes through `<table>.table`.
 
 Every expectation carries `meta = {"rule", "level", "column"}`:
 
@@ -23,9 +25,10 @@ Every expectation carries `meta = {"rule", "level", "column"}`:
   and row count, for every table that failed. Versions whose value does not parse as its
   type are held as well, so that staging can never meet them.
 
-Writes (quarantine, `ops.dq_results`, `ops.table_status`, `ops.validated_batches`, orphan
-releases) happen in one transaction per table. Data Docs (HTML) are built into `docs_dir`
-from a file-backed results store in `docs_dir/_results`, so the site keeps every run.
+Everything a run writes (quarantine, `ops.dq_results`, `ops.table_status`,
+`ops.validated_batches`, orphan releases) is one transaction: a killed run leaves nothing
+half-written. Data Docs (HTML) are built into `docs_dir` from a file-backed results store in
+`docs_dir/_results`, so the site keeps every run. docs/data_quality.md lists the rules.
 
 No wall clock is read here: `now` (the DAG run's run_after) bounds "future" timestamps, and
 `released_at` is given by the caller.
@@ -64,6 +67,8 @@ from great_expectations.expectations.metrics.map_metric_provider import (
     column_condition_partial,
 )
 from great_expectations.expectations.row_conditions import Column as Col
+from great_expectations.render import LegacyRendererType, RenderedStringTemplateContent
+from great_expectations.render.renderer.renderer import renderer
 from sqlalchemy import Boolean, Date, DateTime, Integer, Numeric
 
 from crm_pipeline import source_schema as ss
@@ -236,6 +241,24 @@ class ExpectColumnValuesToParseAs(ColumnMapExpectation):
     map_metric: ClassVar[str] = "column_values.crm_parse_as"
     success_keys: ClassVar[tuple[str, ...]] = ("kind", "mostly")
     args_keys: ClassVar[tuple[str, ...]] = ("column", "kind")
+
+    @classmethod
+    @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
+    def _prescriptive_renderer(
+        cls, configuration=None, result=None, runtime_configuration=None, **kwargs
+    ):
+        params = dict(configuration.kwargs if configuration else {})
+        params["kind_words"] = KIND_WORDS.get(params.get("kind", ""), params.get("kind"))
+        return [
+            RenderedStringTemplateContent(
+                content_block_type="string_template",
+                string_template={
+                    "template": "values must parse as $kind_words (the staging cast).",
+                    "params": params,
+                    "styling": (runtime_configuration or {}).get("styling"),
+                },
+            )
+        ]
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -697,6 +720,11 @@ class _Docs:
             run_id=RunIdentifier(run_name=run_id, run_time=now.replace(tzinfo=dt.UTC)),
             batch_identifier=batch_name,
         )
+        result.meta = {
+            **(result.meta or {}),
+            "run_id": key.run_id,
+            "validation_time": key.run_id.run_time,
+        }
         self.context.stores[HISTORY_STORE].set(key, result)
         self.keys += [key, ExpectationSuiteIdentifier(name=result.suite_name)]
 
@@ -1441,7 +1469,7 @@ def _failures(
             and agg.unexpected_count
         ):
             kind = meta["rule"][len("type_") :]
-            sample = ", ".join(repr(v) for v in agg.partial[:3])
+            sample = ", ".join(repr(v) for v in list(dict.fromkeys(map(str, agg.partial)))[:3])
             out.append(
                 Failure(
                     table,
