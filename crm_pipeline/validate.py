@@ -74,6 +74,7 @@ from sqlalchemy import Boolean, Date, DateTime, Integer, Numeric
 from crm_pipeline import source_schema as ss
 from crm_pipeline.config import CONFIG_DIR
 from crm_pipeline.dates import end_of_day
+from crm_pipeline.errors import PipelineStop
 from crm_pipeline.extract import ensure_raw_tables
 from crm_pipeline.warehouse import Warehouse
 
@@ -840,8 +841,11 @@ class Failure:
         )
 
 
-class DataQualityError(Exception):
-    """Table-level data-quality failures; the message names table, column, rule and rows."""
+class DataQualityError(PipelineStop):
+    """Table-level data-quality failures; the message names table, column, rule and rows.
+
+    A PipelineStop: the same data fails the same way on every retry, so the DAG's retry
+    policy fails the task at once; a person must look (then rerun, release or accept)."""
 
     def __init__(self, failures: list[Failure], summary: dict[str, Any] | None = None):
         self.failures = failures

@@ -9,6 +9,7 @@ from corpus import add_rows, base_rows, drop_primary_key, execute, night_rows
 from factories import build_source, customer, order, upsert
 
 from crm_pipeline import validate
+from crm_pipeline.errors import PipelineStop
 from crm_pipeline.extract import extract_table
 from crm_pipeline.source_schema import SOURCE_TABLES, TABLE_ORDER
 from crm_pipeline.transform import build_staging
@@ -443,6 +444,7 @@ def test_a_table_level_failure_is_recorded_then_the_rerun_validates_the_same_bat
     with pytest.raises(DataQualityError) as err:
         validate_run(warehouse, DAY, "run-1", now_of(DAY), config=strict)
     assert "orders.updated_at:" in str(err.value) and "(rule: freshness)" in str(err.value)
+    assert isinstance(err.value, PipelineStop)  # no retry: the DAG fails the task at once
     assert failed_tables(warehouse, DAY) == {"orders"}
     assert q(warehouse, "select status from ops.table_status where table_name = 'orders'") == [
         ("stale",)
