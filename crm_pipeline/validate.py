@@ -1714,7 +1714,7 @@ def validate_run(
             summary["docs"] = docs.build()
         except Exception:  # noqa: BLE001 - the results are recorded; the HTML is a view of them
             log.exception("Data Docs could not be built into %s", docs.dir)
-    summary["seconds"] = round(time.monotonic() - started, 2)
+    log.info("validation of %s (%s) took %.1fs", as_of_date, run_id, time.monotonic() - started)
     if failures:
         raise DataQualityError(failures, summary)
     return summary

@@ -328,6 +328,7 @@ def test_quarantine_results_status_and_an_idempotent_rerun(source, warehouse, tm
     pull(source, warehouse, DAY, "run-1")
     raw_before = q(warehouse, "select count(*) from raw.orders")
     summary = validate_run(warehouse, DAY, "run-1", now_of(DAY), docs_dir=tmp_path / "docs")
+    assert set(summary) == {*TABLE_ORDER, "docs"}
     assert summary["orders"]["status"] == "quarantined"
     assert summary["orders"]["quarantined"] == 2 and summary["orders"]["rows"] == 42
     assert summary["customers"]["status"] == "passed"
