@@ -159,3 +159,27 @@ def test_a_range_build_equals_the_days_built_one_by_one_and_reruns_are_equal(bui
     assert snapshot(built, first, D) == ranged
     build_snapshots(built, first, D)
     assert snapshot(built, first, D) == ranged
+
+
+def test_a_customer_who_bought_counts_whatever_created_at_says(tmp_path, warehouse):
+    from factories import build_source, customer, order
+
+    from crm_pipeline.extract import extract_table
+    from crm_pipeline.source_schema import TABLE_ORDER
+    from crm_pipeline.transform import build_marts, build_staging
+
+    # a CRM that back-fills created_at later than the customer's first order
+    src = build_source(f"sqlite:///{tmp_path}/late.db", {
+        "customers": [customer("L1", "2025-12-01", updated_at="2025-06-01")],
+        "orders": [order("LO1", "L1", "2025-06-20")],
+    })
+    for table in TABLE_ORDER:
+        extract_table(src, warehouse, table, D, "late")
+    build_staging(warehouse)
+    build_marts(warehouse, ("fct_orders",), D)
+    build_snapshots(warehouse, D, D)
+    k = kpis(warehouse)
+    assert k["active_customers"] == (1, 1, None) and k["new_customers"] == (1, 1, None)
+    build_marts(warehouse, ("dim_customer",), D)
+    with warehouse.begin() as conn:
+        assert conn.exec_driver_sql("select customer_id from marts.dim_customer").fetchall() == [("L1",)]

@@ -1,13 +1,22 @@
--- grain: one row per customer created up to the end of as_of_date, with what is known of them then
-with customers as (
+-- grain: one row per customer known at the end of as_of_date (created by then, or with an order by then), with what is known of them then
+with customer_versions as (
     select * from staging.stg_customers
     where valid_from < {{ as_of_end }}
       and valid_to >= {{ as_of_end }}
-      and created_at < {{ as_of_end }}
+),
+
+orders as (
+    select * from marts.fct_orders
+),
+
+customers as (
+    select * from customer_versions
+    where created_at < {{ as_of_end }}
+        or customer_id in (select customer_id from orders)
 ),
 
 purchases as (
-    select * from marts.fct_orders
+    select * from orders
     where is_purchase
 ),
 
