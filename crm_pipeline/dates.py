@@ -18,10 +18,10 @@ def covered_day(
     logical_date: dt.datetime | None, run_after: dt.datetime | None = None
 ) -> dt.date:
     if logical_date is not None:
-        return _as_utc(logical_date).date()
+        return naive_utc(logical_date).date()
     if run_after is None:
         raise ValueError("a run needs a logical date or a run_after time to know its day")
-    return _as_utc(run_after).date() - dt.timedelta(days=1)
+    return naive_utc(run_after).date() - dt.timedelta(days=1)
 
 
 def end_of_day(day: dt.date) -> dt.datetime:
@@ -29,7 +29,8 @@ def end_of_day(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
 
 
-def _as_utc(ts: dt.datetime) -> dt.datetime:
+def naive_utc(ts: dt.datetime) -> dt.datetime:
+    """The same instant as a naive UTC datetime, the warehouse's convention."""
     if ts.tzinfo is None:
         return ts
     return ts.astimezone(dt.UTC).replace(tzinfo=None)

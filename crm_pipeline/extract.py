@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from crm_pipeline.config import normalise_url
+from crm_pipeline.dates import naive_utc
 from crm_pipeline.source_schema import SOURCE_TABLES
 from crm_pipeline.warehouse import SCHEMAS, Warehouse
 
@@ -88,11 +89,15 @@ def extract_table(
     run_id: str,
     chunk_rows: int = 50_000,
     before_commit: Callable[[], None] | None = None,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Pull the new and changed rows of one table; returns what was pulled.
 
-    `before_commit` is called after the rows are written and before the watermark is
-    (tests use it to kill the pull at the worst moment).
+    The watermark never moves past `now` (the run's start): a row stamped in the future
+    is stored (and quarantined by validation) but does not hide the rows that arrive
+    before its time. It does not move at all while a contract column is missing, so the
+    rows are pulled again, complete, once the source is fixed. `before_commit` is called
+    after the rows are written and before the watermark is (tests kill the pull there).
     """
     spec = SOURCE_TABLES[table]
     source = sa.create_engine(normalise_url(source_url), poolclass=NullPool)
@@ -117,10 +122,11 @@ def extract_table(
             for frame in _read_chunks(source, src_table, pulled, watermark, chunk_rows):
                 frame = frame.reindex(columns=list(spec.columns))
                 rows_read += wh.bulk_load(conn, "_incoming", frame)
-            new_versions, high = _store_new_versions(conn, table, spec.columns, batch_id)
+            ceiling = naive_utc(now).strftime(TS_FORMAT) if now is not None else None
+            new_versions, high = _store_new_versions(conn, table, spec.columns, batch_id, ceiling)
             if before_commit is not None:
                 before_commit()
-            new_watermark = max(filter(None, [watermark, high]), default=None)
+            new_watermark = watermark if missing else max(filter(None, [watermark, high]), default=None)
             if new_watermark is not None:
                 conn.exec_driver_sql(f"delete from ops.watermarks where table_name = '{table}'")
                 conn.execute(
@@ -226,7 +232,8 @@ def _canon(value: Any) -> str:
 
 
 def _store_new_versions(
-    conn: sa.Connection, table: str, columns: tuple[str, ...], batch_id: int
+    conn: sa.Connection, table: str, columns: tuple[str, ...], batch_id: int,
+    ceiling: str | None = None,
 ) -> tuple[int, str | None]:
     """Append the versions not stored yet; return their count and the highest updated_at.
 
@@ -237,8 +244,9 @@ def _store_new_versions(
         f"coalesce({c}, '{NULL_TOKEN}')" for c in columns
     ) + "))"
     cols = ", ".join(columns)
+    below = f" and updated_at <= '{ceiling}'" if ceiling else ""
     high = conn.exec_driver_sql(
-        "select max(updated_at) from _incoming where updated_at is not null"
+        f"select max(updated_at) from _incoming where updated_at is not null{below}"
     ).scalar()
     conn.exec_driver_sql(
         f"""insert into raw.{table} ({cols}, _row_hash, _batch_id)

@@ -35,7 +35,8 @@ class Run:
 def extract(run: Run, table: str) -> dict[str, str]:
     from crm_pipeline.extract import extract_table
 
-    stats = extract_table(run.source_url, run.warehouse, table, run.day, run.run_id)
+    stats = extract_table(run.source_url, run.warehouse, table, run.day, run.run_id,
+                          now=run.started)
     return {k: str(v) for k, v in stats.items()}
 
 

@@ -94,3 +94,35 @@ def test_a_source_without_updated_at_is_refused_with_the_table_named(tmp_path, w
         conn.exec_driver_sql("create table orders (order_id text, customer_id text)")
     with pytest.raises(SourceSchemaError, match=r"source table orders: column\(s\) .*updated_at"):
         extract_table(f"sqlite:///{tmp_path}/bad.db", warehouse, "orders", DAY, "r")
+
+
+def test_a_row_stamped_in_the_future_does_not_push_the_watermark_past_the_run(source, warehouse):
+    run_start = dt.datetime(2025, 3, 11, 2, 0)
+    upsert(source, "orders", [order("OF", "C1", "2025-03-10", updated_at="2030-01-01 00:00")])
+    stats = extract_table(source, warehouse, "orders", DAY, "run-1", now=run_start)
+    assert stats["new_versions"] == 3  # stored (validation quarantines it) ...
+    assert stats["watermark_to"] == "2025-03-09 18:00:00.000000"  # ... but the watermark stays
+    upsert(source, "orders", [order("O3", "C2", "2025-03-10 20:00", updated_at="2025-03-10 20:00")])
+    later = extract_table(source, warehouse, "orders", DAY, "run-2", now=run_start)
+    assert later["new_versions"] == 1  # a row committed late is still seen
+
+
+def test_a_missing_column_keeps_the_watermark_so_the_fixed_rows_come_again(tmp_path, warehouse):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("create table surveys (response_id text, customer_id text, "
+                             "responded_at text, survey_type text, comment text, order_id text, "
+                             "updated_at text)")  # score is missing
+        conn.exec_driver_sql("insert into surveys values ('S1', 'C1', '2025-03-01 10:00:00', "
+                             "'csat', null, null, '2025-03-01 10:00:00.000000')")
+    stats = extract_table(url, warehouse, "surveys", DAY, "run-1")
+    assert stats["missing_columns"] == "score" and stats["watermark_to"] is None
+    with engine.begin() as conn:  # the source is fixed: the column comes back
+        conn.exec_driver_sql("alter table surveys add column score integer")
+        conn.exec_driver_sql("update surveys set score = 5")
+    fixed = extract_table(url, warehouse, "surveys", DAY, "run-2")
+    assert fixed["rows_read"] == 1 and fixed["new_versions"] == 1
+    assert fixed["watermark_to"] == "2025-03-01 10:00:00.000000"
