@@ -18,10 +18,13 @@ import time
 from pathlib import Path
 
 from crm_pipeline import demo
+from crm_pipeline.evaluate import evaluate_range
 from crm_pipeline.extract import extract_table
 from crm_pipeline.kpis import build_snapshots
+from crm_pipeline.models.nightly import run_models
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform import build_marts, build_staging
+from crm_pipeline.validate import validate_run
 from crm_pipeline.warehouse import Warehouse
 
 
@@ -60,12 +63,18 @@ def main() -> None:
     stage("extract (first, full load)", lambda: [
         extract_table(source, wh, t, day, "bench-1") for t in TABLE_ORDER],
         lambda r: sum(s["rows_read"] for s in r))
+    stage("validate (Great Expectations)", lambda: validate_run(
+        wh, day, "bench-1", now=dt.datetime.now(), docs_dir=work / "dq_docs"),
+        lambda r: sum(v["rows"] for v in r.values() if isinstance(v, dict)))
     stage("build staging", lambda: build_staging(wh), lambda r: sum(r.values()))
     stage("build fct_orders", lambda: build_marts(wh, ("fct_orders",), day), lambda r: sum(r.values()))
     first = day - dt.timedelta(days=args.history_days - 1)
     stage(f"snapshots, {args.history_days} days history", lambda: build_snapshots(wh, first, day),
           lambda r: r["marts.kpi_daily"])
     stage("snapshots, one night", lambda: build_snapshots(wh, day, day), lambda r: r["marts.kpi_daily"])
+    stage("models (CLV, churn, gate)", lambda: run_models(wh, day, "bench-1"),
+          lambda r: sum(r["published"].values()))
+    stage("evaluate KPIs (history)", lambda: evaluate_range(wh, first, day, "bench-1"))
     stage("build dim_customer", lambda: build_marts(wh, ("dim_customer",), day), lambda r: sum(r.values()))
     nxt = day + dt.timedelta(days=1)
     stage("demo advance one day", lambda: demo.advance(source, nxt), lambda r: sum(r.values()))
