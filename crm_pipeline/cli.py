@@ -91,6 +91,17 @@ def summary(day: dt.date) -> None:
             print(f"Headline KPIs on {day} ({days} days of history in marts.kpi_daily):")
             for kpi in HEADLINE_KPIS:
                 print(f"  {kpi:<24} {_fmt(kpi, rows.get(kpi))}")
+        if "model_runs" in wh.tables(conn, "ops"):
+            rows = query("select model, status, message from ops.model_runs where as_of_date = "
+                         "{{ as_of_date }} order by recorded_at desc, model")
+            latest = {model: (status, message) for model, status, message in reversed(rows)}
+            print("Models (ops.model_runs): " + "; ".join(
+                f"{m} {s}" + (f" ({msg[:80]})" if s not in ("published",) and msg else "")
+                for m, (s, msg) in sorted(latest.items())))
+        if "kpi_evaluation" in existing:
+            rows = query("select status, count(*) from marts.kpi_evaluation where as_of_date = "
+                         "{{ as_of_date }} group by status order by status")
+            print("KPI evaluation: " + ", ".join(f"{s} {n:,}" for s, n in rows))
 
 
 def _fmt(kpi: str, value: float | None) -> str:
