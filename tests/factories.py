@@ -132,3 +132,19 @@ def spend(spend_date: str, channel: str, objective: str, amount: float, **kw: An
                updated_at=dt.datetime.combine(day, dt.time(23)))
     row.update(_stamps(kw))
     return row
+
+
+def kpi_history(kpi: str, dimension: str, value: str, level: float, n: int,
+                days: dict[dt.date, float | None] | None = None, *,
+                start: dt.date, end: dt.date) -> list[dict]:
+    """Daily kpi_daily rows at a flat `level` on `n` observations, with the given values on
+    the given days (None: no value that day); for evaluation and alert tests."""
+    out, day = [], start
+    while day <= end:
+        v = (days or {}).get(day, level)
+        out.append({
+            "as_of_date": day, "kpi": kpi, "dimension": dimension, "dimension_value": value,
+            "value": v, "numerator": None if v is None else v * n, "denominator": float(n),
+        })
+        day += dt.timedelta(days=1)
+    return out

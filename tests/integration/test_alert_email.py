@@ -9,6 +9,7 @@ on D, with 210 customers behind it (95% Wilson interval 10.7-18.6%: a sure breac
 import datetime as dt
 
 import pandas as pd
+from factories import kpi_history
 
 from crm_pipeline.alerts import process_alerts, send_pending
 from crm_pipeline.evaluate import evaluate_day, evaluate_range
@@ -53,23 +54,7 @@ NAME = '<script>alert("x")</script> & Sons'
 
 
 def rows(kpi, dimension, value, level, n, days=None, start=D - dt.timedelta(days=60), end=D):
-    """Daily kpi_daily rows at a flat level, with given values on given days."""
-    out, day = [], start
-    while day <= end:
-        v = (days or {}).get(day, level)
-        out.append(
-            {
-                "as_of_date": day,
-                "kpi": kpi,
-                "dimension": dimension,
-                "dimension_value": value,
-                "value": v,
-                "numerator": v * n,
-                "denominator": float(n),
-            }
-        )
-        day += dt.timedelta(days=1)
-    return out
+    return kpi_history(kpi, dimension, value, level, n, days, start=start, end=end)
 
 
 def load(wh, table, ddl, data):

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 import pytest
+from factories import kpi_history
 
 from crm_pipeline.alerts import load_alert_config
 from crm_pipeline.evaluate import (
@@ -76,22 +77,7 @@ TARGETS = {
 
 
 def rows(kpi, dimension, value, level, n, days=None, start=D - dt.timedelta(days=40), end=D):
-    out, day = [], start
-    while day <= end:
-        v = (days or {}).get(day, level)
-        out.append(
-            {
-                "as_of_date": day,
-                "kpi": kpi,
-                "dimension": dimension,
-                "dimension_value": value,
-                "value": v,
-                "numerator": None if v is None else v * n,
-                "denominator": float(n),
-            }
-        )
-        day += dt.timedelta(days=1)
-    return out
+    return kpi_history(kpi, dimension, value, level, n, days, start=start, end=end)
 
 
 def load(wh, table, ddl, data):
