@@ -13,9 +13,10 @@ import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crm_pipeline.warehouse import Warehouse
+if TYPE_CHECKING:  # the DAG imports this module at parse time: keep it light
+    from crm_pipeline.warehouse import Warehouse
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Run:
 
     @property
     def warehouse(self) -> Warehouse:
+        from crm_pipeline.warehouse import Warehouse
+
         return Warehouse(self.warehouse_url)
 
 
