@@ -64,19 +64,37 @@ def build_staging(wh: Warehouse) -> dict[str, int]:
     return counts
 
 
-def build_marts(wh: Warehouse, names: tuple[str, ...], as_of_date: dt.date) -> dict[str, int]:
-    """Rebuild state-as-of-the-run marts (build and swap), in order, in one transaction."""
+def build_marts(
+    wh: Warehouse, names: tuple[str, ...], as_of_date: dt.date, allow_rollback: bool = False
+) -> dict[str, int]:
+    """Rebuild state-as-of-the-run marts (build and swap), in order, in one transaction.
+
+    These tables hold one state, the latest: a backfill of an earlier day leaves a newer
+    state in place (its snapshot marts are what it rebuilds), unless `allow_rollback`.
+    """
     if "dim_customer" in names:
         _ensure_model_tables(wh)
     counts = {}
     with wh.begin() as conn:
         ensure_raw_tables(wh, conn)
         for name in names:
-            counts[f"marts.{name}"] = wh.replace_table(
-                conn, f"marts.{name}", wh.sql_file("marts", name), {"as_of_date": as_of_date}
+            table = f"marts.{name}"
+            newer = _built_for(wh, conn, table)
+            if newer is not None and newer > as_of_date and not allow_rollback:
+                log.info("kept %s as of %s: a run for %s does not roll it back", table, newer,
+                         as_of_date)
+                continue
+            counts[table] = wh.replace_table(
+                conn, table, wh.sql_file("marts", name), {"as_of_date": as_of_date}
             )
     log.info("marts rebuilt for %s: %s", as_of_date, counts)
     return counts
+
+
+def _built_for(wh: Warehouse, conn, table: str) -> dt.date | None:
+    if not wh.table_exists(conn, table):
+        return None
+    return conn.exec_driver_sql(f"select max(as_of_date) from {table}").scalar()
 
 
 def _ensure_model_tables(wh: Warehouse) -> None:
