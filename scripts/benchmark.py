@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--warehouse", default=None, help="SQLAlchemy URL (default: a DuckDB file)")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="crm-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     day = dt.date.today() - dt.timedelta(days=1)
     source = f"sqlite:///{work}/source.db"
     wh = Warehouse(args.warehouse or f"duckdb:///{work}/warehouse.duckdb")
