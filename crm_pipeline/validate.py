@@ -30,6 +30,11 @@ Everything a run writes (quarantine, `ops.dq_results`, `ops.table_status`,
 half-written. Data Docs (HTML) are built into `docs_dir` from a file-backed results store in
 `docs_dir/_results`, so the site keeps every run. docs/data_quality.md lists the rules.
 
+The rules (the suites per table, parsing, the config) live in `dq_rules`, the GX context,
+results summed over chunks and Data Docs in `dq_gx`; this module is the stage: which batches,
+read how, and what the results lead to (quarantine, `ops.dq_results`, `ops.table_status`,
+`DataQualityError`), plus the operator's release and accept.
+
 No wall clock is read here: `now` (the DAG run's run_after) bounds "future" timestamps, and
 `released_at` is given by the caller.
 """
@@ -39,41 +44,32 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 import statistics
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import great_expectations as gx
-import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-import yaml
-from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
-from great_expectations.core.run_identifier import RunIdentifier
-from great_expectations.data_context.types.base import ProgressBarsConfig
-from great_expectations.data_context.types.resource_identifiers import (
-    ExpectationSuiteIdentifier,
-    ValidationResultIdentifier,
-)
-from great_expectations.execution_engine import PandasExecutionEngine
-from great_expectations.expectations.expectation import ColumnMapExpectation
-from great_expectations.expectations.metrics.map_metric_provider import (
-    ColumnMapMetricProvider,
-    column_condition_partial,
-)
-from great_expectations.expectations.row_conditions import Column as Col
-from great_expectations.render import LegacyRendererType, RenderedStringTemplateContent
-from great_expectations.render.renderer.renderer import renderer
-from sqlalchemy import Boolean, Date, DateTime, Integer, Numeric
+from great_expectations.core import ExpectationValidationResult
 
 from crm_pipeline import source_schema as ss
-from crm_pipeline.config import CONFIG_DIR
 from crm_pipeline.dates import end_of_day
+from crm_pipeline.dq_gx import Agg, DataDocs, gx_engine, suite_result
+from crm_pipeline.dq_rules import (
+    FOREIGN_KEYS,
+    KIND_WORDS,
+    ROW,
+    TABLE,
+    check_frame,
+    load_config,
+    parse_values,
+    row_expectations,
+    suite_parameters,
+    table_expectations,
+)
 from crm_pipeline.errors import PipelineStop
 from crm_pipeline.extract import ensure_raw_tables
 from crm_pipeline.warehouse import Warehouse
@@ -90,7 +86,6 @@ __all__ = [
     "validate_run",
 ]
 
-ROW, TABLE = "row", "table"
 PASSED, QUARANTINED, FAILED, STALE, ACCEPTED = (
     "passed",
     "quarantined",
@@ -99,729 +94,6 @@ PASSED, QUARANTINED, FAILED, STALE, ACCEPTED = (
     "accepted",
 )
 TS_TEXT = "%Y-%m-%d %H:%M:%S.%f"
-
-# -- what the contract says about each table ----------------------------------------------------
-
-FOREIGN_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
-    "orders": (("customer_id", "customers"),),
-    "order_lines": (("order_id", "orders"), ("product_id", "products")),
-    "surveys": (("customer_id", "customers"),),
-    "complaints": (("customer_id", "customers"),),
-    "interactions": (("customer_id", "customers"),),
-    "campaign_contacts": (("campaign_id", "campaigns"), ("customer_id", "customers")),
-    "loyalty_events": (("customer_id", "customers"),),
-}
-
-VALUE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "orders": {"status": ss.ORDER_STATUSES, "channel": ss.ORDER_CHANNELS},
-    "surveys": {"survey_type": ss.SURVEY_TYPES},
-    "complaints": {"severity": ss.SEVERITIES},
-    "interactions": {"channel": ss.INTERACTION_CHANNELS, "direction": ss.DIRECTIONS},
-    "campaigns": {"objective": ss.CAMPAIGN_OBJECTIVES},
-    "marketing_spend": {"objective": ss.CAMPAIGN_OBJECTIVES},
-    "loyalty_events": {"kind": ss.LOYALTY_KINDS},
-}
-
-NON_NEGATIVE: dict[str, tuple[str, ...]] = {
-    "orders": ("gross_amount", "discount_amount", "net_amount", "cost_amount"),
-    "order_lines": ("unit_price", "net_amount"),
-    "campaigns": ("spend",),
-    "marketing_spend": ("amount",),
-}
-
-# Timestamps of things that happened: never after the run's `now`, never after the row's own
-# updated_at. Planned dates (campaign start/end, product launch/discontinuation) are not here.
-EVENT_TIMESTAMPS: dict[str, tuple[str, ...]] = {
-    "customers": ("created_at",),
-    "orders": ("ordered_at",),
-    "surveys": ("responded_at",),
-    "complaints": ("opened_at", *ss.COMPLAINT_STEPS),
-    "interactions": ("occurred_at",),
-    "campaign_contacts": ("contacted_at", "responded_at"),
-    "loyalty_events": ("occurred_at",),
-}
-
-# (later, earlier): the later one may not come before the earlier one
-PERIODS: dict[str, tuple[tuple[str, str], ...]] = {
-    "products": (("discontinued_at", "launched_at"),),
-    "campaigns": (("ended_at", "started_at"),),
-    "campaign_contacts": (("responded_at", "contacted_at"),),
-}
-
-NET_TOLERANCE = 0.01
-
-
-def column_kind(table: str, column: str) -> str:
-    """'number' | 'integer' | 'timestamp' | 'date' | 'boolean' | 'text', from source_schema."""
-    col_type = ss.metadata.tables[table].c[column].type
-    if isinstance(col_type, Boolean):
-        return "boolean"
-    if isinstance(col_type, Integer):
-        return "integer"
-    if isinstance(col_type, Numeric):
-        return "number"
-    if isinstance(col_type, DateTime):
-        return "timestamp"
-    if isinstance(col_type, Date):
-        return "date"
-    return "text"
-
-
-def _required(table: str, column: str) -> bool:
-    return not ss.metadata.tables[table].c[column].nullable
-
-
-# -- parsing text the way staging will cast it --------------------------------------------------
-
-_PATTERNS = {
-    "number": re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"),
-    "integer": re.compile(r"[+-]?\d+"),
-    "timestamp": re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?"),
-    "date": re.compile(r"\d{4}-\d{2}-\d{2}"),
-    "boolean": re.compile(r"(?i:true|false|t|f|1|0|yes|no|y|n)"),
-}
-_LIMITS = {"number": 1e12, "integer": 2**31 - 1}  # decimal(14, 2), integer
-_TRUE = {"true", "t", "1", "yes", "y"}
-_NS_MIN, _NS_MAX = pd.Timestamp("1678-01-02"), pd.Timestamp("2262-04-10")
-KIND_WORDS = {
-    "number": "a number",
-    "integer": "an integer",
-    "timestamp": "a timestamp",
-    "date": "a date",
-    "boolean": "a boolean",
-}
-
-
-def as_text(values: pd.Series) -> pd.Series:
-    """Text as object values with None for null (whatever dtype the driver gave)."""
-    return values.astype(object).where(values.notna(), None)
-
-
-def parse_values(text: pd.Series, kind: str) -> pd.Series:
-    """Typed values; null where the text is null or does not parse as `kind` (like a cast).
-
-    Timestamps come back as datetime64[us] (years 1-9999, as the warehouse casts them)."""
-    text = as_text(text)
-    if kind == "text":
-        return text
-    if text.notna().any():
-        ok = text.str.fullmatch(_PATTERNS[kind]).fillna(False).astype(bool)
-    else:
-        ok = pd.Series(False, index=text.index)
-    candidate = text.where(ok, None)
-    if kind in ("number", "integer"):
-        values = pd.to_numeric(candidate, errors="coerce").astype(float)
-        return values.where(values.abs() <= _LIMITS[kind])
-    if kind in ("timestamp", "date"):
-        values = pd.to_datetime(candidate, format="ISO8601", errors="coerce")
-        return values.astype("datetime64[us]")
-    return candidate.str.lower().isin(_TRUE).astype(object).where(candidate.notna(), None)
-
-
-def parses(text: pd.Series, kind: str) -> pd.Series:
-    """True where the text is null or parses as `kind`."""
-    return text.isna() | parse_values(text, kind).notna()
-
-
-class ColumnValuesParseAs(ColumnMapMetricProvider):
-    """Map metric: the text value parses as the column's contract type (nulls are skipped)."""
-
-    condition_metric_name = "column_values.crm_parse_as"
-    condition_value_keys = ("kind",)
-
-    @column_condition_partial(engine=PandasExecutionEngine)
-    def _pandas(cls, column, kind, **kwargs):
-        return parses(column, kind)
-
-
-class ExpectColumnValuesToParseAs(ColumnMapExpectation):
-    """Expect every non-null text value of the column to parse as `kind` (number, integer,
-    timestamp, date, boolean), exactly as the staging cast will need it to."""
-
-    kind: str
-    map_metric: ClassVar[str] = "column_values.crm_parse_as"
-    success_keys: ClassVar[tuple[str, ...]] = ("kind", "mostly")
-    args_keys: ClassVar[tuple[str, ...]] = ("column", "kind")
-
-    @classmethod
-    @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
-    def _prescriptive_renderer(
-        cls, configuration=None, result=None, runtime_configuration=None, **kwargs
-    ):
-        params = dict(configuration.kwargs if configuration else {})
-        params["kind_words"] = KIND_WORDS.get(params.get("kind", ""), params.get("kind"))
-        return [
-            RenderedStringTemplateContent(
-                content_block_type="string_template",
-                string_template={
-                    "template": "values must parse as $kind_words (the staging cast).",
-                    "params": params,
-                    "styling": (runtime_configuration or {}).get("styling"),
-                },
-            )
-        ]
-
-
-# -- configuration --------------------------------------------------------------------------------
-
-
-def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """include/config/validation.yaml (or $CRM_VALIDATION_CONFIG), with per-table defaults filled."""
-    path = Path(path or os.environ.get("CRM_VALIDATION_CONFIG", CONFIG_DIR / "validation.yaml"))
-    with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
-    return normalise_config(raw)
-
-
-def normalise_config(raw: dict[str, Any]) -> dict[str, Any]:
-    defaults = {
-        "max_bad_share": 0.05,
-        "bad_share_min_rows": 50,
-        "non_empty": False,
-        "daily": False,
-        "freshness_max_age_hours": None,
-        "volume": None,
-    } | dict(raw.get("defaults") or {})
-    tables = {}
-    for table in ss.TABLE_ORDER:
-        rules = defaults | dict((raw.get("tables") or {}).get(table) or {})
-        if rules.get("volume"):
-            rules["volume"] = {
-                "max_factor": 10,
-                "history_batches": 14,
-                "min_history": 3,
-                "min_baseline": 5,
-            } | dict(rules["volume"])
-        tables[table] = rules
-    unknown = set(raw.get("tables") or {}) - set(ss.TABLE_ORDER)
-    if unknown:
-        raise ValueError(f"validation config names unknown table(s): {', '.join(sorted(unknown))}")
-    return {
-        "chunk_rows": int(raw.get("chunk_rows") or 200_000),
-        "tables": tables,
-        "extra_values": {k: list(v or []) for k, v in (raw.get("extra_values") or {}).items()},
-    }
-
-
-# -- the suites -----------------------------------------------------------------------------------
-
-
-def _meta(rule: str, level: str, column: str | None, *value_columns: str) -> dict[str, Any]:
-    return {
-        "rule": rule,
-        "level": level,
-        "column": column,
-        "value_columns": list(value_columns or ([column] if column else [])),
-    }
-
-
-def text_column(table: str, column: str) -> str:
-    """The frame column holding a contract column's text as the source gave it."""
-    return column if column_kind(table, column) == "text" else f"{column}__text"
-
-
-def fk_column(column: str, parent: str) -> str:
-    return f"{column}__in_{parent}"
-
-
-NET_DIFF = "net_amount__minus_gross_less_discount"
-
-
-NOW = {"$PARAMETER": "now"}  # the run's run_after, given when the suite runs
-THIS_YEAR = {"$PARAMETER": "this_year"}
-
-
-def suite_parameters(now: dt.datetime) -> dict[str, Any]:
-    return {"now": now, "this_year": now.year}
-
-
-def row_expectations(
-    table: str, present: Iterable[str], cfg: dict[str, Any]
-) -> list[gxe.Expectation]:
-    """The row suite of a table, for the contract columns the source actually had."""
-    spec = ss.SOURCE_TABLES[table]
-    present = set(present)
-    out: list[gxe.Expectation] = []
-    # table-level: the contract's columns are there (extra source columns are allowed) and parse
-    out.append(
-        gxe.ExpectTableColumnsToMatchSet(
-            column_set=list(spec.columns),
-            exact_match=False,
-            meta=_meta("column_present", TABLE, None),
-        )
-    )
-    has = present.__contains__
-    for col in spec.columns:
-        kind = column_kind(table, col)
-        if has(col) and kind != "text":
-            out.append(
-                ExpectColumnValuesToParseAs(
-                    column=f"{col}__text", kind=kind, meta=_meta(f"type_{kind}", TABLE, col)
-                )
-            )
-    # keys and required columns
-    for col in spec.columns:
-        if has(col) and _required(table, col):
-            out.append(
-                gxe.ExpectColumnValuesToNotBeNull(
-                    column=text_column(table, col), meta=_meta("not_null", ROW, col)
-                )
-            )
-    if all(map(has, spec.key)):
-        out.append(
-            gxe.ExpectCompoundColumnsToBeUnique(
-                column_list=[text_column(table, k) for k in spec.key] + ["_batch_id"],
-                meta=_meta("unique_key", ROW, ",".join(spec.key), *spec.key),
-            )
-        )
-    for col, parent in FOREIGN_KEYS.get(table, ()):
-        if has(col):
-            out.append(
-                gxe.ExpectColumnValuesToBeInSet(
-                    column=fk_column(col, parent),
-                    value_set=[True],
-                    meta=_meta(f"fk_{parent}", ROW, col),
-                )
-            )
-    # value sets
-    for col, values in VALUE_SETS.get(table, {}).items():
-        if has(col):
-            allowed = list(values) + [
-                v for v in cfg["extra_values"].get(f"{table}.{col}", []) if v not in values
-            ]
-            out.append(
-                gxe.ExpectColumnValuesToBeInSet(
-                    column=col, value_set=allowed, meta=_meta("accepted_values", ROW, col)
-                )
-            )
-    # ranges
-    for col in NON_NEGATIVE.get(table, ()):
-        if has(col):
-            out.append(
-                gxe.ExpectColumnValuesToBeBetween(
-                    column=col, min_value=0, meta=_meta("non_negative", ROW, col)
-                )
-            )
-    if table == "order_lines" and has("quantity"):
-        out.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column="quantity",
-                min_value=0,
-                strict_min=True,
-                meta=_meta("positive", ROW, "quantity"),
-            )
-        )
-    if table == "loyalty_events" and has("points") and has("kind"):
-        for kind in ("earn", "redeem"):  # a tier_change moves no points (0)
-            out.append(
-                gxe.ExpectColumnValuesToBeBetween(
-                    column="points",
-                    min_value=0,
-                    strict_min=True,
-                    row_condition=Col("kind") == kind,
-                    meta=_meta("positive", ROW, "points"),
-                )
-            )
-    if table == "surveys" and has("score") and has("survey_type"):
-        for survey_type, lo, hi in (("csat", 1, 5), ("nps", 0, 10)):
-            out.append(
-                gxe.ExpectColumnValuesToBeBetween(
-                    column="score",
-                    min_value=lo,
-                    max_value=hi,
-                    row_condition=Col("survey_type") == survey_type,
-                    meta=_meta("score_range", ROW, "score", "survey_type", "score"),
-                )
-            )
-    if table == "customers" and has("birth_year"):
-        out.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column="birth_year",
-                min_value=1900,
-                max_value=THIS_YEAR,
-                meta=_meta("birth_year_range", ROW, "birth_year"),
-            )
-        )
-    if table == "orders" and all(map(has, ("gross_amount", "discount_amount", "net_amount"))):
-        out.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column=NET_DIFF,
-                min_value=-NET_TOLERANCE,
-                max_value=NET_TOLERANCE,
-                meta=_meta(
-                    "net_equals_gross_minus_discount",
-                    ROW,
-                    "net_amount",
-                    "net_amount",
-                    "gross_amount",
-                    "discount_amount",
-                ),
-            )
-        )
-    # timestamps: not in the future of the run, not after the row's own updated_at
-    for col in (*EVENT_TIMESTAMPS.get(table, ()), "updated_at"):
-        if has(col):
-            out.append(
-                gxe.ExpectColumnValuesToBeBetween(
-                    column=col, max_value=NOW, meta=_meta("not_in_future", ROW, col)
-                )
-            )
-    for col in EVENT_TIMESTAMPS.get(table, ()):
-        if has(col) and has("updated_at"):
-            out.append(
-                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                    column_A="updated_at",
-                    column_B=col,
-                    or_equal=True,
-                    ignore_row_if="either_value_is_missing",
-                    meta=_meta("not_after_updated_at", ROW, col, col, "updated_at"),
-                )
-            )
-    for later, earlier in PERIODS.get(table, ()):
-        if has(later) and has(earlier):
-            out.append(
-                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                    column_A=later,
-                    column_B=earlier,
-                    or_equal=True,
-                    ignore_row_if="either_value_is_missing",
-                    meta=_meta("period_order", ROW, later, earlier, later),
-                )
-            )
-    if table == "complaints":
-        chain = ("opened_at", *ss.COMPLAINT_STEPS)
-        for earlier, later in zip(chain, chain[1:], strict=False):
-            if has(earlier) and has(later):
-                out.append(
-                    gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                        column_A=later,
-                        column_B=earlier,
-                        or_equal=True,
-                        ignore_row_if="either_value_is_missing",
-                        meta=_meta("complaint_step_order", ROW, later, earlier, later),
-                    )
-                )
-                if earlier != "opened_at":  # a step is reached only after the one before it
-                    out.append(
-                        gxe.ExpectColumnValuesToBeNull(
-                            column=later,
-                            row_condition=Col(earlier).is_null(),
-                            meta=_meta("complaint_step_order", ROW, later, earlier, later),
-                        )
-                    )
-        if has("closed_at") and has("opened_at"):
-            out.append(
-                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                    column_A="closed_at",
-                    column_B="opened_at",
-                    or_equal=False,
-                    ignore_row_if="either_value_is_missing",
-                    meta=_meta("closed_after_opened", ROW, "closed_at", "opened_at", "closed_at"),
-                )
-            )
-    return out
-
-
-def table_expectations(table: str, cfg: dict[str, Any]) -> list[gxe.Expectation]:
-    """The table suite: run over a one-row profile of the table and this run's batches."""
-    rules = cfg["tables"][table]
-    out: list[gxe.Expectation] = []
-    if rules["non_empty"]:
-        out.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column="rows_read", min_value=1, meta=_meta("table_not_empty", TABLE, "*")
-            )
-        )
-        out.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column="raw_rows", min_value=1, meta=_meta("table_not_empty", TABLE, "*")
-            )
-        )
-    if rules["daily"]:
-        out.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column="versions_updated_on_day",
-                min_value=1,
-                meta=_meta("empty_extract", TABLE, "*"),
-            )
-        )
-    if rules["freshness_max_age_hours"] is not None:
-        out.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column="hours_since_newest_update",
-                max_value=float(rules["freshness_max_age_hours"]),
-                meta=_meta("freshness", TABLE, "updated_at"),
-            )
-        )
-    if rules["volume"]:
-        out.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column="volume_ratio",
-                max_value=float(rules["volume"]["max_factor"]),
-                meta=_meta("volume", TABLE, "*"),
-            )
-        )
-    out.append(
-        gxe.ExpectColumnValuesToBeBetween(
-            column="bad_row_share",
-            max_value=float(rules["max_bad_share"]),
-            meta=_meta("bad_row_share", TABLE, "*"),
-        )
-    )
-    return out
-
-
-# -- GX plumbing ----------------------------------------------------------------------------------
-
-RESULT_FORMAT = {
-    "result_format": "COMPLETE",
-    "unexpected_index_column_names": ["_row_hash"],
-    "return_unexpected_index_query": False,
-    "partial_unexpected_count": 20,
-}
-DOCS_SITE = "crm_data_quality"
-HISTORY_STORE = "crm_dq_history"
-
-
-@dataclass
-class _Suite:
-    """A suite ready to run: its display name, expectations and validation definition."""
-
-    name: str
-    vd: gx.ValidationDefinition
-    rechecks: dict[tuple[int, ...], gx.ValidationDefinition] = field(default_factory=dict)
-
-    @property
-    def expectations(self) -> list[gxe.Expectation]:
-        return list(self.vd.suite.expectations)
-
-
-class _GxEngine:
-    """The process's ephemeral GX context: suites and validation definitions built in code.
-
-    Suites depend on the table, the columns the source had and the config only (the run's
-    `now` is a suite parameter), so they are built once per process and reused."""
-
-    def __init__(self) -> None:
-        self.context = gx.get_context(mode="ephemeral")
-        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        self.datasource = self.context.data_sources.add_pandas("crm_raw")
-        self.suites: dict[str, _Suite] = {}
-
-    def _definition(
-        self, name: str, expectations: list[gxe.Expectation]
-    ) -> gx.ValidationDefinition:
-        suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-        batch = self.datasource.add_dataframe_asset(name).add_batch_definition_whole_dataframe(
-            "chunk"
-        )
-        return self.context.validation_definitions.add(
-            gx.ValidationDefinition(name=name, data=batch, suite=suite)
-        )
-
-    def suite(self, name: str, expectations: list[gxe.Expectation]) -> _Suite:
-        signature = name + repr([e.configuration.to_json_dict() for e in expectations])
-        if signature not in self.suites:
-            internal = f"{name}#{len(self.suites)}"
-            self.suites[signature] = _Suite(name, self._definition(internal, expectations))
-        return self.suites[signature]
-
-    def run(
-        self, suite: _Suite, frame: pd.DataFrame, params: dict[str, Any]
-    ) -> tuple[list[ExpectationValidationResult], dict[str, Any]]:
-        """Results in the suite's order. A cheap pass first; the expectations that failed are
-        run again with result_format COMPLETE, which lists every unexpected row."""
-        batch = {"dataframe": frame}
-        res = suite.vd.run(
-            batch_parameters=batch, expectation_parameters=params, result_format="BOOLEAN_ONLY"
-        )
-        expectations = suite.expectations
-        by_id = {r.expectation_config.id: r for r in res.results}
-        results = [by_id[e.id] for e in expectations]
-        failed = tuple(i for i, r in enumerate(results) if not r.success)
-        if failed:
-            if failed not in suite.rechecks:
-                copies = []
-                for i in failed:
-                    copy = expectations[i].configuration.to_domain_obj()
-                    copy.id = None
-                    copies.append(copy)
-                suite.rechecks[failed] = self._definition(
-                    f"{suite.vd.name}~{len(suite.rechecks)}", copies
-                )
-            recheck = suite.rechecks[failed]
-            detail = recheck.run(
-                batch_parameters=batch, expectation_parameters=params, result_format=RESULT_FORMAT
-            )
-            by_id = {r.expectation_config.id: r for r in detail.results}
-            for i, e in zip(failed, recheck.suite.expectations, strict=True):
-                results[i] = by_id[e.id]
-        return results, dict(res.meta)
-
-
-_ENGINE: _GxEngine | None = None
-
-
-def _engine() -> _GxEngine:
-    global _ENGINE
-    if _ENGINE is None:
-        _ENGINE = _GxEngine()
-    return _ENGINE
-
-
-class _Docs:
-    """Data Docs of one validation: results go to a file-backed store under docs_dir/_results
-    (so the site keeps every run) and the HTML site is built into docs_dir."""
-
-    def __init__(self, docs_dir: str | os.PathLike):
-        self.dir = Path(docs_dir).resolve()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.context = gx.get_context(mode="ephemeral")
-        self.context.add_store(
-            HISTORY_STORE,
-            {
-                "class_name": "ValidationResultsStore",
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(self.dir / "_results"),
-                },
-            },
-        )
-        self.context.add_data_docs_site(
-            DOCS_SITE,
-            {
-                "class_name": "SiteBuilder",
-                "show_how_to_buttons": False,
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(self.dir),
-                },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                "site_section_builders": {
-                    "validations": {"source_store_name": HISTORY_STORE},
-                    "profiling": {"source_store_name": HISTORY_STORE},
-                },
-            },
-        )
-        self.keys: list[Any] = []
-
-    def store(
-        self,
-        result: ExpectationSuiteValidationResult,
-        expectations: list[gxe.Expectation],
-        run_id: str,
-        now: dt.datetime,
-        batch_name: str,
-    ) -> None:
-        self.context.suites.add(
-            gx.ExpectationSuite(name=result.suite_name, expectations=expectations)
-        )
-        key = ValidationResultIdentifier(
-            expectation_suite_identifier=ExpectationSuiteIdentifier(name=result.suite_name),
-            run_id=RunIdentifier(run_name=run_id, run_time=now.replace(tzinfo=dt.UTC)),
-            batch_identifier=batch_name,
-        )
-        result.meta = {
-            **(result.meta or {}),
-            "run_id": key.run_id,
-            "validation_time": key.run_id.run_time,
-        }
-        self.context.stores[HISTORY_STORE].set(key, result)
-        self.keys += [key, ExpectationSuiteIdentifier(name=result.suite_name)]
-
-    def build(self) -> str:
-        self.context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=self.keys)
-        return str(self.dir / "index.html")
-
-
-@dataclass
-class _Agg:
-    """One expectation's outcome summed over the chunks of a table."""
-
-    expectation: gxe.Expectation
-    element_count: int = 0
-    unexpected_count: int = 0
-    success: bool = True
-    partial: list[Any] = field(default_factory=list)
-    observed: Any = None
-    exception: str | None = None
-    last: ExpectationValidationResult | None = None
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return self.expectation.meta or {}
-
-    def add(self, res: ExpectationValidationResult, rows: int) -> None:
-        self.last = res
-        info = res.exception_info or {}
-        if info.get("raised_exception"):
-            self.success = False
-            self.exception = str(info.get("exception_message"))
-            return
-        result = res.result or {}
-        if res.success and not result:  # the cheap pass: nothing unexpected in these rows
-            self.element_count += rows
-            return
-        self.success = self.success and bool(res.success)
-        self.element_count += int(result.get("element_count") or 0)
-        self.unexpected_count += int(result.get("unexpected_count") or 0)
-        if "observed_value" in result:
-            self.observed = result["observed_value"]
-        room = 20 - len(self.partial)
-        if room > 0:
-            self.partial.extend((result.get("partial_unexpected_list") or [])[:room])
-
-    def to_result(self) -> ExpectationValidationResult:
-        result: dict[str, Any] = {}
-        if self.last is not None and self.last.result:
-            result = {
-                k: v
-                for k, v in self.last.result.items()
-                if k
-                not in (
-                    "unexpected_list",
-                    "unexpected_index_list",
-                    "partial_unexpected_index_list",
-                    "partial_unexpected_counts",
-                )
-            }
-        if "element_count" in result or (self.last is not None and not self.last.result):
-            n = max(self.element_count, 1)
-            result.update(
-                element_count=self.element_count,
-                unexpected_count=self.unexpected_count,
-                unexpected_percent=100.0 * self.unexpected_count / n,
-                partial_unexpected_list=self.partial,
-            )
-        return ExpectationValidationResult(
-            success=self.success and self.exception is None,
-            expectation_config=self.expectation.configuration,
-            result=result,
-            exception_info={
-                "raised_exception": self.exception is not None,
-                "exception_message": self.exception,
-                "exception_traceback": None,
-            },
-        )
-
-
-def _suite_result(
-    name: str, aggs: list[_Agg], meta: dict[str, Any]
-) -> ExpectationSuiteValidationResult:
-    results = [a.to_result() for a in aggs]
-    ok = sum(r.success for r in results)
-    return ExpectationSuiteValidationResult(
-        success=ok == len(results),
-        results=results,
-        suite_name=name,
-        statistics={
-            "evaluated_expectations": len(results),
-            "successful_expectations": ok,
-            "unsuccessful_expectations": len(results) - ok,
-            "success_percent": 100.0 * ok / len(results) if results else None,
-        },
-        meta=meta,
-    )
 
 
 # -- errors and results ---------------------------------------------------------------------------
@@ -1074,41 +346,6 @@ def key_chunks(blocks: Iterable[pd.DataFrame], key: tuple[str, ...]) -> Iterator
 # -- one chunk ------------------------------------------------------------------------------------
 
 
-def check_frame(
-    table: str, raw: pd.DataFrame, present: Iterable[str], orphans: dict[str, set[str]]
-) -> pd.DataFrame:
-    """Typed contract columns, their text, and the derived columns the suite checks."""
-    spec = ss.SOURCE_TABLES[table]
-    present = [c for c in spec.columns if c in set(present)]
-    frame = pd.DataFrame(index=raw.index)
-    frame["_row_hash"] = raw["_row_hash"].astype(object)
-    frame["_batch_id"] = raw["_batch_id"].astype("int64")
-    for col in present:
-        kind = column_kind(table, col)
-        text = raw[col].astype(object).where(raw[col].notna(), None)
-        if kind == "text":
-            frame[col] = text
-        elif kind in ("timestamp", "date"):
-            # nanosecond timestamps keep GX's range checks vectorised; the few values past
-            # 2262 are left out of the range checks (they parse, so staging casts them)
-            values = parse_values(text, kind)
-            in_ns = (values > _NS_MIN) & (values < _NS_MAX)
-            frame[col] = values.where(in_ns).astype("datetime64[ns]")
-            frame[f"{col}__text"] = text
-        else:
-            frame[col] = parse_values(text, kind)
-            frame[f"{col}__text"] = text
-    for col, parent in FOREIGN_KEYS.get(table, ()):
-        if col in present:
-            values = raw[col]
-            resolved = ~values.isin(orphans.get(col, set()))
-            frame[fk_column(col, parent)] = resolved.astype(object).where(values.notna(), None)
-    if table == "orders" and {"gross_amount", "discount_amount", "net_amount"} <= set(present):
-        diff = frame["net_amount"] - (frame["gross_amount"] - frame["discount_amount"])
-        frame[NET_DIFF] = diff.round(6)
-    return frame
-
-
 @dataclass
 class _Findings:
     """Offending versions of a chunk, as quarantine rows."""
@@ -1255,7 +492,7 @@ def _validate_table(
     run_id: str,
     now: dt.datetime,
     cfg: dict[str, Any],
-    docs: _Docs | None = None,
+    docs: DataDocs | None = None,
 ) -> _TableOutcome:
     """Validate one table's pending batches; writes go through `conn` (the run's transaction)."""
     started = time.monotonic()
@@ -1272,10 +509,10 @@ def _validate_table(
             missing[col] = missing.get(col, 0) + int(b["new_versions"])
         extra |= set(filter(None, (b["source_columns"] or "").split(","))) - set(spec.columns)
     present = [c for c in spec.columns if c not in missing]
-    engine = _engine()
+    engine = gx_engine()
     params = suite_parameters(now)
     row_suite = engine.suite(f"{table}.rows", row_expectations(table, present, cfg))
-    aggs = [_Agg(e) for e in row_suite.expectations]
+    aggs = [Agg(e) for e in row_suite.expectations]
     batch_list = ", ".join(str(b) for b in out.batches) or "null"
     orphans = {
         col: _orphans(
@@ -1330,7 +567,7 @@ def _validate_table(
     profile = _profile(conn, table, batches, now, as_of_date, rules, out.rows, bad_row_versions)
     tab_suite = engine.suite(f"{table}.table", table_expectations(table, cfg))
     tab_results, tab_meta = engine.run(tab_suite, pd.DataFrame([profile["values"]]), params)
-    tab_aggs = [_Agg(e) for e in tab_suite.expectations]
+    tab_aggs = [Agg(e) for e in tab_suite.expectations]
     for agg, r in zip(tab_aggs, tab_results, strict=True):
         agg.add(r, 1)
         agg.observed = profile["values"].get(r.expectation_config.kwargs.get("column"))
@@ -1354,14 +591,14 @@ def _validate_table(
             f"batches-{out.batches[0]}-{out.batches[-1]}" if out.batches else "no-new-batch"
         )
         docs.store(
-            _suite_result(row_suite.name, aggs, meta),
+            suite_result(row_suite.name, aggs, meta),
             row_expectations(table, present, cfg),
             run_id,
             now,
             batch_name,
         )
         docs.store(
-            _suite_result(tab_suite.name, tab_aggs, tab_meta),
+            suite_result(tab_suite.name, tab_aggs, tab_meta),
             table_expectations(table, cfg),
             run_id,
             now,
@@ -1433,8 +670,8 @@ def _profile(
 
 def _failures(
     table: str,
-    aggs: list[_Agg],
-    tab_aggs: list[_Agg],
+    aggs: list[Agg],
+    tab_aggs: list[Agg],
     missing: dict[str, int],
     extra: set[str],
     rows: int,
@@ -1539,7 +776,7 @@ def _failures(
     return out
 
 
-def _observed(agg: _Agg) -> str | None:
+def _observed(agg: Agg) -> str | None:
     if agg.exception is not None:
         return f"error: {agg.exception}"[:500]
     if agg.observed is not None:
@@ -1556,7 +793,7 @@ def _record(
     run_id: str,
     now: dt.datetime,
     out: _TableOutcome,
-    suites: dict[str, list[_Agg]],
+    suites: dict[str, list[Agg]],
 ) -> None:
     results = pd.DataFrame(
         [
@@ -1697,7 +934,7 @@ def validate_run(
     now = _naive_utc(now)
     with wh.begin() as conn:
         ensure_dq_tables(wh, conn)
-    docs = _Docs(docs_dir) if docs_dir else None
+    docs = DataDocs(docs_dir) if docs_dir else None
     summary: dict[str, Any] = {}
     failures: list[Failure] = []
     started = time.monotonic()
@@ -1752,7 +989,7 @@ def validate_frame(
         if col not in raw.columns:
             raw[col] = None
     raw = raw.astype(object).where(raw.notna(), None)
-    engine = _engine()
+    engine = gx_engine()
     suite = engine.suite(f"{table}.rows", row_expectations(table, present, cfg))
     frame = check_frame(table, raw, present, orphans or {})
     results, _meta = engine.run(suite, frame, suite_parameters(_naive_utc(now)))
@@ -1778,7 +1015,7 @@ def release_quarantine(
     tables = [table] if table else list(ss.TABLE_ORDER)
     if table and table not in ss.SOURCE_TABLES:
         raise ValueError(f"unknown table {table!r}")
-    engine = _engine()
+    engine = gx_engine()
     params = suite_parameters(released_at)
     total = 0
     for name in tables:
