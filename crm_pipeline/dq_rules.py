@@ -231,6 +231,7 @@ def normalise_config(raw: dict[str, Any]) -> dict[str, Any]:
         "non_empty": False,
         "daily": False,
         "freshness_max_age_hours": None,
+        "settle_batches": 3,
         "volume": None,
     } | dict(raw.get("defaults") or {})
     tables = {}

@@ -646,6 +646,16 @@ def _profile(
         f"select count(*) from raw.{table} "
         f"where updated_at >= {_q(day_from)} and updated_at < {_q(day_to)}"
     ).scalar_one()
+    # "daily" and "freshness" describe a feed with a rhythm: they are judged once the table
+    # has `settle_batches` incremental pulls behind it, so a first load (or a new,
+    # hand-made source) is not refused for being quiet
+    first_batch = min((int(b["batch_id"]) for b in batches), default=None)
+    behind = conn.exec_driver_sql(
+        f"select count(*) from ops.extract_batches where table_name = {_q(table)} "
+        "and watermark_from is not null"
+        + (f" and batch_id < {first_batch}" if first_batch is not None else "")
+    ).scalar_one()
+    settled = behind >= int(rules.get("settle_batches", 3))
     ratio, volume_detail = (None, "")
     if rules["volume"]:
         ratio, volume_detail = _volume(conn, table, batches, rules["volume"])
@@ -654,8 +664,10 @@ def _profile(
         "raw_rows": raw_rows,
         "rows_read": sum(int(b["rows_read"]) for b in batches) if batches else None,
         "new_versions": sum(int(b["new_versions"]) for b in batches) if batches else None,
-        "versions_updated_on_day": on_day,
-        "hours_since_newest_update": float("inf") if newest is None and raw_rows else hours,
+        "versions_updated_on_day": on_day if settled else None,
+        "hours_since_newest_update": (
+            None if not settled else float("inf") if newest is None and raw_rows else hours
+        ),
         "volume_ratio": ratio,
         "bad_row_share": share,
     }

@@ -441,7 +441,10 @@ def test_a_table_level_failure_is_recorded_then_the_rerun_validates_the_same_bat
     source, warehouse
 ):
     pull(source, warehouse, DAY, "run-1")
-    strict = dq_rules.normalise_config({"tables": {"orders": {"freshness_max_age_hours": 1}}})
+    # judged from the first load on (settle_batches 0), an hour's tolerance
+    strict = dq_rules.normalise_config(
+        {"tables": {"orders": {"freshness_max_age_hours": 1, "settle_batches": 0}}}
+    )
     with pytest.raises(DataQualityError) as err:
         validate_run(warehouse, DAY, "run-1", now_of(DAY), config=strict)
     assert "orders.updated_at:" in str(err.value) and "(rule: freshness)" in str(err.value)
@@ -460,6 +463,16 @@ def test_a_table_level_failure_is_recorded_then_the_rerun_validates_the_same_bat
     assert summary["customers"]["rows"] == 0  # passed batches are not validated twice
     assert failed_tables(warehouse, DAY) == set()
     assert q(warehouse, "select count(*) from quarantine.rows") == [(2,)]
+
+
+def test_a_first_load_is_not_refused_for_being_quiet_on_the_day(source, warehouse):
+    # the source's newest order is days before the covered day: on a first load there is no
+    # rhythm to judge it by yet, so daily and freshness wait for 3 incremental pulls
+    late_day = DAY + dt.timedelta(days=5)
+    pull(source, warehouse, late_day, "run-1")
+    summary = validate_run(warehouse, late_day, "run-1", now_of(late_day))
+    assert summary["orders"]["status"] in ("passed", "quarantined")
+    assert failed_tables(warehouse, late_day) == set()
 
 
 def test_a_run_killed_half_way_writes_nothing(source, warehouse, monkeypatch):
