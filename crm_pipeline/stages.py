@@ -10,10 +10,13 @@ them, so a task loads only its own.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the DAG imports this module at parse time: keep it light
     from crm_pipeline.warehouse import Warehouse
@@ -98,7 +101,18 @@ def prepare_alerts(run: Run, recipients: str | None) -> dict[str, Any]:
     return process_alerts(run.warehouse, run.day, run.run_id, recipients=recipients)
 
 
-def send_alerts(run: Run, smtp_connection: Any) -> dict[str, Any]:
+def send_alerts(run: Run, smtp_connection: Any | None) -> dict[str, Any]:
+    """Send the outbox. With no SMTP connection configured at all, the email stays pending
+    (ops.alert_outbox) and goes out, once, from the first run that has one."""
     from crm_pipeline.alerts import send_pending, smtp_settings_from_connection
 
+    if smtp_connection is None:
+        wh = run.warehouse
+        with wh.begin() as conn:
+            pending = conn.exec_driver_sql(
+                "select count(*) from ops.alert_outbox where state = 'pending'"
+            ).scalar_one() if wh.table_exists(conn, "ops.alert_outbox") else 0
+        log.warning("no smtp_default connection: %d alert email(s) stay pending in "
+                    "ops.alert_outbox until one is configured", pending)
+        return {"sent": [], "pending": pending, "reason": "no smtp_default connection"}
     return send_pending(run.warehouse, smtp_settings_from_connection(smtp_connection))
