@@ -6,6 +6,7 @@ crm_pipeline stays free of Airflow. Nothing here touches a database at import.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 
@@ -14,14 +15,27 @@ from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from crm_pipeline import config, stages
 
-# Data engineers to tell when validation or the model gate fails (comma-separated).
-ENGINEERS = os.environ.get("CRM_DATA_ENGINEERS", "")
-NOTIFY = [SmtpNotifier(
-    to=ENGINEERS, smtp_conn_id=config.SMTP_CONN_ID,
-    subject="[crm_nightly] {{ ti.task_id }} failed for {{ ds }}",
-    html_content="<p>{{ ti.task_id }} failed for {{ ds }}:</p><pre>{{ exception | e }}</pre>"
-                 "<p>Log: {{ ti.log_url }}</p>",
-)] if ENGINEERS else []
+log = logging.getLogger(__name__)
+
+
+def notify_data_engineers(context) -> None:
+    """Failure callback of validation and the model gate: email CRM_DATA_ENGINEERS
+    (comma-separated, read when it fires) through `smtp_default`, with the error itself,
+    using the SMTP provider's notifier."""
+    to = os.environ.get("CRM_DATA_ENGINEERS", "")
+    if not to:
+        log.warning("CRM_DATA_ENGINEERS is not set: nobody is told that %s failed",
+                    context["ti"].task_id)
+        return
+    SmtpNotifier(
+        to=to, smtp_conn_id=config.SMTP_CONN_ID,
+        subject="[crm_nightly] {{ ti.task_id }} failed for {{ ds }}",
+        html_content="<p>{{ ti.task_id }} failed for {{ ds }}:</p><pre>{{ exception | e }}</pre>"
+                     "<p>Log: {{ ti.log_url }}</p>",
+    )(context)
+
+
+NOTIFY = [notify_data_engineers]
 
 # Bad data or a failed model gate (crm_pipeline.errors.PipelineStop) fails at once, since
 # a retry would fail the same way; anything else (a locked file, a dropped connection) retries.

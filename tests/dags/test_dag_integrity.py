@@ -38,6 +38,14 @@ def test_every_task_has_an_owner_retries_and_the_warehouse_pool(dagbag):
         assert task.pool == "crm_warehouse", task.task_id
 
 
+def test_validation_and_the_model_gate_notify_data_engineers(dagbag):
+    from crm_airflow import notify_data_engineers
+
+    dag = dagbag.dags["crm_nightly"]
+    for task_id in ("validate.validate_sources", "models.score_customers"):
+        assert notify_data_engineers in dag.get_task(task_id).on_failure_callback
+
+
 def test_bad_data_and_failed_gates_fail_at_once_other_errors_retry():
     from crm_airflow import RETRY_POLICY
 

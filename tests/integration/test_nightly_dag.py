@@ -10,6 +10,7 @@ advances a day and the next date picks up only what changed.
 import datetime as dt
 
 import pytest
+import sqlalchemy
 from airflow.dag_processing.dagbag import DagBag
 from factories import ROOT
 
@@ -101,3 +102,33 @@ def test_the_next_night_pulls_only_what_changed(nightly, monkeypatch):
     assert sum(pulled.values()) <= sum(changes.values())  # the day's changes, not the history
     # the nightly run builds its own day only, on top of the 90-day history
     assert scalar(wh, "select count(distinct as_of_date) from marts.kpi_daily") == 91
+
+
+def test_a_broken_source_stops_before_any_mart_and_tells_the_data_engineers(
+        nightly, tmp_path, monkeypatch):
+    from factories import build_source, customer, order
+
+    dag, env, _, _, sink = nightly
+    source = build_source(f"sqlite:///{tmp_path}/broken.db", {
+        "customers": [customer("C1", "2025-01-01")],
+        "orders": [order("O1", "C1", "2025-03-01")],
+    })
+    with sqlalchemy.create_engine(source).begin() as conn:
+        conn.exec_driver_sql("alter table orders rename column channel to sales_channel")
+    broken = {**env, "AIRFLOW_CONN_CRM_SOURCE": source,
+              "AIRFLOW_CONN_CRM_WAREHOUSE": f"duckdb:///{tmp_path}/warehouse.duckdb",
+              "CRM_DATA_ENGINEERS": "data-team@example.com"}
+    for key, value in broken.items():
+        monkeypatch.setenv(key, value)
+    before = len(sink.messages())
+    dag_run = dag.test(logical_date=dt.datetime(2025, 3, 10, tzinfo=dt.UTC))
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert dag_run.state == "failed" and states["validate.validate_sources"] == "failed"
+    assert states["marts.build_fct_orders"] == "upstream_failed"  # no mart was touched
+    assert not Warehouse(broken["AIRFLOW_CONN_CRM_WAREHOUSE"]).row_counts(("marts",))
+    # at once (bad data is not retried), with the message naming table, column and rule
+    [notice] = sink.messages()[before:]
+    assert notice["To"] == "data-team@example.com"
+    assert "validate.validate_sources failed for 2025-03-10" in notice["Subject"]
+    body = notice.get_body(("html",)).get_content()
+    assert "orders.channel" in body and "rule: column_present" in body
