@@ -287,6 +287,17 @@ def suite_parameters(now: dt.datetime) -> dict[str, Any]:
     return {"now": now, "this_year": now.year}
 
 
+def _not_before(later: str, earlier: str, rule: str) -> gxe.Expectation:
+    """A row-level order between two timestamps of a row, judged where both are set."""
+    return gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+        column_A=later,
+        column_B=earlier,
+        or_equal=True,
+        ignore_row_if="either_value_is_missing",
+        meta=_meta(rule, ROW, later, earlier, later),
+    )
+
+
 def row_expectations(
     table: str, present: Iterable[str], cfg: dict[str, Any]
 ) -> list[gxe.Expectation]:
@@ -431,28 +442,12 @@ def row_expectations(
             )
     for later, earlier in PERIODS.get(table, ()):
         if has(later) and has(earlier):
-            out.append(
-                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                    column_A=later,
-                    column_B=earlier,
-                    or_equal=True,
-                    ignore_row_if="either_value_is_missing",
-                    meta=_meta("period_order", ROW, later, earlier, later),
-                )
-            )
+            out.append(_not_before(later, earlier, "period_order"))
     if table == "complaints":
         chain = ("opened_at", *ss.COMPLAINT_STEPS)
         for earlier, later in zip(chain, chain[1:], strict=False):
             if has(earlier) and has(later):
-                out.append(
-                    gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                        column_A=later,
-                        column_B=earlier,
-                        or_equal=True,
-                        ignore_row_if="either_value_is_missing",
-                        meta=_meta("complaint_step_order", ROW, later, earlier, later),
-                    )
-                )
+                out.append(_not_before(later, earlier, "complaint_step_order"))
                 if earlier != "opened_at":  # a step is reached only after the one before it
                     out.append(
                         gxe.ExpectColumnValuesToBeNull(
