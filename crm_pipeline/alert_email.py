@@ -851,7 +851,26 @@ def at_risk_customers(
         has["marts.customer_churn_risk"] or has["marts.customer_clv"]
     ):
         return None, unavailable
-    params = {"d": day, "before": day - dt.timedelta(days=lookback)}
+    # the latest scores the model gate published, on the day or (held that night) before
+    max_age = int(settings.get("max_score_age_days", 7))
+    days = {
+        t: _latest_published(conn, t, day, max_age) if has[t] else None
+        for t in ("marts.customer_churn_risk", "marts.customer_clv")
+    }
+    held = [
+        f"{'Churn risk' if t.endswith('churn_risk') else 'CLV and P(alive)'} as of {d}: the "
+        f"model gate held the scores of {day} (ops.model_runs says why)."
+        for t, d in days.items()
+        if d is not None and d < day
+    ]
+    for t, d in days.items():
+        has[t] = d is not None
+    params = {
+        "d": day,
+        "risk_d": days["marts.customer_churn_risk"],
+        "clv_d": days["marts.customer_clv"],
+        "before": (days["marts.customer_clv"] or day) - dt.timedelta(days=lookback),
+    }
     tier_list = ", ".join(wh.render("{{ t }}", {"t": t}) for t in tiers)
     frame = read_frame(
         conn,
@@ -869,7 +888,7 @@ def at_risk_customers(
             conn,
             wh.render(
                 f"select customer_id, churn_probability, risk_band, {reasons} as top_reasons "
-                "from marts.customer_churn_risk where as_of_date = {{ d }}",
+                "from marts.customer_churn_risk where as_of_date = {{ risk_d }}",
                 params,
             ),
         )
@@ -877,7 +896,8 @@ def at_risk_customers(
         clv = read_frame(
             conn,
             wh.render(
-                "select customer_id, clv, p_alive from marts.customer_clv where as_of_date = {{ d }}",
+                "select customer_id, clv, p_alive from marts.customer_clv "
+                "where as_of_date = {{ clv_d }}",
                 params,
             ),
         )
@@ -891,8 +911,11 @@ def at_risk_customers(
         )
     if risk.empty and clv.empty:
         return None, unavailable
+    held_note = "".join(f" {h}" for h in held)
     if frame.empty:
-        return None, f"No customer is in the {' or '.join(tiers)} tiers on {day.isoformat()}."
+        return None, (
+            f"No customer is in the {' or '.join(tiers)} tiers on {day.isoformat()}.{held_note}"
+        )
     for other in (risk, clv, prev):
         frame = frame.merge(other, on="customer_id", how="left")
     for col in (
@@ -916,7 +939,7 @@ def at_risk_customers(
     if frame.empty:
         return None, (
             f"No {' or '.join(tiers)} customer has a churn probability of {min_churn:.0%} or more "
-            f"or a drop in P(alive) of {drop:.2f} or more over {lookback} days."
+            f"or a drop in P(alive) of {drop:.2f} or more over {lookback} days.{held_note}"
         )
     frame["clv"] = pd.to_numeric(frame["clv"], errors="coerce")
     frame["churn_probability"] = pd.to_numeric(frame["churn_probability"], errors="coerce")
@@ -953,8 +976,22 @@ def at_risk_customers(
     note = (
         f"{total} {' and '.join(tiers)} customer(s) with a churn probability of {min_churn:.0%} "
         f"or more, or P(alive) down {drop:.2f} or more in {lookback} days; {shown}, by CLV."
+        f"{held_note}"
     )
     return frame.reset_index(drop=True), note
+
+
+def _latest_published(
+    conn: sa.Connection, table: str, day: dt.date, max_age_days: int
+) -> dt.date | None:
+    """The latest as_of_date of a model mart on or before the day, at most max_age_days old."""
+    latest = conn.execute(
+        sa.text(f"select max(as_of_date) from {table} where as_of_date <= :d and as_of_date >= :lo"),
+        {"d": day, "lo": day - dt.timedelta(days=max_age_days)},
+    ).scalar()
+    if latest is None:
+        return None
+    return latest if isinstance(latest, dt.date) else dt.date.fromisoformat(str(latest)[:10])
 
 
 def _customer_names(

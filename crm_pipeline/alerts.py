@@ -47,6 +47,7 @@ import yaml
 
 from crm_pipeline.config import CONFIG_DIR
 from crm_pipeline.dates import end_of_day
+from crm_pipeline.errors import ConfigError
 from crm_pipeline.evaluate import (
     EVALUATION_TABLE,
     HIGHER,
@@ -190,10 +191,10 @@ def load_alert_config(
         for dim, values in (item.get("dimensions") or {"all": "*"}).items():
             dims[str(dim)] = None if values in ("*", None) else tuple(str(v) for v in values)
         if True in item or "on" in item:  # YAML 1.1 reads a bare `on:` key as true
-            raise ValueError(f"alerts: rule for {item.get('kpi')}: write fire_on, not on")
+            raise ConfigError(f"alerts: rule for {item.get('kpi')}: write fire_on, not on")
         on = tuple(item.get("fire_on") or ("breach", "unusual"))
         if not set(on) <= {"breach", "unusual"}:
-            raise ValueError(
+            raise ConfigError(
                 f"alerts: rule for {item.get('kpi')}: fire_on takes breach and/or unusual"
             )
         rules.append(
@@ -209,7 +210,7 @@ def load_alert_config(
     email = raw.get("email") or {}
     on_interrupted = (raw.get("delivery") or {}).get("on_interrupted", "resend")
     if on_interrupted not in ("resend", "hold"):
-        raise ValueError("alerts: delivery.on_interrupted must be resend or hold")
+        raise ConfigError("alerts: delivery.on_interrupted must be resend or hold")
     return AlertConfig(
         rules=tuple(rules),
         to=tuple(parse_addresses(recipients.get("to"))),
@@ -239,7 +240,7 @@ def parse_addresses(value: str | Iterable[str] | None) -> list[str]:
             if not addr:
                 continue
             if not re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+", addr):
-                raise ValueError(f"not an email address: {addr!r}")
+                raise ConfigError(f"not an email address: {addr!r}")
             out.append(addr)
     return out
 
@@ -599,7 +600,7 @@ def process_alerts(
             )
         if to_tell and not already_out:
             if not to:
-                raise ValueError(
+                raise ConfigError(
                     "alerts: no recipients (alerts.yaml recipients.to or the override)"
                 )
             context = EmailContext(

@@ -48,6 +48,7 @@ from sqlalchemy import Boolean, Date, DateTime, Integer, Numeric
 
 from crm_pipeline import source_schema as ss
 from crm_pipeline.config import CONFIG_DIR
+from crm_pipeline.errors import ConfigError
 
 ROW, TABLE = "row", "table"  # an expectation's level: hold the rows, or fail the table
 
@@ -247,7 +248,7 @@ def normalise_config(raw: dict[str, Any]) -> dict[str, Any]:
         tables[table] = rules
     unknown = set(raw.get("tables") or {}) - set(ss.TABLE_ORDER)
     if unknown:
-        raise ValueError(f"validation config names unknown table(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"validation config names unknown table(s): {', '.join(sorted(unknown))}")
     return {
         "chunk_rows": int(raw.get("chunk_rows") or 200_000),
         "tables": tables,

@@ -45,6 +45,7 @@ import sqlalchemy as sa
 import yaml
 
 from crm_pipeline.config import CONFIG_DIR
+from crm_pipeline.errors import ConfigError
 from crm_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def load_targets(source: str | Path | Mapping[str, Any] | Targets | None = None)
         confidence=float(ev.get("confidence", 0.95)),
     )
     if not 0.5 < settings.confidence < 1 or settings.baseline_days < 1 or settings.band_k <= 0:
-        raise ValueError(f"targets: bad evaluation settings {ev!r}")
+        raise ConfigError(f"targets: bad evaluation settings {ev!r}")
     kpis = {}
     for kpi, spec in (raw.get("kpis") or {}).items():
         kpis[kpi] = _kpi_spec(kpi, spec or {})
@@ -209,19 +210,19 @@ def load_targets(source: str | Path | Mapping[str, Any] | Targets | None = None)
 def _kpi_spec(kpi: str, spec: Mapping[str, Any]) -> KpiSpec:
     direction = spec.get("direction")
     if direction not in (HIGHER, LOWER):
-        raise ValueError(
+        raise ConfigError(
             f"targets: {kpi}: direction must be {HIGHER} or {LOWER}, not {direction!r}"
         )
     evidence = spec.get("evidence", "none")
     if evidence not in ("none", "proportion", "nps"):
-        raise ValueError(f"targets: {kpi}: evidence must be none, proportion or nps")
+        raise ConfigError(f"targets: {kpi}: evidence must be none, proportion or nps")
     versions = []
     for item in spec.get("targets") or []:
         eff = item.get("effective_from")
         if isinstance(eff, str):
             eff = dt.date.fromisoformat(eff)
         if not isinstance(eff, dt.date):
-            raise ValueError(f"targets: {kpi}: every target needs an effective_from date")
+            raise ConfigError(f"targets: {kpi}: every target needs an effective_from date")
         margin = float(item.get("warn_margin") or 0.0)
         overrides = {}
         for dim, values in (item.get("by_dimension") or {}).items():
@@ -236,7 +237,7 @@ def _kpi_spec(kpi: str, spec: Mapping[str, Any]) -> KpiSpec:
         versions.append(TargetVersion(eff, _opt_float(item.get("target")), margin, overrides))
     versions.sort(key=lambda v: v.effective_from)
     if len({v.effective_from for v in versions}) != len(versions):
-        raise ValueError(f"targets: {kpi}: two targets take effect on the same day")
+        raise ConfigError(f"targets: {kpi}: two targets take effect on the same day")
     return KpiSpec(
         kpi=kpi,
         direction=direction,

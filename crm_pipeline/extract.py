@@ -28,7 +28,8 @@ from sqlalchemy.pool import NullPool
 
 from crm_pipeline.config import normalise_url
 from crm_pipeline.dates import naive_utc
-from crm_pipeline.source_schema import SOURCE_TABLES
+from crm_pipeline.errors import PipelineStop
+from crm_pipeline.source_schema import OPTIONAL_TABLES, SOURCE_TABLES
 from crm_pipeline.warehouse import SCHEMAS, Warehouse
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ META_COLUMNS = ("_row_hash", "_batch_id")
 NULL_TOKEN = "\\N"
 
 
-class SourceSchemaError(RuntimeError):
-    """The source table is missing or has lost its key or `updated_at`."""
+class SourceSchemaError(PipelineStop):
+    """The source table is missing or has lost its key or `updated_at`: a broken source
+    contract, which no retry mends."""
 
 
 def ensure_raw_tables(wh: Warehouse, conn: sa.Connection) -> None:
@@ -102,6 +104,8 @@ def extract_table(
     spec = SOURCE_TABLES[table]
     source = sa.create_engine(normalise_url(source_url), poolclass=NullPool)
     try:
+        if table in OPTIONAL_TABLES and not sa.inspect(source).has_table(table):
+            return _absent(wh, table, source)
         src_table = _reflect(source, table)
         present = [c.name for c in src_table.columns]
         missing = [c for c in spec.columns if c not in present]
@@ -157,6 +161,23 @@ def extract_table(
         f"; MISSING columns {stats['missing_columns']}" if missing else "",
     )
     return stats
+
+
+def _absent(wh: Warehouse, table: str, source: sa.Engine) -> dict[str, Any]:
+    """An optional table the source does not have: read as empty, nothing recorded.
+
+    Only while the warehouse has never stored a row of it: a table that had rows and is
+    gone is a broken source, not a company without that data."""
+    with wh.begin() as conn:
+        ensure_raw_tables(wh, conn)
+        stored = conn.exec_driver_sql(f"select count(*) from raw.{table}").scalar_one()
+    if stored:
+        raise SourceSchemaError(
+            f"source table {table} does not exist at {source.url!r}, but raw.{table} holds "
+            f"{stored:,} rows pulled from it before: was it dropped or renamed?"
+        )
+    log.info("source has no table %s (optional): read as empty, its KPIs stay null", table)
+    return {"table_name": table, "absent": True, "rows_read": 0, "new_versions": 0}
 
 
 def _reflect(engine: sa.Engine, table: str) -> sa.Table:

@@ -24,29 +24,53 @@ import sqlalchemy as sa
 
 from crm_pipeline.config import settings
 from crm_pipeline.dates import end_of_day
+from crm_pipeline.errors import ConfigError
 from crm_pipeline.extract import ensure_raw_tables
 from crm_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-MIGRATION_DAYS = 30
+MIGRATION_DAYS = 30  # segment_migration, and the cohort of churn_rate and retention_rate
+SEGMENT_MAP_TYPES = {"r_score": "integer", "f_score": "integer", "rule_no": "integer",
+                     "segment": "varchar", "first_order_within_days": "integer"}
 SNAPSHOT_MARTS = ("customer_rfm", "customer_value_tier", "kpi_daily", "segment_migration")
 
 
 def segment_map(config: dict[str, Any]) -> pd.DataFrame:
-    """The 25 (R, F) cells with their named segment: first matching rule wins."""
+    """The (R, F) cells with their named segments, as ordered candidate rules.
+
+    A rule may require a recent first order (`first_order_within_days`: 'New' is only for
+    customers whose first completed order falls in that many days ending at the date). A
+    cell's candidates are the matching rules in file order, up to the first one without
+    such a condition; customer_rfm.sql gives each customer the first candidate they meet.
+    Every cell must reach an unconditional rule, so that every customer gets a segment.
+    """
     rows = []
     for r in range(1, 6):
         for f in range(1, 6):
-            match = next(
-                (rule["segment"] for rule in config["rfm"]["segments"]
-                 if rule["r"][0] <= r <= rule["r"][1] and rule["f"][0] <= f <= rule["f"][1]),
-                None,
-            )
-            if match is None:
-                raise ValueError(f"rfm.segments in pipeline.yaml leaves cell R={r} F={f} unnamed")
-            rows.append({"r_score": r, "f_score": f, "segment": match})
-    return pd.DataFrame(rows)
+            unconditional = False
+            for rule_no, rule in enumerate(config["rfm"]["segments"]):
+                if not (rule["r"][0] <= r <= rule["r"][1] and rule["f"][0] <= f <= rule["f"][1]):
+                    continue
+                within = rule.get("first_order_within_days")
+                if within is not None and int(within) < 1:
+                    raise ConfigError(
+                        f"rfm.segments {rule['segment']}: first_order_within_days must be >= 1"
+                    )
+                rows.append({"r_score": r, "f_score": f, "rule_no": rule_no,
+                             "segment": rule["segment"],
+                             "first_order_within_days": None if within is None else int(within)})
+                if within is None:
+                    unconditional = True
+                    break
+            if not unconditional:
+                raise ConfigError(
+                    f"rfm.segments in pipeline.yaml leaves cell R={r} F={f} unnamed for some "
+                    "customers (no rule without first_order_within_days covers it)"
+                )
+    frame = pd.DataFrame(rows)
+    frame["first_order_within_days"] = frame["first_order_within_days"].astype("Int64")
+    return frame
 
 
 def tier_params(config: dict[str, Any]) -> dict[str, int]:
@@ -54,17 +78,17 @@ def tier_params(config: dict[str, Any]) -> dict[str, int]:
     tiers = config["value_tiers"]
     names = [t["tier"] for t in tiers]
     if names != ["vip", "key", "regular", "small"]:
-        raise ValueError(f"value_tiers must be vip, key, regular, small in that order, got {names}")
+        raise ConfigError(f"value_tiers must be vip, key, regular, small in that order, got {names}")
     cumulative = list(accumulate(int(t["percent"]) for t in tiers))
     if cumulative[-1] != 100:
-        raise ValueError(f"value_tiers percents add up to {cumulative[-1]}, not 100")
+        raise ConfigError(f"value_tiers percents add up to {cumulative[-1]}, not 100")
     return {f"{n}_cum_pct": c for n, c in zip(names[:3], cumulative[:3], strict=True)}
 
 
 def sql_params(config: dict[str, Any]) -> dict[str, Any]:
     lookback = int(config["rfm"]["lookback_days"])
     if not 1 <= lookback <= 365:
-        raise ValueError(f"rfm.lookback_days must be 1..365, got {lookback}")
+        raise ConfigError(f"rfm.lookback_days must be 1..365, got {lookback}")
     return {
         "rfm_lookback_days": lookback,
         "lookback_days": 365,
@@ -89,17 +113,15 @@ def build_snapshots(
     chunk_days = chunk_days or int(config["kpis"].get("history_chunk_days", 15))
     if date_from > date_to:
         raise ValueError(f"empty range {date_from} .. {date_to}")
-    # a range (history) also builds the 30 days before it, for segment_migration
-    positions_from = date_from - dt.timedelta(days=MIGRATION_DAYS) if date_from < date_to else date_from
     counts = dict.fromkeys((f"marts.{m}" for m in SNAPSHOT_MARTS), 0)
     with wh.begin() as conn:
         ensure_raw_tables(wh, conn)
-        _temp_from_frame(wh, conn, "rfm_segment_map", segment_map(config))
+        _temp_from_frame(wh, conn, "rfm_segment_map", segment_map(config), SEGMENT_MAP_TYPES)
         plan = [(lo, hi, SNAPSHOT_MARTS) for lo, hi in _chunks(date_from, date_to, chunk_days)]
-        if positions_from < date_from:  # RFM and tiers only, for the first month's migration
-            day_before = date_from - dt.timedelta(days=1)
-            plan[:0] = [(lo, hi, SNAPSHOT_MARTS[:2])
-                        for lo, hi in _chunks(positions_from, day_before, chunk_days)]
+        # the days 30 before the range that are not built yet get RFM and tiers first: the
+        # positions segment_migration and the churn / retention cohorts start from
+        plan[:0] = [(lo, hi, SNAPSHOT_MARTS[:2])
+                    for lo, hi in _runs(_missing_positions(wh, conn, date_from, date_to))]
         for lo, hi, marts in plan:
             _date_spine(wh, conn, lo, hi)
             for name in ("int_purchases", "int_customers"):
@@ -117,6 +139,46 @@ def build_snapshots(
     return counts
 
 
+def _missing_positions(
+    wh: Warehouse, conn: sa.Connection, date_from: dt.date, date_to: dt.date
+) -> list[dt.date]:
+    """Days d-30 of the range's days, outside the range, without RFM or tier rows."""
+    wanted = [
+        d for d in pd.date_range(date_from - dt.timedelta(days=MIGRATION_DAYS),
+                                 date_to - dt.timedelta(days=MIGRATION_DAYS)).date
+        if d < date_from
+    ]
+    if not wanted:
+        return []
+    built = None
+    for table in ("marts.customer_rfm", "marts.customer_value_tier"):
+        if not wh.table_exists(conn, table):
+            return wanted
+        days = {
+            r[0] for r in conn.execute(
+                sa.text(f"select distinct as_of_date from {table} "
+                        "where as_of_date between :lo and :hi"),
+                {"lo": wanted[0], "hi": wanted[-1]},
+            )
+        }
+        built = days if built is None else built & days
+    return [d for d in wanted if d not in built]
+
+
+def _runs(days: list[dt.date], size: int = 15):
+    """Consecutive days as (first, last) ranges of at most `size` days."""
+    start = prev = None
+    for d in days:
+        if start is not None and (d - prev).days == 1 and (d - start).days < size:
+            prev = d
+            continue
+        if start is not None:
+            yield start, prev
+        start = prev = d
+    if start is not None:
+        yield start, prev
+
+
 def _chunks(first: dt.date, last: dt.date, size: int):
     """Consecutive day ranges of at most `size` days covering first..last."""
     lo = first
@@ -129,18 +191,21 @@ def _chunks(first: dt.date, last: dt.date, size: int):
 def history_start(wh: Warehouse, as_of_date: dt.date, history_days: int) -> dt.date:
     """Where a run's KPI build starts: the run's day, or further back on a new warehouse.
 
-    A first run (no kpi_daily yet) builds `history_days` days at once, so trends show
-    from the first morning; later runs build their own day only.
+    A first run builds `history_days` days at once, so trends show from the first morning;
+    later runs build their own day only. "First" is decided by what was completed, not by
+    what exists: the history is done once its evaluation is (marts.kpi_evaluation, written
+    in one transaction at the end), so a first run killed after the snapshots but before
+    the evaluation builds and evaluates the whole history again when rerun.
     """
     if history_days <= 1:
         return as_of_date
     with wh.begin() as conn:
-        if wh.table_exists(conn, "marts.kpi_daily"):
-            built = conn.exec_driver_sql(
-                "select count(*) from marts.kpi_daily where as_of_date < "
-                f"date '{as_of_date:%Y-%m-%d}'"
+        if wh.table_exists(conn, "marts.kpi_evaluation"):
+            evaluated = conn.execute(
+                sa.text("select count(*) from marts.kpi_evaluation where as_of_date < :d"),
+                {"d": as_of_date},
             ).scalar_one()
-            if built:
+            if evaluated:
                 return as_of_date
     return as_of_date - dt.timedelta(days=history_days - 1)
 

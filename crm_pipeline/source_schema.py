@@ -176,6 +176,13 @@ TABLE_ORDER = (
     "interactions", "campaigns", "campaign_contacts", "marketing_spend", "loyalty_events",
 )
 
+# The order database every mart stands on. The CRM tables beyond it (surveys, complaints,
+# interactions, campaigns, marketing spend, loyalty) are optional: a company starting out
+# may not have them yet, so a source without one is read as having it empty (its KPIs are
+# null and its churn features left out) until the table appears.
+REQUIRED_TABLES = ("customers", "products", "orders", "order_lines")
+OPTIONAL_TABLES = tuple(t for t in TABLE_ORDER if t not in REQUIRED_TABLES)
+
 SOURCE_TABLES: dict[str, SourceTable] = {
     name: SourceTable(
         name=name,

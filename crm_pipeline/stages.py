@@ -38,6 +38,65 @@ class Run:
         return Warehouse(self.warehouse_url)
 
 
+def preflight(run: Run, can_mail: bool, engineers: str) -> dict[str, Any]:
+    """Refuse, before any work, what would fail later or fail silently.
+
+    * A day that has not ended when the run starts: its rows would be incomplete, and
+      validation would see the future (a scheduled run starts after its day; `airflow dags
+      test crm_nightly <today>` and a manual trigger for today are refused here).
+    * Settings that do not load (include/config/*.yaml): a ConfigError naming the file.
+    * A run that can send mail (an smtp_default connection) but has nobody to tell of a
+      failure (CRM_DATA_ENGINEERS unset): failures would go unseen.
+    """
+    from crm_pipeline.dates import end_of_day, naive_utc
+    from crm_pipeline.errors import ConfigError, RunDateError
+
+    started = naive_utc(run.started)
+    if started < end_of_day(run.day):
+        raise RunDateError(
+            f"crm_nightly cannot build {run.day}: the day has not ended (the run started "
+            f"{started:%Y-%m-%d %H:%M} UTC). A run covers a complete UTC day; the latest one "
+            f"that has ended is {started.date() - dt.timedelta(days=1)}."
+        )
+    checked = check_settings()
+    if can_mail and not engineers.strip():
+        raise ConfigError(
+            "CRM_DATA_ENGINEERS is not set: alert mail is configured (smtp_default), but a "
+            "failed night would tell nobody. Set it (comma-separated addresses) in the "
+            "environment of the Airflow workers."
+        )
+    return {"day": run.day.isoformat(), "settings": checked,
+            "data_engineers": engineers.strip() or None}
+
+
+def check_settings() -> list[str]:
+    """Load every settings file as the stages will; a ConfigError names what is wrong."""
+    import yaml
+
+    from crm_pipeline.alerts import load_alert_config
+    from crm_pipeline.config import CONFIG_DIR, settings
+    from crm_pipeline.dq_rules import load_config as load_validation
+    from crm_pipeline.errors import ConfigError
+    from crm_pipeline.evaluate import load_targets
+    from crm_pipeline.kpis import segment_map, sql_params
+    from crm_pipeline.models.nightly import load_config as load_models
+
+    checks = {
+        "pipeline.yaml": lambda: (segment_map(settings()), sql_params(settings())),
+        "models.yaml": load_models,
+        "validation.yaml": load_validation,
+        "targets.yaml": load_targets,
+        "alerts.yaml": load_alert_config,
+    }
+    for name, load in checks.items():
+        try:
+            load()
+        except (ValueError, KeyError, TypeError, OSError, yaml.YAMLError) as exc:
+            kind = "" if isinstance(exc, ConfigError) else f"{type(exc).__name__}: "
+            raise ConfigError(f"{CONFIG_DIR / name}: {kind}{exc}") from exc
+    return list(checks)
+
+
 def extract(run: Run, table: str) -> dict[str, str]:
     from crm_pipeline.extract import extract_table
 

@@ -450,10 +450,28 @@ def _findings_table(conn: sa.Connection) -> None:
     )
 
 
+def _real_nights(table: str, before_batch: int | None) -> str:
+    """The incremental batches of a table that are real nights, as a select of their rows.
+
+    What a feed's usual volume and rhythm are judged on. Not counted: a rerun or backfill
+    of a day (an earlier batch of the table already covered that day or a later one), and
+    a pull of a day the watermark had already passed (a backfill on a new warehouse re-pulls
+    nothing that day's changes could be in). Otherwise three reruns of a day would make 0
+    the usual, and the next real night a "volume anomaly"."""
+    before = f" and e.batch_id < {int(before_batch)}" if before_batch is not None else ""
+    return f"""select e.* from ops.extract_batches e
+        where e.table_name = {_q(table)} and e.watermark_from is not null{before}
+          and e.watermark_from < cast(e.as_of_date + 1 as varchar)
+          and not exists (
+              select 1 from ops.extract_batches p
+              where p.table_name = e.table_name and p.batch_id < e.batch_id
+                and p.as_of_date >= e.as_of_date)"""
+
+
 def _volume(
     conn: sa.Connection, table: str, batches: list[dict[str, Any]], rule: dict[str, Any]
 ) -> tuple[float | None, str]:
-    """Highest ratio of a batch's new versions to the median of the incremental batches before it."""
+    """Highest ratio of a batch's new versions to the median of the real nights before it."""
     worst: tuple[float | None, str] = (None, "")
     for b in batches:
         if b["watermark_from"] is None:  # the first, full pull of a table has no "usual"
@@ -461,9 +479,7 @@ def _volume(
         history = [
             r[0]
             for r in conn.exec_driver_sql(
-                f"""select new_versions from ops.extract_batches
-                where table_name = {_q(table)} and watermark_from is not null
-                  and batch_id < {int(b["batch_id"])}
+                f"""select new_versions from ({_real_nights(table, int(b["batch_id"]))}) n
                 order by batch_id desc limit {int(rule["history_batches"])}"""
             ).fetchall()
         ]
@@ -477,7 +493,7 @@ def _volume(
                 (
                     f"{_n(b['new_versions'])} new versions in batch {b['batch_id']}, "
                     f"{ratio:.1f}x the usual (median {median:g} of the last "
-                    f"{len(history)} incremental batches)"
+                    f"{len(history)} nightly batches)"
                 ),
             )
     return worst
@@ -647,13 +663,11 @@ def _profile(
         f"where updated_at >= {_q(day_from)} and updated_at < {_q(day_to)}"
     ).scalar_one()
     # "daily" and "freshness" describe a feed with a rhythm: they are judged once the table
-    # has `settle_batches` incremental pulls behind it, so a first load (or a new,
-    # hand-made source) is not refused for being quiet
+    # has `settle_batches` real nights behind it, so a first load (or a new, hand-made
+    # source, or a backfill) is not refused for being quiet
     first_batch = min((int(b["batch_id"]) for b in batches), default=None)
     behind = conn.exec_driver_sql(
-        f"select count(*) from ops.extract_batches where table_name = {_q(table)} "
-        "and watermark_from is not null"
-        + (f" and batch_id < {first_batch}" if first_batch is not None else "")
+        f"select count(*) from ({_real_nights(table, first_batch)}) n"
     ).scalar_one()
     settled = behind >= int(rules.get("settle_batches", 3))
     ratio, volume_detail = (None, "")

@@ -8,9 +8,14 @@ the day the run covers, scores customers, evaluates the plan's KPIs and emails m
 the logical date is the covered day; `airflow dags test crm_nightly 2026-11-22` builds
 2026-11-22 too). Param `history_days` rebuilds that many days of snapshots in one pass.
 
+**Any day** can be built (no start_date: company histories start when they start); a day
+that has not ended is refused by `check_run`, which also loads every setting and refuses a
+run that could send mail but has no `CRM_DATA_ENGINEERS` to tell of a failure.
+
 **Connections**: `crm_source`, `crm_warehouse`, `smtp_default`. Warehouse writers run in the
-pool `crm_warehouse` (1 slot on DuckDB: one writer at a time). Failures of validation or of
-the model gate notify `CRM_DATA_ENGINEERS` (environment) by SMTP.
+pool `crm_warehouse` (1 slot on DuckDB: one writer at a time). A failed task notifies
+`CRM_DATA_ENGINEERS` (environment) by SMTP with its error, and fails the run through the
+`watcher`, even when later stages (dim_customer, KPIs, alerts) could still run.
 
 **Tables written**
 - `raw.<table>`, `ops.extract_batches`, `ops.watermarks`: every version of every source row
@@ -26,23 +31,32 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, task
 from airflow.sdk import task_group as stage
-from crm_airflow import DEFAULT_ARGS, NOTIFY
+from crm_airflow import (
+    CONTROL_ARGS,
+    DEFAULT_ARGS,
+    fail_if_any_task_failed,
+    preflight,
+    smtp_connection,
+)
 from crm_airflow import current_run as _run
 
-from crm_pipeline import config, stages
+from crm_pipeline import stages
 from crm_pipeline.source_schema import TABLE_ORDER
 
 
 @dag(dag_id="crm_nightly", schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
-     start_date=pendulum.datetime(2020, 1, 1, tz="UTC"), catchup=False, max_active_runs=1,
+     start_date=None, catchup=False, max_active_runs=1,
      default_args=DEFAULT_ARGS, tags=["crm", "nightly"], doc_md=__doc__,
      params={"history_days": Param(0, type="integer", minimum=0, description=(
          "Days of snapshots to rebuild ending at the run's day; 0: the configured history "
          "on a new warehouse, else the run's day only"))})
 def crm_nightly():
+    @task(**CONTROL_ARGS)
+    def check_run() -> dict:
+        return preflight()
+
     @stage(tooltip="Pull new and changed source rows into raw, by updated_at watermark")
     def extract():
         @task(map_index_template="{{ task.op_kwargs['table'] }}")
@@ -53,7 +67,7 @@ def crm_nightly():
 
     @stage(tooltip="Great Expectations: quarantine bad rows, stop on broken tables")
     def validate():
-        @task(on_failure_callback=NOTIFY)
+        @task
         def validate_sources() -> dict:
             return stages.validate(_run())
 
@@ -81,7 +95,7 @@ def crm_nightly():
 
     @stage(tooltip="CLV and churn risk, published only if the health gate passes")
     def models():
-        @task(on_failure_callback=NOTIFY)
+        @task
         def score_customers() -> dict:
             return stages.models(_run())
 
@@ -113,23 +127,25 @@ def crm_nightly():
             return stages.prepare_alerts(_run(), Variable.get("crm_alert_recipients", None))
 
         @task(retries=3, retry_delay=timedelta(minutes=2))
-        def send_alert_email() -> dict:
-            from airflow.sdk import Connection
-            from airflow.sdk.exceptions import AirflowNotFoundException
-
-            try:
-                smtp = Connection.get(config.SMTP_CONN_ID)
-            except AirflowNotFoundException:  # alerting not configured: the email waits
-                smtp = None
-            return stages.send_alerts(_run(), smtp)
+        def send_alert_email() -> dict:  # no smtp_default connection: the email waits
+            return stages.send_alerts(_run(), smtp_connection())
 
         prepare_alert_email() >> send_alert_email()
 
-    built = extract() >> validate() >> stage_sources() >> marts()
+    # Airflow's watcher: downstream of every task, runs only if one failed, and fails the
+    # run, whose state would otherwise come from its leaves (publish and alerts still run
+    # after a failed model gate, and would leave the run green)
+    @task(trigger_rule=TriggerRule.ONE_FAILED, **CONTROL_ARGS)
+    def watcher(ti=None) -> None:
+        fail_if_any_task_failed(ti)
+
+    built = check_run() >> extract() >> validate() >> stage_sources() >> marts()
     scored, published, evaluated = models(), publish(), kpis()
     built >> [scored, evaluated]
     [built, scored] >> published
     [published, evaluated] >> alerts()
+    watch = watcher()
+    [t for t in watch.operator.dag.tasks if t is not watch.operator] >> watch
 
 
 crm_nightly()

@@ -1,4 +1,5 @@
-"""Airflow glue for crm_nightly: default task arguments, the failure notifier, the run.
+"""Airflow glue for crm_nightly: default task arguments, the failure notifier, the run,
+the preflight checks and the watcher.
 
 Lives in plugins/ (on Airflow's import path) because it is Airflow-specific, while
 crm_pipeline stays free of Airflow. Nothing here touches a database at import.
@@ -17,15 +18,18 @@ from crm_pipeline import config, stages
 
 log = logging.getLogger(__name__)
 
+ENGINEERS_VAR = "CRM_DATA_ENGINEERS"
+
 
 def notify_data_engineers(context) -> None:
-    """Failure callback of validation and the model gate: email CRM_DATA_ENGINEERS
-    (comma-separated, read when it fires) through `smtp_default`, with the error itself,
-    using the SMTP provider's notifier."""
-    to = os.environ.get("CRM_DATA_ENGINEERS", "")
+    """Failure callback of every task: email CRM_DATA_ENGINEERS (comma-separated, read when
+    it fires) through `smtp_default`, with the error itself, using the SMTP provider's
+    notifier. The preflight task refuses a run that could mail but has nobody to tell, so
+    an unset variable here means no SMTP connection either: said loudly in the log."""
+    to = os.environ.get(ENGINEERS_VAR, "")
     if not to:
-        log.warning("CRM_DATA_ENGINEERS is not set: nobody is told that %s failed",
-                    context["ti"].task_id)
+        log.error("%s is not set: nobody is told that %s failed", ENGINEERS_VAR,
+                  context["ti"].task_id)
         return
     SmtpNotifier(
         to=to, smtp_conn_id=config.SMTP_CONN_ID,
@@ -37,11 +41,12 @@ def notify_data_engineers(context) -> None:
 
 NOTIFY = [notify_data_engineers]
 
-# Bad data or a failed model gate (crm_pipeline.errors.PipelineStop) fails at once, since
-# a retry would fail the same way; anything else (a locked file, a dropped connection) retries.
+# What no retry can fix (crm_pipeline.errors.PipelineStop: bad data, a broken source
+# contract or configuration, a day that cannot be built, a model that cannot be trained or
+# fails its gate) fails at once; anything else (a locked file, a dropped connection) retries.
 RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(
     exception="crm_pipeline.errors.PipelineStop", action=RetryAction.FAIL,
-    reason="bad data or a failed model gate: a person must look")])
+    reason="no retry can fix this: a person must look")])
 
 DEFAULT_ARGS = {
     "owner": "crm-data",
@@ -49,7 +54,11 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(minutes=5),
     "retry_policy": RETRY_POLICY,
     "pool": config.WAREHOUSE_POOL,
+    "on_failure_callback": NOTIFY,
 }
+
+# Tasks that never open the warehouse: outside its one-writer pool, told nothing twice.
+CONTROL_ARGS = {"pool": "default_pool", "retries": 0, "on_failure_callback": None}
 
 
 def current_run() -> stages.Run:
@@ -67,3 +76,34 @@ def current_run() -> stages.Run:
         warehouse_url=config.sqlalchemy_url(Connection.get(config.CRM_WAREHOUSE_CONN_ID)),
         source_url=config.sqlalchemy_url(Connection.get(config.CRM_SOURCE_CONN_ID)),
     )
+
+
+def smtp_connection():
+    """The `smtp_default` connection, or None when alert mail is not configured at all."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return Connection.get(config.SMTP_CONN_ID)
+    except AirflowNotFoundException:
+        return None
+
+
+def preflight() -> dict:
+    """The run's day can be built, the settings load, and a failure would reach someone."""
+    return stages.preflight(current_run(), can_mail=smtp_connection() is not None,
+                            engineers=os.environ.get(ENGINEERS_VAR, ""))
+
+
+def fail_if_any_task_failed(ti) -> None:
+    """The watcher's body: it runs only when a task of the run failed (trigger rule
+    one_failed), and fails, so that the run does too; a run's state otherwise comes from
+    its leaves alone, and a failed task with successful children would leave it green."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+    bad = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
+    raise AirflowFailException(
+        f"crm_nightly {ti.run_id}: {len(bad)} task(s) failed or could not run: {', '.join(bad)}; "
+        "the run is failed so that nobody reads it as a good night (each failure was "
+        f"notified to {ENGINEERS_VAR} with its error)")

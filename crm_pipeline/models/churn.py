@@ -59,6 +59,7 @@ import sqlalchemy as sa
 from threadpoolctl import threadpool_limits
 
 from crm_pipeline.dates import end_of_day
+from crm_pipeline.errors import ConfigError
 from crm_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,24 @@ def time_split(as_of_date: dt.date, label_days: int = LABEL_DAYS) -> tuple[dt.da
 
 def feature_columns(features: pd.DataFrame) -> list[str]:
     return [c for c in features.columns if c != "customer_id"]
+
+
+def features_without_data(train: pd.DataFrame) -> dict[str, str]:
+    """The features to leave out, with why: those the training cut-off has no data for.
+
+    A source without surveys, complaints or loyalty events (a company starting out) gives
+    features that are missing for every customer (CSAT, complaint hours) or the same for
+    every customer (0 complaints): the classifier can learn nothing from them, and
+    scikit-learn's binning fails on an all-missing column. They are recorded in
+    ops.model_runs (params.features_left_out) and come back once the data does."""
+    out = {}
+    for col in feature_columns(train):
+        values = train[col]
+        if values.isna().all():
+            out[col] = "no value for any customer at the training cut-off"
+        elif values.nunique(dropna=False) == 1:
+            out[col] = f"the same value ({values.iloc[0]}) for every customer at the training cut-off"
+    return out
 
 
 @dataclass
@@ -407,7 +426,7 @@ def risk_band(probability: np.ndarray, bands: Mapping[str, float]) -> np.ndarray
     """'high' at or above bands['high'], 'medium' at or above bands['medium'], else 'low'."""
     high, medium = float(bands["high"]), float(bands["medium"])
     if not 0.0 < medium < high <= 1.0:
-        raise ValueError(f"churn.risk_bands must satisfy 0 < medium < high <= 1, got {dict(bands)}")
+        raise ConfigError(f"churn.risk_bands must satisfy 0 < medium < high <= 1, got {dict(bands)}")
     p = np.asarray(probability, dtype=float)
     return np.where(p >= high, "high", np.where(p >= medium, "medium", "low")).astype(object)
 
@@ -680,14 +699,21 @@ def score_frame(
     model: ChurnModel,
     features: pd.DataFrame,
     cfg: Mapping[str, Any],
+    reason_features: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Probability, band and top reasons for every active customer at the scoring date."""
+    """Probability, band and top reasons for every active customer at the scoring date.
+
+    `features` are the model's columns; `reason_features` (default the same) the customer's
+    values the reasons are written from, which may hold features left out of the model."""
     started = time.perf_counter()
     threads = int(cfg["threads"])
     probability = predict(model, features, threads)
     contrib = contributions(model, features, threads)
     reasons = top_reasons(
-        features, contrib, int(cfg["reasons"]["top_n"]), float(cfg["reasons"]["min_log_odds"])
+        features if reason_features is None else reason_features,
+        contrib,
+        int(cfg["reasons"]["top_n"]),
+        float(cfg["reasons"]["min_log_odds"]),
     )
     scores = pd.DataFrame(
         {

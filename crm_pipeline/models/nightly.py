@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ import sqlalchemy as sa
 import yaml
 
 from crm_pipeline.config import CONFIG_DIR, settings
-from crm_pipeline.errors import PipelineStop
+from crm_pipeline.errors import ConfigError, PipelineStop
 from crm_pipeline.kpis import tier_params
 from crm_pipeline.models import churn
 from crm_pipeline.models import clv as clv_model
@@ -146,6 +147,11 @@ CHURN_SCORES_COLUMNS = {
 }
 
 
+#: The gate's groups: what is published together. CLV needs both of its models.
+GATED = {"clv": ("bgnbd", "gamma_gamma"), "churn": ("churn",)}
+GROUP_TABLES = {"clv": CLV_TABLE, "churn": CHURN_TABLE}
+
+
 class ModelGateError(PipelineStop):
     """A model-health check failed: the night's scores were recorded but not published."""
 
@@ -170,8 +176,10 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(overrides: Mapping[str, Any] | None = None, path: Path = MODELS_FILE) -> dict:
-    """include/config/models.yaml with `overrides` merged over it (key by key)."""
+def load_config(overrides: Mapping[str, Any] | None = None, path: Path | None = None) -> dict:
+    """include/config/models.yaml (or $CRM_MODELS_CONFIG) with `overrides` merged over it
+    (key by key)."""
+    path = Path(path or os.environ.get("CRM_MODELS_CONFIG", MODELS_FILE))
     with open(path, encoding="utf-8") as fh:
         base = yaml.safe_load(fh) or {}
     return _merge(base, overrides or {})
@@ -336,7 +344,7 @@ def margin_ratios(summary: pd.DataFrame, cfg: Mapping[str, Any]) -> tuple[np.nda
     if cfg["clv"]["margin"] == "company":
         return np.full(len(summary), company), company
     if cfg["clv"]["margin"] != "customer":
-        raise ValueError(
+        raise ConfigError(
             f"clv.margin must be 'customer' or 'company', got {cfg['clv']['margin']!r}"
         )
     n = summary["n_orders"].to_numpy(float)
@@ -600,24 +608,33 @@ def run_models(
     runs["churn"] = churn_run
     timings["churn_seconds"] = time.perf_counter() - t0
 
-    # 4. gate, record, publish ------------------------------------------------------------
-    failures = [
-        f"{name}.{check_name}: {check['detail']}"
-        for name, run in runs.items()
-        for check_name, check in run.checks.items()
-        if check["passed"] is False
-    ]
-    passed = not failures
-    for run in runs.values():
-        run.published = passed and run.status != "skipped"
-        if run.status != "skipped":
-            run.status = "published" if passed else ("failed" if run.passed is False else "held")
+    # 4. gate, record, publish: each model on its own checks ------------------------------
+    # CLV needs both of its models; churn is judged apart, so a failing churn model never
+    # withholds a healthy CLV, and the reverse
+    failures = {
+        group: [
+            f"{name}.{check_name}: {check['detail']}"
+            for name in members
+            for check_name, check in runs[name].checks.items()
+            if check["passed"] is False
+        ]
+        for group, members in GATED.items()
+    }
+    passed = {group: not failed for group, failed in failures.items()}
+    for group, members in GATED.items():
+        for name in members:
+            run = runs[name]
+            run.published = passed[group] and run.status != "skipped"
+            if run.status != "skipped":
+                run.status = (
+                    "published" if passed[group] else ("failed" if run.passed is False else "held")
+                )
 
     clv_rows = None
-    if passed and not fitted.skipped:
+    if passed["clv"] and not fitted.skipped:
         clv_rows = _clv_rows(at_d.summary, fitted, cfg, version, run_id)
     churn_rows = None
-    if passed and churn_scores is not None:
+    if passed["churn"] and churn_scores is not None:
         churn_rows = churn_scores.assign(model_version=version, run_id=run_id)
     t0 = time.perf_counter()
     published = _record_and_publish(wh, as_of_date, run_id, version, runs, clv_rows, churn_rows)
@@ -629,7 +646,8 @@ def run_models(
         "as_of_date": as_of_date.isoformat(),
         "run_id": run_id,
         "model_version": version,
-        "passed": passed,
+        "passed": all(passed.values()),
+        "gate": passed,
         "published": published,
         "cutoffs": {"train": c1.isoformat(), "validation": c2.isoformat()},
         "models": {
@@ -655,12 +673,17 @@ def run_models(
     log.info(
         "models for %s: passed=%s published=%s timings=%s", as_of_date, passed, published, timings
     )
-    if not passed:
+    failed = {group: items for group, items in failures.items() if items}
+    if failed:
+        kept = ", ".join(
+            f"{GROUP_TABLES[g]} {'published' if g not in failed else 'NOT published'}"
+            for g in GATED
+        )
         raise ModelGateError(
-            f"model health gate failed for {as_of_date}: the night's CLV and churn scores were "
-            f"NOT published (marts keep the latest published day; details in {RUNS_TABLE} "
-            f"run_id={run_id}): " + "; ".join(failures),
-            failures,
+            f"model health gate failed for {as_of_date} ({kept}; a table not published keeps "
+            f"its latest published day; details in {RUNS_TABLE} run_id={run_id}): "
+            + "; ".join(item for items in failed.values() for item in items),
+            [item for items in failed.values() for item in items],
             result,
         )
     return result
@@ -804,10 +827,29 @@ def _churn(
     scores_c1 = purchase_scores(bg_c1, at_c1.summary, HOLDOUT_DAYS)
     train_x = churn.with_purchase_model(at_c1.features, scores_c1)
     train_x, y_train = churn.subsample(train_x, y_train, int(c["max_train_customers"]))
-    valid_x = churn.with_purchase_model(at_c2.features, scores_c2)
+    left_out = churn.features_without_data(train_x)
+    if left_out:
+        log.info("churn: features left out for want of data: %s", ", ".join(left_out))
+
+    def kept(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.drop(columns=list(left_out))
+
+    train_x = kept(train_x)
+    valid_x = kept(churn.with_purchase_model(at_c2.features, scores_c2))
     score_x = churn.with_purchase_model(at_d.features, fitted.scores)
-    model = churn.train(train_x, y_train, valid_x, y_valid, at_c1.cutoff, at_c2.cutoff, c)
-    scores, info = churn.score_frame(model, score_x, c)
+    try:
+        model = churn.train(train_x, y_train, valid_x, y_valid, at_c1.cutoff, at_c2.cutoff, c)
+        scores, info = churn.score_frame(model, kept(score_x), c, reason_features=score_x)
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+        # the data cannot train this classifier: a failed model (no retry would help),
+        # recorded with the error; CLV is judged and published on its own
+        reason = f"the classifier could not be trained: {type(exc).__name__}: {exc}"
+        log.error("churn: %s", reason)
+        metrics = {"n_train": len(y_train), "n_valid": len(y_valid), "n_active": n_scored}
+        params = {"features": churn.feature_columns(train_x), "features_left_out": left_out}
+        checks = {"trainable": _check(False, reason, False, True)}
+        return _Run("churn", "pending", False, params, metrics, checks, reason,
+                    time.perf_counter() - t0, n_scored), None
     fit_seconds = time.perf_counter() - t0
     m = model.metrics
     # the P(alive) feature needs finite parameters at every cut-off; a fit that stopped a
@@ -828,9 +870,13 @@ def _churn(
             True,
         ),
         "auc": _at_least("out-of-time AUC", m["auc"], float(gate["churn_min_auc"])),
-        "brier": _at_most("Brier score", m["brier"], float(gate["churn_max_brier"])),
+        # the Brier score against its own no-skill value p(1 - p), p the validation churn
+        # rate: an absolute bound would fail every model of a business where half churn
         "brier_skill": _at_least(
-            "Brier skill vs the churn rate", m["brier_skill"], float(gate["churn_min_brier_skill"])
+            f"Brier skill score (1 - Brier {m['brier']:.4g} / {m['brier_base_rate']:.4g}, the "
+            f"Brier of always predicting the churn rate {m['churn_rate_valid']:.1%})",
+            m["brier_skill"],
+            float(gate["churn_min_brier_skill"]),
         ),
         "ece": _at_most("expected calibration error", m["ece"], float(gate["churn_max_ece"])),
     }
@@ -849,6 +895,7 @@ def _churn(
         **model.params,
         "calibration": model.method,
         "features": churn.feature_columns(train_x),
+        "features_left_out": left_out,
         "risk_bands": dict(c["risk_bands"]),
         "purchase_model_at_train_cutoff": dict(bg_c1.params),
     }

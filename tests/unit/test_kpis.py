@@ -30,16 +30,24 @@ def test_every_kpi_for_the_whole_base(built):
         "repeat_purchase_rate", "purchase_frequency", "aov", "csat", "nps", "cac",
         "complaints_per_1000_orders", "complaint_first_response_hours",
         "complaint_resolution_hours", "complaint_sla_rate", "campaign_response_rate",
-        "loyalty_member_share", "points_redemption_rate",
+        "loyalty_member_share", "points_redemption_rate", "reactivated_customers",
+        "completed_orders", "net_revenue",
     }
     # active at d (04-02..06-30): C01 (04-02), C05, C06, C07, C11; not C08 (06-12 refunded)
     assert k["active_customers"] == (5, 5, None)
-    # active at d-30 (03-03..05-31): C01, C02 (04-01), C03 (03-03), C07 (05-31), C08, C11 = 6;
-    # not active at d: C02, C03, C08
+    # active at d-30 (03-03..05-31), the cohort S: C01, C02 (04-01), C03 (03-03), C07 (05-31),
+    # C08, C11 = 6; not active at d: C02, C03, C08
     assert k["churn_rate"] == (0.5, 3, 6)
     # new: first completed order ever in the period: C05 (06-10), C06 (06-15; 06-05 refunded)
     assert k["new_customers"] == (2, 2, None)
-    assert k["retention_rate"] == (0.5, 3, 6)  # (E - N) / S = (5 - 2) / 6
+    # still active at d: C01, C07, C11 = |S and E| = 3 of 6; churn + retention = 1
+    assert k["retention_rate"] == (0.5, 3, 6)
+    # E \ S = C05, C06, both new: nobody came back after a lapse (E = 3 + 2 + 0)
+    assert k["reactivated_customers"] == (0, 0, None)
+    # the period's completed orders and their net amount: O05a 30, O05b 40, O06b 25, O07c 20,
+    # O11b 50 (O06a refunded, O09b cancelled, O13 the next day)
+    assert k["completed_orders"] == (5, 5, None)
+    assert k["net_revenue"] == (165.0, 165.0, None)
     # buyers 07-01..06-30: C01..C11 = 11 (C10 by its 2024-07-01 order only);
     # 2+ orders: C01, C05 (refund after d not known yet), C07 (05-31, 06-01), C11 = 4
     assert k["repeat_purchase_rate"] == (pytest.approx(4 / 11), 4, 11)
@@ -77,18 +85,95 @@ def test_dimensions(built):
         pytest.approx(1 / 3), 1, 3)
     # channel: the order's channel, for order KPIs only
     online = kpis(built, dimension="channel", value="online")
-    assert online == {"purchase_frequency": (1.0, 1, 1), "aov": (50.0, 50, 1)}
+    assert online == {"purchase_frequency": (1.0, 1, 1), "aov": (50.0, 50, 1),
+                      "completed_orders": (1, 1, None), "net_revenue": (50.0, 50.0, None)}
     staff = kpis(built, dimension="channel", value="delivery_staff")
     assert staff["purchase_frequency"] == (pytest.approx(4 / 3), 4, 3)
     assert staff["aov"] == (28.75, 115.0, 4)
-    # tier as of d (see test_value_tiers): S by tier: regular C01, C11; small C02, C03, C07, C08
-    assert kpis(built, dimension="tier", value="regular")["churn_rate"] == (0.0, 0, 2)
-    assert kpis(built, dimension="tier", value="small")["churn_rate"] == (0.75, 3, 4)
-    assert kpis(built, dimension="tier", value="vip")["churn_rate"] == (None, 0, 0)  # zero: null
+    assert staff["completed_orders"] == (4, 4, None)
+    # churn and retention by the tier the cohort had at d-30 (2025-05-31). Tiers then, by
+    # margin over 2024-06-01..05-31 (8 an order): C01 16 (03-10, 04-02) and C10 16 (06-30,
+    # 07-01) lead, C01 first by revenue tie then id; n = 9: vip rank 1 (C01), regular rank 2
+    # (C10, not in the cohort), small the other 7. S: vip C01 (stays); small C02, C03, C07,
+    # C08, C11 (C02, C03, C08 churn)
+    assert kpis(built, dimension="tier", value="vip")["churn_rate"] == (0.0, 0, 1)
+    assert kpis(built, dimension="tier", value="regular")["churn_rate"] == (None, 0, 0)  # null
+    assert kpis(built, dimension="tier", value="small")["churn_rate"] == (0.6, 3, 5)
+    assert kpis(built, dimension="tier", value="small")["retention_rate"] == (0.4, 2, 5)
     assert "cac" not in kpis(built, dimension="tier", value="small")
     # segment: Champions = C05, C11 -> both active, one new
     champions = kpis(built, dimension="segment", value="Champions")
     assert champions["active_customers"][0] == 2 and champions["new_customers"][0] == 1
+
+
+def test_churn_by_segment_follows_the_cohort_at_d_minus_30(built):
+    # segments at 2025-05-31 (worked out in test_rfm_scores_at_d_minus_30): S = C01 Loyal,
+    # C02 and C08 About to sleep, C03 Hibernating, C07 Occasional, C11 Promising
+    def churn(segment):
+        return kpis(built, dimension="segment", value=segment)["churn_rate"]
+
+    assert churn("Loyal") == (0.0, 0, 1)
+    assert churn("About to sleep") == (1.0, 2, 2)  # both really did not buy again
+    assert churn("Hibernating") == (1.0, 1, 1)
+    assert churn("Occasional") == (0.0, 0, 1) and churn("Promising") == (0.0, 0, 1)
+    with built.begin() as conn:
+        cohort = conn.exec_driver_sql(
+            "select sum(denominator) from marts.kpi_daily where kpi = 'churn_rate' "
+            f"and dimension = 'segment' and as_of_date = date '{D}'").scalar_one()
+    assert cohort == 6  # every cohort member once, under their d-30 segment
+
+
+def test_rfm_scores_at_d_minus_30(built):
+    with built.begin() as conn:
+        rows = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(
+            "select customer_id, recency_days, r_score, f_score, segment from marts.customer_rfm "
+            "where as_of_date = date '2025-05-31'").fetchall()}
+    # 9 buyers in 2024-06-01..05-31; r = 1 + floor(5 (rank - 1) / 9) by recency, oldest first:
+    # C10 334, C09 303 -> 1; C04 90, C03 89 -> 2; C08 72, C02 60 -> 3; C01 59, C11 30 -> 4;
+    # C07 0 -> 5. F: C01 and C10 have 2 orders (rank 8 -> 4), the others 1 (-> 1).
+    # C11 (first order 05-01, 30 days before) is not New (the 30 days are 05-02..05-31) but
+    # Promising (within 90); C07 (first order 2024-01-15) is Occasional
+    assert rows == {
+        "C10": (334, 1, 4, "At risk"), "C09": (303, 1, 1, "Lost"),
+        "C04": (90, 2, 1, "Hibernating"), "C03": (89, 2, 1, "Hibernating"),
+        "C08": (72, 3, 1, "About to sleep"), "C02": (60, 3, 1, "About to sleep"),
+        "C01": (59, 4, 4, "Loyal"), "C11": (30, 4, 1, "Promising"),
+        "C07": (0, 5, 1, "Occasional"),
+    }
+
+
+def test_retention_is_the_cohort_still_active_and_a_return_after_a_lapse_is_reactivation(
+        tmp_path, warehouse):
+    from factories import build_source, customer, order
+
+    from crm_pipeline.extract import extract_table
+    from crm_pipeline.source_schema import TABLE_ORDER
+    from crm_pipeline.transform import build_staging
+
+    # A bought in November, lapsed, and is back on 06-15; N is new; K stays; L leaves
+    src = build_source(f"sqlite:///{tmp_path}/lapse.db", {
+        "customers": [customer(c) for c in ("A", "N", "K", "L")],
+        "orders": [order("A1", "A", "2024-11-01"), order("A2", "A", "2025-06-15"),
+                   order("N1", "N", "2025-06-20"),
+                   order("K1", "K", "2025-05-10"), order("K2", "K", "2025-06-10"),
+                   order("L1", "L", "2025-03-20")],
+    })
+    for table in TABLE_ORDER:
+        extract_table(src, warehouse, table, D, "lapse")
+    build_staging(warehouse)
+    build_snapshots(warehouse, D, D)
+    k = kpis(warehouse)
+    # S (active 03-03..05-31) = K, L; E (active 04-02..06-30) = A, N, K
+    assert k["active_customers"] == (3, 3, None)
+    assert k["churn_rate"] == (0.5, 1, 2) and k["retention_rate"] == (0.5, 1, 2)
+    assert k["new_customers"] == (1, 1, None)
+    assert k["reactivated_customers"] == (1, 1, None)  # A; E = |S and E| + N + reactivated
+    # (E - N) / S, the old definition, would have said 1.0: A counted as retained
+    with warehouse.begin() as conn:
+        segments = dict(conn.exec_driver_sql(
+            f"select customer_id, segment from marts.customer_rfm where as_of_date = date '{D}'"
+        ).fetchall())
+    assert segments["N"] == "New" and segments["A"] != "New"  # A's first order is 8 months old
 
 
 def test_rfm_scores_and_segments_at_ties(built):
@@ -101,12 +186,13 @@ def test_rfm_scores_and_segments_at_ties(built):
     # C02 90, C01 89 -> 3; C07 29, C06 15 -> 4; C05 10, C11 0 -> 5.
     # frequency: seven customers with 1 order tie at rank 1 -> 1; four with 2 at rank 8 -> 4.
     # monetary: six at 20 -> 1; C06 25 rank 7 -> 3; C01, C07 40 rank 8 -> 4; C05, C11 70 rank 10 -> 5
+    # C06 (R4 F1, first completed order 06-15, in the 30 days ending at d) is New
     assert rows == {
         "C10": (364, 1, 1, 1, 1, "Lost"), "C09": (333, 1, 1, 1, 1, "Lost"),
         "C04": (120, 1, 1, 1, 1, "Lost"), "C03": (119, 1, 2, 1, 1, "Hibernating"),
         "C08": (102, 1, 2, 1, 1, "Hibernating"), "C02": (90, 1, 3, 1, 1, "About to sleep"),
         "C01": (89, 2, 3, 4, 4, "Loyal"), "C07": (29, 2, 4, 4, 4, "Loyal"),
-        "C06": (15, 1, 4, 1, 3, "Promising"), "C05": (10, 2, 5, 4, 5, "Champions"),
+        "C06": (15, 1, 4, 1, 3, "New"), "C05": (10, 2, 5, 4, 5, "Champions"),
         "C11": (0, 2, 5, 4, 5, "Champions"),
     }
 

@@ -164,18 +164,21 @@ def test_the_gate_refuses_to_publish_a_broken_night(small_demo, warehouse):
     published = {t: rows(wh, t) for t in (CLV_TABLE, CHURN_TABLE)}
 
     # the optimiser cannot converge in one iteration: a rerun of the published day fails
-    # the gate, records why, and leaves the day's published rows exactly as they were
+    # the CLV gate, records why, and leaves the day's published CLV exactly as it was
     with pytest.raises(ModelGateError, match="bgnbd.converged") as caught:
         run_models(wh, DEMO_DAY, "night-1-rerun", config={"clv": {"maxiter": 1}})
-    assert "NOT published" in str(caught.value) and caught.value.result["published"] == {}
+    assert f"{CLV_TABLE} NOT published" in str(caught.value)
+    assert CLV_TABLE not in caught.value.result["published"]
     runs = {r["model"]: r for r in model_runs(wh, DEMO_DAY) if r["run_id"] == "night-1-rerun"}
     assert runs["bgnbd"]["passed"] is False and runs["bgnbd"]["status"] == "failed"
-    assert not any(r["published"] for r in runs.values())
+    assert not runs["bgnbd"]["published"] and not runs["gamma_gamma"]["published"]
     assert json.loads(runs["bgnbd"]["checks"])["converged"]["passed"] is False
-    assert {t: rows(wh, t) for t in published} == published
+    assert rows(wh, CLV_TABLE) == published[CLV_TABLE]
+    # churn is judged on its own checks: published exactly when they pass
+    assert runs["churn"]["published"] == bool(runs["churn"]["passed"])
 
     # the next night: parameters drifting from last night's (here: by any amount at all)
-    # and an impossible AUC; nothing is published for that night
+    # and an impossible AUC; neither model is published for that night
     next_day = DEMO_DAY + dt.timedelta(days=1)
     strict = {"gate": {"drift_max_relative_change": 1e-9, "churn_min_auc": 1.01}}
     with pytest.raises(ModelGateError) as caught:
@@ -187,7 +190,50 @@ def test_the_gate_refuses_to_publish_a_broken_night(small_demo, warehouse):
     runs = {r["model"]: r for r in model_runs(wh, next_day)}
     assert runs["bgnbd"]["status"] == runs["churn"]["status"] == "failed"
     assert runs["bgnbd"]["passed"] is False and not runs["gamma_gamma"]["published"]
-    assert {t: rows(wh, t) for t in published} == published
+    assert rows(wh, CLV_TABLE, f"as_of_date = date '{next_day}'") == []
+    assert rows(wh, CHURN_TABLE, f"as_of_date = date '{next_day}'") == []
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
+def test_a_failing_churn_model_never_withholds_a_healthy_clv_nor_the_reverse(
+        small_demo, warehouse):
+    wh = load(small_demo, warehouse)
+    # churn cannot reach an AUC above 1: CLV is published all the same, and the task fails
+    with pytest.raises(ModelGateError, match="churn.auc") as caught:
+        run_models(wh, DEMO_DAY, "churn-bad", config={"gate": {"churn_min_auc": 1.01}})
+    assert caught.value.result["gate"] == {"clv": True, "churn": False}
+    assert set(caught.value.result["published"]) == {CLV_TABLE}
+    assert f"{CLV_TABLE} published" in str(caught.value)
+    assert f"{CHURN_TABLE} NOT published" in str(caught.value)
+    runs = {r["model"]: r for r in model_runs(wh, DEMO_DAY) if r["run_id"] == "churn-bad"}
+    assert runs["bgnbd"]["status"] == runs["gamma_gamma"]["status"] == "published"
+    assert runs["churn"]["status"] == "failed" and not runs["churn"]["published"]
+    assert rows(wh, CHURN_TABLE) == [] and len(rows(wh, CLV_TABLE)) > 0
+
+    # a CLV holdout bound no model meets: churn is published, CLV is not
+    next_day = DEMO_DAY + dt.timedelta(days=1)
+    with pytest.raises(ModelGateError, match="bgnbd.holdout") as caught:
+        run_models(wh, next_day, "clv-bad", config={"gate": {"holdout_max_relative_error": 0}})
+    assert caught.value.result["gate"] == {"clv": False, "churn": True}
+    assert set(caught.value.result["published"]) == {CHURN_TABLE}
+    runs = {r["model"]: r for r in model_runs(wh, next_day)}
+    assert runs["bgnbd"]["status"] == "failed" and runs["gamma_gamma"]["status"] == "held"
+    assert rows(wh, CLV_TABLE, f"as_of_date = date '{next_day}'") == []
+    assert len(rows(wh, CHURN_TABLE, f"as_of_date = date '{next_day}'")) > 0
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
+def test_churn_is_judged_against_its_base_rate_not_an_absolute_brier(small_demo, warehouse):
+    wh = load(small_demo, warehouse)
+    result = run_models(wh, DEMO_DAY, "night-1")
+    checks = result["models"]["churn"]["checks"]
+    assert "brier" not in checks  # no absolute bound: 0.25 is no skill at a 50% churn rate
+    churn = result["metrics"]["churn"]
+    base = churn["churn_rate_valid"]
+    assert churn["brier_base_rate"] == pytest.approx(base * (1 - base), abs=1e-4)
+    assert checks["brier_skill"]["value"] == pytest.approx(
+        1 - churn["brier"] / churn["brier_base_rate"], abs=1e-3)
+    assert checks["brier_skill"]["threshold"] == 0.05 and checks["auc"]["threshold"] == 0.65
 
 
 # --------------------------------------------------------------------------------------
@@ -202,7 +248,7 @@ def test_a_generated_demo_passes_the_gate_with_sane_figures(tmp_path):
     result = run_models(wh, DEMO_DAY, "e2e")
     assert result["passed"], result["models"]
     churn, holdout = result["metrics"]["churn"], result["metrics"]["holdout"]
-    assert churn["auc"] > 0.6 and churn["ece"] <= 0.05 and churn["brier_skill"] > 0
+    assert churn["auc"] > 0.6 and churn["ece"] <= 0.05 and churn["brier_skill"] > 0.05
     assert abs(holdout["relative_error"]) <= 0.25 and holdout["actual"] > 1000
     assert churn["n_train"] > 300 and churn["valid_cutoff"] == "2026-04-01"
     with wh.begin() as conn:

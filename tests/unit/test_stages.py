@@ -8,9 +8,8 @@ from business import D
 from crm_pipeline import stages
 from crm_pipeline.alerts import process_alerts
 
-pytestmark = pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
 
-
+@pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
 def test_without_an_smtp_connection_the_email_waits_in_the_outbox(built):
     run = stages.Run(day=D, run_id="r", started=dt.datetime(2025, 7, 1, 2), warehouse_url=built.url)
     process_alerts(built, D, "r", recipients="manager@example.com")
@@ -21,10 +20,60 @@ def test_without_an_smtp_connection_the_email_waits_in_the_outbox(built):
     assert all(s == ("pending",) for s in states)
 
 
+@pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
 def test_a_first_run_builds_the_configured_history_and_later_runs_their_day(built):
     run = stages.Run(day=D, run_id="r", started=dt.datetime(2025, 7, 1, 2), warehouse_url=built.url)
-    # nothing before D yet: the run builds the configured 90 days ending at D, in one pass
-    assert stages.snapshots(run) == (D - dt.timedelta(days=89)).isoformat()
+    # nothing evaluated before D yet: the run builds the configured 90 days ending at D
+    first = stages.snapshots(run)
+    assert first == (D - dt.timedelta(days=89)).isoformat()
+    # killed before its evaluation: the rerun builds (and evaluates) the history again,
+    # since the history is done only once it is evaluated
+    assert stages.snapshots(run) == first
+    stages.evaluate(run, first)
     # from then on a run builds its own day; history_days asks for a range explicitly
     assert stages.snapshots(run) == D.isoformat()
     assert stages.snapshots(run, history_days=3) == (D - dt.timedelta(days=2)).isoformat()
+
+
+def run_started(started, day=D):
+    return stages.Run(day=day, run_id="r", started=started, warehouse_url="duckdb:///unused")
+
+
+def test_a_day_that_has_not_ended_is_refused_with_the_reason():
+    from crm_pipeline.errors import RunDateError
+
+    with pytest.raises(RunDateError, match=r"cannot build 2025-06-30: the day has not ended"):
+        stages.preflight(run_started(dt.datetime(2025, 6, 30, 23, 59)), False, "")
+    with pytest.raises(RunDateError, match="latest one that has ended is 2025-06-29"):
+        stages.preflight(run_started(dt.datetime(2025, 6, 30, 9, tzinfo=dt.UTC)), False, "")
+    # the scheduled run, at 02:00 the next morning, and a day years back both pass
+    assert stages.preflight(run_started(dt.datetime(2025, 7, 1, 2)), False, "")["day"] == str(D)
+    old = run_started(dt.datetime(2026, 12, 1), day=dt.date(1997, 9, 30))
+    assert stages.preflight(old, False, "")["day"] == "1997-09-30"
+
+
+def test_a_run_that_can_mail_but_has_nobody_to_tell_of_a_failure_is_refused():
+    from crm_pipeline.errors import ConfigError, PipelineStop
+
+    run = run_started(dt.datetime(2025, 7, 1, 2))
+    with pytest.raises(ConfigError, match="CRM_DATA_ENGINEERS is not set") as caught:
+        stages.preflight(run, can_mail=True, engineers=" ")
+    assert isinstance(caught.value, PipelineStop)  # fails at once, no retry
+    assert stages.preflight(run, True, "de@example.com")["data_engineers"] == "de@example.com"
+    assert stages.preflight(run, False, "")["data_engineers"] is None  # nothing can be sent
+
+
+def test_a_broken_setting_is_a_config_error_naming_the_file(monkeypatch, tmp_path):
+    from crm_pipeline import config
+    from crm_pipeline.errors import ConfigError
+
+    bad = tmp_path / "pipeline.yaml"
+    text = (config.CONFIG_DIR / "pipeline.yaml").read_text()
+    bad.write_text(text.replace("{tier: small, percent: 80}", "{tier: small, percent: 70}"))
+    monkeypatch.setenv("CRM_PIPELINE_SETTINGS", str(bad))
+    config.settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=r"pipeline.yaml: .*percents add up to 90"):
+            stages.check_settings()
+    finally:
+        config.settings.cache_clear()

@@ -528,3 +528,35 @@ def test_an_operator_accepts_a_failed_table_and_the_night_goes_on(tmp_path, ware
     assert summary["orders"]["rows"] == 0 and failed_tables(warehouse, DAY) == set()
     build_staging(warehouse)
     assert q(warehouse, "select count(*) from staging.stg_orders") == [(40,)]
+
+
+def test_reruns_and_backfills_are_not_the_usual_volume_of_the_next_night(tmp_path, warehouse):
+    """Four real nights of 20 orders make 20 the usual; three reruns of the last night and
+    a backfill of two earlier days pull nothing new. The next night brings 79 orders (4x
+    the usual): it passes. Were the zeros the usual, 79 would be 15.8x the floor of 5."""
+    first = DAY - dt.timedelta(days=4)
+    src = build_source(f"sqlite:///{tmp_path}/source.db", base_rows(first - dt.timedelta(days=1)))
+    nights = [first + dt.timedelta(days=i) for i in range(4)]
+    for day in nights:
+        add_rows(src, night_rows(day, n_orders=20))
+        pull(src, warehouse, day, f"run-{day}")
+        validate_run(warehouse, day, f"run-{day}", now_of(day))
+    for i in range(3):  # a rerun of the last night, three times
+        pull(src, warehouse, nights[-1], f"rerun-{i}")
+        validate_run(warehouse, nights[-1], f"rerun-{i}", now_of(nights[-1]))
+    for day in nights[:2]:  # a backfill of earlier days
+        pull(src, warehouse, day, f"backfill-{day}")
+        validate_run(warehouse, day, f"backfill-{day}", now_of(day))
+    nxt = nights[-1] + dt.timedelta(days=1)
+    add_rows(src, night_rows(nxt, n_orders=79))
+    pull(src, warehouse, nxt, "next")
+    summary = validate_run(warehouse, nxt, "next", now_of(nxt))
+    assert summary["orders"]["status"] == "passed", summary["orders"]
+    assert failed_tables(warehouse, nxt) == set()
+    # the real usual still catches a real spike: 10x more than the nights, not than zero
+    spike = nxt + dt.timedelta(days=1)
+    add_rows(src, night_rows(spike, n_orders=250))
+    pull(src, warehouse, spike, "spike")
+    with pytest.raises(DataQualityError, match=r"orders\.\*: 250 new versions.*12\.\dx the usual "
+                       r"\(median 20 of the last 4 nightly batches\)"):
+        validate_run(warehouse, spike, "spike", now_of(spike))

@@ -8,6 +8,10 @@ segment_map as (
     select * from rfm_segment_map
 ),
 
+customers as (
+    select as_of_date, customer_id, first_purchase_date from int_customers
+),
+
 rfm_values as (
     select
         as_of_date,
@@ -44,6 +48,29 @@ scored as (
     from ranked
 ),
 
+-- a cell's candidate segments in rule order; a rule with first_order_within_days (New)
+-- takes only customers whose first completed order falls in that many days ending at the
+-- date, the others fall through to the cell's next rule
+candidates as (
+    select
+        scored.as_of_date,
+        scored.customer_id,
+        segment_map.segment,
+        row_number() over (
+            partition by scored.as_of_date, scored.customer_id order by segment_map.rule_no
+        ) as preference
+    from scored
+    inner join segment_map
+        on scored.r_score = segment_map.r_score
+        and scored.f_score = segment_map.f_score
+    left join customers
+        on scored.as_of_date = customers.as_of_date
+        and scored.customer_id = customers.customer_id
+    where segment_map.first_order_within_days is null
+        or customers.first_purchase_date
+        > scored.as_of_date - segment_map.first_order_within_days
+),
+
 final as (
     select
         scored.as_of_date,
@@ -56,11 +83,12 @@ final as (
         scored.m_score,
         cast(scored.r_score as varchar) || cast(scored.f_score as varchar)
             || cast(scored.m_score as varchar) as rfm_cell,
-        segment_map.segment
+        candidates.segment
     from scored
-    inner join segment_map
-        on scored.r_score = segment_map.r_score
-        and scored.f_score = segment_map.f_score
+    inner join candidates
+        on scored.as_of_date = candidates.as_of_date
+        and scored.customer_id = candidates.customer_id
+        and candidates.preference = 1
 )
 
 select * from final

@@ -3,7 +3,8 @@ with as_of as (
     select
         as_of_date,
         as_of_end,
-        as_of_date - 29 as period_start
+        as_of_date - 29 as period_start,
+        as_of_end - 30 * interval '1 day' as cohort_end
     from as_of_dates
 ),
 
@@ -23,6 +24,21 @@ tiers as (
 segments as (
     select as_of_date, customer_id, segment from marts.customer_rfm
     where as_of_date in (select as_of_date from as_of)
+),
+
+-- the d-30 cohort's tier and segment: where each customer stood when the cohort was taken
+tiers_then as (
+    select as_of_date, customer_id, tier from marts.customer_value_tier
+    where as_of_date in (select as_of_date - 30 from as_of)
+),
+
+segments_then as (
+    select as_of_date, customer_id, segment from marts.customer_rfm
+    where as_of_date in (select as_of_date - 30 from as_of)
+),
+
+customer_versions as (
+    select * from staging.stg_customers
 ),
 
 surveys as (
@@ -68,6 +84,10 @@ customer_activity as (
         coalesce(purchase_windows.active_at_start, 0) as active_at_start,
         coalesce(purchase_windows.active_at_end, 0) as active_at_end,
         case when customers.first_purchase_date >= as_of.period_start then 1 else 0 end as is_new,
+        -- back after a lapse: active at d, not at d-30, first purchase before the period
+        case when purchase_windows.active_at_end = 1 and purchase_windows.active_at_start = 0
+            and customers.first_purchase_date < as_of.period_start then 1 else 0 end
+            as is_reactivated,
         coalesce(purchase_windows.purchases_365d, 0) as purchases_365d,
         case when customers.loyalty_member then 1 else 0 end as loyalty_member
     from customers
@@ -86,14 +106,14 @@ facts as (
         active_at_start as flag_a, active_at_end as flag_b, is_new as flag_c,
         case when purchases_365d >= 1 then 1 else 0 end as flag_d,
         case when purchases_365d >= 2 then 1 else 0 end as flag_e,
-        loyalty_member as flag_f,
+        loyalty_member as flag_f, is_reactivated as flag_g,
         cast(null as decimal(18, 2)) as amount, cast(null as double precision) as hours
     from customer_activity
 
     union all
     select
         purchases.as_of_date, purchases.customer_id, purchases.channel, 'purchase',
-        0, 0, 0, 0, 0, 0, purchases.net_amount, null
+        0, 0, 0, 0, 0, 0, 0, purchases.net_amount, null
     from purchases
     inner join as_of
         on purchases.as_of_date = as_of.as_of_date
@@ -105,7 +125,7 @@ facts as (
         case when surveys.survey_type = 'csat' and surveys.score >= 4 then 1
              when surveys.survey_type = 'nps' and surveys.score >= 9 then 1 else 0 end,
         case when surveys.survey_type = 'nps' and surveys.score <= 6 then 1 else 0 end,
-        0, 0, 0, 0, null, null
+        0, 0, 0, 0, 0, null, null
     from as_of
     inner join surveys
         on surveys.valid_from < as_of.as_of_end
@@ -117,7 +137,7 @@ facts as (
     select
         as_of.as_of_date, complaints.customer_id, null, 'complaint_opened',
         case when complaints.first_response_at < as_of.as_of_end then 1 else 0 end,
-        0, 0, 0, 0, 0, null,
+        0, 0, 0, 0, 0, 0, null,
         case when complaints.first_response_at < as_of.as_of_end
             then extract(epoch from (complaints.first_response_at - complaints.opened_at)) / 3600.0
         end
@@ -132,7 +152,7 @@ facts as (
         as_of.as_of_date, complaints.customer_id, null, 'complaint_closed',
         case when complaints.closed_at - complaints.opened_at <= {{ sla_hours }} * interval '1 hour'
             then 1 else 0 end,
-        0, 0, 0, 0, 0, null,
+        0, 0, 0, 0, 0, 0, null,
         extract(epoch from (complaints.closed_at - complaints.opened_at)) / 3600.0
     from as_of
     inner join complaints
@@ -146,7 +166,7 @@ facts as (
         case when contacts.responded_at < as_of.as_of_end
             and contacts.responded_at <= contacts.contacted_at + {{ response_days }} * interval '1 day'
             then 1 else 0 end,
-        0, 0, 0, 0, 0, null, null
+        0, 0, 0, 0, 0, 0, null, null
     from as_of
     inner join contacts
         on contacts.valid_from < as_of.as_of_end
@@ -156,7 +176,7 @@ facts as (
     union all
     select
         as_of.as_of_date, loyalty.customer_id, null, 'points_' || loyalty.kind,
-        0, 0, 0, 0, 0, 0, loyalty.points, null
+        0, 0, 0, 0, 0, 0, 0, loyalty.points, null
     from as_of
     inner join loyalty
         on loyalty.valid_from < as_of.as_of_end
@@ -167,7 +187,7 @@ facts as (
     union all
     select
         as_of.as_of_date, null, null, 'acquisition_spend',
-        0, 0, 0, 0, 0, 0, spend.amount, null
+        0, 0, 0, 0, 0, 0, 0, spend.amount, null
     from as_of
     inner join spend
         on spend.valid_from < as_of.as_of_end
@@ -200,25 +220,60 @@ facts_with_customer as (
         on facts.as_of_date = customers.as_of_date and facts.customer_id = customers.customer_id
 ),
 
+-- churn and retention follow the d-30 cohort (the customers active at d-30), under the
+-- tier, segment and region each had at d-30: a segment defined by recency (e.g. 'About to
+-- sleep') must not churn by construction because its churners have left it by d
+cohort_facts as (
+    select
+        customer_activity.as_of_date, customer_activity.customer_id,
+        cast(null as varchar) as channel, 'cohort' as kind,
+        customer_activity.active_at_end as flag_a, 0 as flag_b, 0 as flag_c, 0 as flag_d,
+        0 as flag_e, 0 as flag_f, 0 as flag_g,
+        cast(null as decimal(18, 2)) as amount, cast(null as double precision) as hours,
+        coalesce(tiers_then.tier, 'unassigned') as tier,
+        coalesce(segments_then.segment, 'unassigned') as segment,
+        coalesce(customer_versions.region, 'unknown') as region
+    from customer_activity
+    inner join as_of
+        on customer_activity.as_of_date = as_of.as_of_date
+    left join tiers_then
+        on customer_activity.as_of_date - 30 = tiers_then.as_of_date
+        and customer_activity.customer_id = tiers_then.customer_id
+    left join segments_then
+        on customer_activity.as_of_date - 30 = segments_then.as_of_date
+        and customer_activity.customer_id = segments_then.customer_id
+    left join customer_versions
+        on customer_activity.customer_id = customer_versions.customer_id
+        and customer_versions.valid_from < as_of.cohort_end
+        and customer_versions.valid_to >= as_of.cohort_end
+    where customer_activity.active_at_start = 1
+),
+
+all_facts as (
+    select * from facts_with_customer
+    union all
+    select * from cohort_facts
+),
+
 -- each fact once per dimension it counts in; marketing spend belongs to no customer
 -- ('all' only), the channel dimension is the order's channel (purchases only)
 facts_by_dimension as (
     select
-        facts_with_customer.*,
+        all_facts.*,
         dimensions.dimension,
         case dimensions.dimension
             when 'all' then 'all'
-            when 'tier' then facts_with_customer.tier
-            when 'segment' then facts_with_customer.segment
-            when 'region' then facts_with_customer.region
-            when 'channel' then facts_with_customer.channel
+            when 'tier' then all_facts.tier
+            when 'segment' then all_facts.segment
+            when 'region' then all_facts.region
+            when 'channel' then all_facts.channel
         end as dimension_value
-    from facts_with_customer
+    from all_facts
     cross join dimensions
     where dimensions.dimension = 'all'
-        or (dimensions.dimension = 'channel' and facts_with_customer.kind = 'purchase')
+        or (dimensions.dimension = 'channel' and all_facts.kind = 'purchase')
         or (dimensions.dimension in ('tier', 'segment', 'region')
-            and facts_with_customer.customer_id is not null)
+            and all_facts.customer_id is not null)
 ),
 
 aggregated as (
@@ -226,10 +281,11 @@ aggregated as (
         as_of_date,
         dimension,
         dimension_value,
-        sum(case when kind = 'customer' then flag_a else 0 end) as active_at_start,
+        sum(case when kind = 'cohort' then 1 else 0 end) as cohort_size,
+        sum(case when kind = 'cohort' then flag_a else 0 end) as cohort_retained,
         sum(case when kind = 'customer' then flag_b else 0 end) as active_at_end,
-        sum(case when kind = 'customer' and flag_a = 1 and flag_b = 0 then 1 else 0 end) as churned,
         sum(case when kind = 'customer' then flag_c else 0 end) as new_customers,
+        sum(case when kind = 'customer' then flag_g else 0 end) as reactivated_customers,
         sum(case when kind = 'customer' then flag_d else 0 end) as buyers_365d,
         sum(case when kind = 'customer' then flag_e else 0 end) as repeat_buyers_365d,
         sum(case when kind = 'customer' and flag_b = 1 then flag_f else 0 end) as active_members,
@@ -257,6 +313,27 @@ aggregated as (
     group by as_of_date, dimension, dimension_value
 ),
 
+-- whether the source records complaints and marketing spend at all, by the day: a company
+-- that keeps no complaints table has no complaint rate, which is not a rate of 0 (the
+-- other KPIs on optional tables are null by their zero denominators already)
+recorded as (
+    select
+        as_of.as_of_date,
+        case when exists (
+            select 1 from complaints
+            where complaints.valid_from < as_of.as_of_end
+                and complaints.valid_to >= as_of.as_of_end
+                and complaints.opened_at < as_of.as_of_end
+        ) then 1 else 0 end as has_complaints,
+        case when exists (
+            select 1 from spend
+            where spend.valid_from < as_of.as_of_end
+                and spend.valid_to >= as_of.as_of_end
+                and spend.spend_date <= as_of.as_of_date
+        ) then 1 else 0 end as has_spend
+    from as_of
+),
+
 -- (kpi, numerator, denominator, scale); medians carry their count as denominator
 kpi_rows as (
     select as_of_date, dimension, dimension_value, 'active_customers' as kpi,
@@ -265,17 +342,27 @@ kpi_rows as (
         cast(active_at_end as double precision) as value
     from aggregated where dimension <> 'channel'
     union all
-    select as_of_date, dimension, dimension_value, 'churn_rate', churned, active_at_start,
-        churned * 1.0 / nullif(active_at_start, 0)
+    select as_of_date, dimension, dimension_value, 'churn_rate',
+        cohort_size - cohort_retained, cohort_size,
+        (cohort_size - cohort_retained) * 1.0 / nullif(cohort_size, 0)
     from aggregated where dimension <> 'channel'
     union all
     select as_of_date, dimension, dimension_value, 'retention_rate',
-        active_at_end - new_customers, active_at_start,
-        (active_at_end - new_customers) * 1.0 / nullif(active_at_start, 0)
+        cohort_retained, cohort_size, cohort_retained * 1.0 / nullif(cohort_size, 0)
     from aggregated where dimension <> 'channel'
     union all
     select as_of_date, dimension, dimension_value, 'new_customers', new_customers, null, new_customers
     from aggregated where dimension <> 'channel'
+    union all
+    select as_of_date, dimension, dimension_value, 'reactivated_customers',
+        reactivated_customers, null, reactivated_customers
+    from aggregated where dimension <> 'channel'
+    union all
+    select as_of_date, dimension, dimension_value, 'completed_orders', orders, null, orders
+    from aggregated
+    union all
+    select as_of_date, dimension, dimension_value, 'net_revenue', net_revenue, null, net_revenue
+    from aggregated
     union all
     select as_of_date, dimension, dimension_value, 'repeat_purchase_rate',
         repeat_buyers_365d, buyers_365d, repeat_buyers_365d * 1.0 / nullif(buyers_365d, 0)
@@ -297,13 +384,20 @@ kpi_rows as (
         nps_net_promoters, nps_responses, 100.0 * nps_net_promoters / nullif(nps_responses, 0)
     from aggregated where dimension <> 'channel'
     union all
-    select as_of_date, dimension, dimension_value, 'cac',
-        acquisition_spend, new_customers, acquisition_spend / nullif(new_customers, 0)
-    from aggregated where dimension = 'all'
+    select aggregated.as_of_date, dimension, dimension_value, 'cac',
+        acquisition_spend, new_customers,
+        case when recorded.has_spend = 1 then acquisition_spend / nullif(new_customers, 0) end
+    from aggregated
+    inner join recorded on aggregated.as_of_date = recorded.as_of_date
+    where dimension = 'all'
     union all
-    select as_of_date, dimension, dimension_value, 'complaints_per_1000_orders',
-        complaints_opened, orders, 1000.0 * complaints_opened / nullif(orders, 0)
-    from aggregated where dimension <> 'channel'
+    select aggregated.as_of_date, dimension, dimension_value, 'complaints_per_1000_orders',
+        complaints_opened, orders,
+        case when recorded.has_complaints = 1
+            then 1000.0 * complaints_opened / nullif(orders, 0) end
+    from aggregated
+    inner join recorded on aggregated.as_of_date = recorded.as_of_date
+    where dimension <> 'channel'
     union all
     select as_of_date, dimension, dimension_value, 'complaint_first_response_hours',
         null, complaints_responded, median_first_response
