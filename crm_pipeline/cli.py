@@ -38,6 +38,10 @@ def env_url(var: str) -> str:
 def prepare_demo(day: dt.date, customers: int, days: int, seed: int) -> None:
     from crm_pipeline import demo
 
+    today = dt.datetime.now(dt.UTC).date()
+    if day >= today:
+        sys.exit(f"demo: {day} has not ended yet (UTC): the demo would write rows in the future; "
+                 f"the latest complete day is {today - dt.timedelta(days=1)}")
     url = env_url("AIRFLOW_CONN_CRM_SOURCE")
     has_source = sa.inspect(sa.create_engine(url)).has_table("demo_meta")
     if not has_source:

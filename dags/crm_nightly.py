@@ -8,9 +8,8 @@ the day the run covers, scores customers, evaluates the plan's KPIs and emails m
 the logical date is the covered day; `airflow dags test crm_nightly 2026-11-22` builds
 2026-11-22 too). Param `history_days` rebuilds that many days of snapshots in one pass.
 
-**Any day** can be built (no start_date: company histories start when they start); a day
-that has not ended is refused by `check_run`, which also loads every setting and refuses a
-run that could send mail but has no `CRM_DATA_ENGINEERS` to tell of a failure.
+**Any ended day** can be built (no start_date: histories start when they start); `check_run`
+refuses a day not ended, broken settings, and mail without `CRM_DATA_ENGINEERS` to tell.
 
 **Connections**: `crm_source`, `crm_warehouse`, `smtp_default`. Warehouse writers run in the
 pool `crm_warehouse` (1 slot on DuckDB: one writer at a time). A failed task notifies

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD`: one real DAG run per day, oldest first,
-# as a scheduler's backfill would do. Each run replaces only its own day's rows.
+# as a scheduler's backfill would do. Each run replaces only its own day's rows; a day
+# counts as done only when every one of its tasks succeeded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${FROM:?set FROM=YYYY-MM-DD}" "${TO:?set TO=YYYY-MM-DD}"
@@ -13,8 +14,8 @@ start=$(date +%s)
 day=$FROM
 while [[ ! "$day" > "$TO" ]]; do
   log=$CRM_DATA_DIR/logs/crm_nightly-$day.log
-  if airflow dags test crm_nightly "$day" >"$log" 2>&1 && grep -q "state=success" "$log"; then
-    echo "backfill: $day ok"
+  if bash scripts/dag_run.sh "$day" "$log" --quiet; then
+    echo "backfill: $day ok (every task succeeded)"
   else
     echo "backfill: $day FAILED (log: $log)" >&2
     exit 1

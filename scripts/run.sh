@@ -10,6 +10,10 @@ bash scripts/bootstrap.sh
 . scripts/airflow_env.sh
 DAY=${DAY:-$(date -u -d yesterday +%F)}
 mkdir -p "$CRM_DATA_DIR/logs"
+if [[ ! "$DAY" < "$(date -u +%F)" ]]; then
+  echo "run: $DAY has not ended yet (UTC): a run covers a complete day; the latest is $(date -u -d yesterday +%F)" >&2
+  exit 2
+fi
 
 if [ "$AIRFLOW_CONN_CRM_SOURCE" = "sqlite:///$CRM_DATA_DIR/source.db" ]; then
   python -m crm_pipeline.cli prepare-demo --day "$DAY" \
@@ -27,18 +31,10 @@ airflow db migrate >"$CRM_DATA_DIR/logs/airflow-db-migrate.log" 2>&1 \
   || { cat "$CRM_DATA_DIR/logs/airflow-db-migrate.log"; exit 1; }
 airflow pools set crm_warehouse 1 "Single writer on the warehouse (DuckDB admits one)" >/dev/null
 echo "run: airflow dags test crm_nightly $DAY (full log: $log)"
-if ! airflow dags test crm_nightly "$DAY" >"$log" 2>&1; then
-  grep -E "ERROR|Error|Exception" "$log" | tail -40
+if ! bash scripts/dag_run.sh "$DAY" "$log"; then
   echo "run: crm_nightly FAILED for $DAY; full log: $log" >&2
   exit 1
 fi
-if ! grep -q "state=success" "$log"; then
-  echo "run: crm_nightly did not succeed for $DAY; full log: $log" >&2
-  exit 1
-fi
-run_id=$(grep -oE "DagRun Finished: dag_id=crm_nightly, logical_date=[^,]+, run_id=[^,]+" "$log" | tail -1 | sed 's/.*run_id=//')
-airflow tasks states-for-dag-run crm_nightly "$run_id" -o json 2>/dev/null \
-  | python scripts/task_report.py "$run_id" || true
 python -m crm_pipeline.cli summary --day "$DAY"
 echo
 echo "Data quality docs: $CRM_DATA_DIR/dq_docs/index.html"
