@@ -304,6 +304,22 @@ def test_without_the_customer_models_the_email_says_so(warehouse, tmp_path):
     assert "Not available yet: the customer models" in html and "Not available yet" in text
 
 
+def test_a_night_whose_churn_scores_were_held_uses_the_last_published_and_says_so(
+        warehouse, tmp_path):
+    kpi_daily(warehouse, churn_business({D: 0.142}))
+    customer_models(warehouse)
+    with warehouse.begin() as conn:  # the model gate held D's churn scores: D-1's stand
+        conn.exec_driver_sql("update marts.customer_churn_risk set as_of_date = as_of_date - 1")
+    with SmtpSink(tmp_path / "sink") as sink:
+        night(warehouse, D, sink)
+        (msg,) = sink.messages()
+    html, text, _ = parts(msg)
+    held = "Churn risk as of 2026-11-21: the model gate held the scores of 2026-11-22"
+    assert held in html and held in text
+    assert "no order for 35 days; 2 complaints" in html  # V1, from the scores of 2026-11-21
+    assert "CLV and P(alive) as of" not in html  # CLV of the day was published
+
+
 def test_next_nights_quiet_then_worse_then_resolved(warehouse, tmp_path):
     days = [D + dt.timedelta(days=i) for i in range(4)]
     vip = dict(zip(days, [0.142, 0.145, 0.17, 0.045], strict=True))

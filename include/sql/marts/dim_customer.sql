@@ -30,9 +30,10 @@ tiers as (
     where as_of_date = {{ as_of_date }}
 ),
 
--- the latest CLV the model gate let through, on or before the day
+-- the latest CLV the model gate let through, on or before the day (a night whose CLV
+-- was held keeps the one before it; clv_as_of_date says which)
 clv as (
-    select customer_id, clv from marts.customer_clv
+    select customer_id, clv, as_of_date as clv_as_of_date from marts.customer_clv
     where as_of_date = (
         select max(as_of_date) from marts.customer_clv where as_of_date <= {{ as_of_date }}
     )
@@ -70,6 +71,7 @@ final as (
         segments.segment,
         tiers.tier,
         clv.clv,
+        clv.clv_as_of_date,
         {{ as_of_date }} as as_of_date
     from customers
     left join purchase_summary
