@@ -34,7 +34,7 @@ def notify_data_engineers(context) -> None:
     SmtpNotifier(
         to=to, smtp_conn_id=config.SMTP_CONN_ID,
         subject="[crm_nightly] {{ ti.task_id }} failed for {{ ds }}",
-        html_content="<p>{{ ti.task_id }} failed for {{ ds }}:</p><pre>{{ exception | e }}</pre>"
+        html_content="<p>{{ ti.task_id }} failed for {{ ds }}:</p><pre style='white-space: pre-wrap'>{{ exception | e }}</pre>"
                      "<p>Log: {{ ti.log_url }}</p>",
     )(context)
 
