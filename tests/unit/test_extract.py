@@ -126,3 +126,34 @@ def test_a_missing_column_keeps_the_watermark_so_the_fixed_rows_come_again(tmp_p
     fixed = extract_table(url, warehouse, "surveys", DAY, "run-2")
     assert fixed["rows_read"] == 1 and fixed["new_versions"] == 1
     assert fixed["watermark_to"] == "2025-03-01 10:00:00.000000"
+
+
+def test_an_optional_table_the_source_lacks_reads_as_empty_until_it_disappears(
+        source, warehouse):
+    import sqlalchemy as sa
+
+    from crm_pipeline.errors import PipelineStop
+
+    engine = sa.create_engine(source)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("drop table complaints")
+    stats = extract_table(source, warehouse, "complaints", DAY, "run-1")
+    assert stats["absent"] and stats["new_versions"] == 0  # a company without the data
+    with warehouse.begin() as conn:
+        assert conn.exec_driver_sql("select count(*) from ops.extract_batches "
+                                    "where table_name = 'complaints'").scalar_one() == 0
+    # a required table may not be missing, and an optional one that had rows may not vanish
+    with engine.begin() as conn:
+        conn.exec_driver_sql("drop table products")
+    with pytest.raises(SourceSchemaError, match="source table products does not exist"):
+        extract_table(source, warehouse, "products", DAY, "run-1")
+    from factories import survey
+
+    # surveys had a row, pulled into raw; then the table is dropped
+    upsert(source, "surveys", [survey("S1", "C1", "2025-03-01", "csat", 5)])
+    extract_table(source, warehouse, "surveys", DAY, "run-1")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("drop table surveys")
+    with pytest.raises(SourceSchemaError, match=r"surveys does not exist.*holds 1 rows") as caught:
+        extract_table(source, warehouse, "surveys", DAY, "run-2")
+    assert isinstance(caught.value, PipelineStop)  # no retry mends a dropped table
