@@ -60,7 +60,8 @@ def prepare_demo(day: dt.date, customers: int, days: int, seed: int) -> None:
 
 
 HEADLINE_KPIS = (
-    "active_customers", "new_customers", "churn_rate", "retention_rate", "repeat_purchase_rate",
+    "active_customers", "new_customers", "reactivated_customers", "churn_rate", "retention_rate",
+    "completed_orders", "net_revenue", "repeat_purchase_rate",
     "aov", "csat", "nps", "complaint_sla_rate", "cac",
 )
 
@@ -110,12 +111,12 @@ def summary(day: dt.date) -> None:
 
 def _fmt(kpi: str, value: float | None) -> str:
     if value is None:
-        return "n/a (nothing to divide by)"
+        return "n/a (no data, or nothing to divide by)"
     if kpi.endswith("_rate"):
         return f"{value:.1%}"
     if kpi in ("csat", "nps"):
         return f"{value:.1f}"
-    if kpi in ("active_customers", "new_customers"):
+    if kpi in ("active_customers", "new_customers", "reactivated_customers", "completed_orders"):
         return f"{value:,.0f}"
     return f"{value:,.2f}"
 
