@@ -121,7 +121,8 @@ def build_snapshots(
         # the days 30 before the range that are not built yet get RFM and tiers first: the
         # positions segment_migration and the churn / retention cohorts start from
         plan[:0] = [(lo, hi, SNAPSHOT_MARTS[:2])
-                    for lo, hi in _runs(_missing_positions(wh, conn, date_from, date_to))]
+                    for lo, hi in _runs(_missing_positions(wh, conn, date_from, date_to),
+                                        chunk_days)]
         for lo, hi, marts in plan:
             _date_spine(wh, conn, lo, hi)
             for name in ("int_purchases", "int_customers"):

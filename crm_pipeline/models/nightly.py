@@ -12,13 +12,15 @@
    holdout check (and the churn features at c2); churn classifier trained at c1,
    calibrated and validated at c2, scored at d (crm_pipeline.models.churn) ->
    marts.customer_churn_risk rows.
-3. **Gate**: every check of include/config/models.yaml `gate` (fit convergence, CLV
-   holdout error, parameter drift, churn AUC / Brier / ECE).
+3. **Gate**, per model: every check of include/config/models.yaml `gate` (CLV: fit
+   convergence, holdout error, parameter drift; churn: trainable, out-of-time AUC, Brier
+   skill over the base rate, ECE). CLV (BG/NBD with Gamma-Gamma) and churn are judged
+   apart: one failing never withholds the other.
 4. **Record and publish** (one write transaction): ops.model_runs gets one row per model
-   (bgnbd, gamma_gamma, churn) with params, metrics and checks as JSON text; if every
-   check passed, the day's partition of both marts is replaced (delete-insert), else the
-   marts are not touched at all (readers keep the latest published as_of_date) and
-   `ModelGateError` is raised after the commit, so the DAG task fails and notifies.
+   (bgnbd, gamma_gamma, churn) with params, metrics and checks as JSON text; the day's
+   partition of each mart whose model passed is replaced (delete-insert), the other is not
+   touched at all (readers keep its latest published as_of_date), and `ModelGateError` is
+   raised after the commit when any model failed, so the DAG task fails and notifies.
 
 Small businesses degrade instead of failing: below `clv.small_data_customers` buyers the
 fits are penalised (mode 'small_data'), the holdout check is skipped when the holdout
@@ -675,12 +677,12 @@ def run_models(
     )
     failed = {group: items for group, items in failures.items() if items}
     if failed:
-        kept = ", ".join(
+        verdict = ", ".join(
             f"{GROUP_TABLES[g]} {'published' if g not in failed else 'NOT published'}"
             for g in GATED
         )
         raise ModelGateError(
-            f"model health gate failed for {as_of_date} ({kept}; a table not published keeps "
+            f"model health gate failed for {as_of_date} ({verdict}; a table not published keeps "
             f"its latest published day; details in {RUNS_TABLE} run_id={run_id}): "
             + "; ".join(item for items in failed.values() for item in items),
             [item for items in failed.values() for item in items],
