@@ -26,6 +26,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+from crm_pipeline import source_arrow
 from crm_pipeline.config import normalise_url
 from crm_pipeline.dates import naive_utc
 from crm_pipeline.errors import PipelineStop
@@ -122,10 +123,14 @@ def extract_table(
             ).scalar()
             batch_id = conn.exec_driver_sql("select nextval('ops.batch_id_seq')").scalar_one()
             _create_incoming(conn, wh, spec.columns)
-            rows_read = 0
-            for frame in _read_chunks(source, src_table, pulled, watermark, chunk_rows):
-                frame = frame.reindex(columns=list(spec.columns))
-                rows_read += wh.bulk_load(conn, "_incoming", frame)
+            if source_arrow.supported(source_url):
+                rows_read = _load_arrow(conn, wh, source_url, src_table, pulled, spec.columns,
+                                        watermark)
+            else:  # other dialects: rows through SQLAlchemy, canonicalised in Python
+                rows_read = 0
+                for frame in _read_chunks(source, src_table, pulled, watermark, chunk_rows):
+                    frame = frame.reindex(columns=list(spec.columns))
+                    rows_read += wh.bulk_load(conn, "_incoming", frame)
             ceiling = naive_utc(now).strftime(TS_FORMAT) if now is not None else None
             new_versions, high = _store_new_versions(conn, table, spec.columns, batch_id, ceiling)
             if before_commit is not None:
@@ -191,6 +196,47 @@ def _create_incoming(conn: sa.Connection, wh: Warehouse, columns: Iterable[str])
     cols = ", ".join(f"{c} varchar" for c in columns)
     conn.exec_driver_sql("drop table if exists _incoming")
     conn.exec_driver_sql(f"create temporary table _incoming ({cols})")
+
+
+def _load_arrow(
+    conn: sa.Connection, wh: Warehouse, url: str, src_table: sa.Table, pulled: list[str],
+    columns: Iterable[str], watermark: str | None,
+) -> int:
+    """Stream the changed rows into `_incoming` as Arrow batches (crm_pipeline.source_arrow):
+    into DuckDB directly, into PostgreSQL through a CSV file and COPY, in bounded memory."""
+    select = ", ".join(
+        f"nullif({_q(c)}, '{NULL_TOKEN}') as {_q(c)}" if c in pulled
+        else f"cast(null as varchar) as {_q(c)}"
+        for c in columns
+    )
+    with source_arrow.stream(url, src_table, pulled, watermark) as batches:
+        if wh.dialect == "duckdb":
+            duck = conn.connection.driver_connection
+            duck.from_arrow(batches).select(select).insert_into("_incoming")
+        else:
+            import tempfile
+
+            import duckdb
+
+            with tempfile.TemporaryDirectory(prefix="crm-extract-") as tmp:
+                path = f"{tmp}/{src_table.name}.csv"
+                mem = duckdb.connect()
+                try:
+                    mem.execute("set memory_limit = '512MB'")
+                    mem.from_arrow(batches).select(select).write_csv(
+                        path, header=False, na_rep=NULL_TOKEN)
+                finally:
+                    mem.close()
+                cur = conn.connection.driver_connection.cursor()
+                with open(path, encoding="utf-8") as fh:
+                    cur.copy_expert(
+                        f"copy _incoming ({', '.join(columns)}) from stdin "
+                        f"with (format csv, null '{NULL_TOKEN}')", fh)
+    return conn.exec_driver_sql("select count(*) from _incoming").scalar_one()
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _read_chunks(
