@@ -1,5 +1,5 @@
 # The two commands a new user needs, and a few more for people who run this every night.
-.PHONY: run test lint backfill lock clean
+.PHONY: run test lint backfill lock clean bench
 
 run:            ## run crm_nightly end to end on the embedded default (venv + demo data as needed)
 	bash scripts/run.sh
@@ -18,3 +18,6 @@ clean:          ## remove the demo data, the warehouse and Airflow's local state
 
 backfill:       ## one DAG run per day: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD
 	FROM=$(FROM) TO=$(TO) bash scripts/backfill.sh
+
+bench:          ## time a first build and a night at a scale: make bench SCALE=100000 [WAREHOUSE=postgresql://...]
+	bash scripts/bootstrap.sh && .venv/bin/python -m bench.run --scale $(or $(SCALE),100000) $(if $(WAREHOUSE),--warehouse $(WAREHOUSE)) --write

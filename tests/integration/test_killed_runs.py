@@ -1,7 +1,7 @@
 """A night killed anywhere, then rerun, leaves the marts a clean night leaves.
 
-The night runs in a child process (tests/nightly_driver.py: the DAG's stage functions in
-the DAG's order) that SIGKILLs itself at its N-th SQL statement: inside a transaction,
+The night runs in a child process (bench/night.py: the DAG's stage functions in the
+DAG's order) that SIGKILLs itself at its N-th SQL statement: inside a transaction,
 between two, mid-extract, mid-history, during the models or the alert state. The rerun
 then runs the whole night again, as Airflow's retry or a person's rerun would. Checked
 for a first run on an empty warehouse (a kill late in it must not leave the rerun thinking
@@ -23,11 +23,11 @@ from crm_pipeline.warehouse import Warehouse
 pytestmark = pytest.mark.slow
 DAY = dt.date(2026, 6, 30)
 NEXT = DAY + dt.timedelta(days=1)
-DRIVER = str(ROOT / "tests" / "nightly_driver.py")
 
 
 def night(source, warehouse, day, kill_at=0):
-    cmd = [sys.executable, DRIVER, f"sqlite:///{source}", f"duckdb:///{warehouse}", str(day)]
+    cmd = [sys.executable, "-m", "bench.night", f"sqlite:///{source}", f"duckdb:///{warehouse}",
+           str(day)]
     if kill_at:
         cmd += ["--kill-at", str(kill_at)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
