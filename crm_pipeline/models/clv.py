@@ -209,12 +209,31 @@ def _wsum(weights: np.ndarray, values: np.ndarray) -> float:
     return float(np.sum(weights * values))
 
 
+def _int_key(stacked: np.ndarray) -> np.ndarray | None:
+    """Rows of non-negative whole numbers as one int64 each, ordered as the rows sort; None
+    when a value is not a whole number or the product of the ranges would overflow."""
+    if not (np.all(stacked >= 0) and np.all(stacked == np.floor(stacked))):
+        return None
+    spans = stacked.max(axis=0).astype(np.int64) + 1
+    if float(np.prod(spans.astype(float))) >= 2.0**62:
+        return None
+    key = np.zeros(stacked.shape[0], dtype=np.int64)
+    for col, span in zip(stacked.T.astype(np.int64), spans, strict=True):
+        key = key * span + col
+    return key
+
+
 def _distinct(columns: Sequence[np.ndarray], weights: np.ndarray | None = None):
     """Distinct rows of ``columns`` with summed weights (or counts) and the inverse index."""
     stacked = np.column_stack([np.ravel(c) for c in columns])
     if stacked.shape[0] == 0:
         return [np.empty(0) for _ in columns], np.empty(0), np.empty(0, dtype=np.intp)
-    uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    key = _int_key(stacked)
+    if key is not None:  # whole days and counts: one int64 key sorts 3-4x faster than rows
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        uniq = stacked[first]
+    else:
+        uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
     inverse = inverse.ravel()
     w = np.bincount(inverse, weights=weights, minlength=uniq.shape[0]).astype(float)
     return [uniq[:, i] for i in range(uniq.shape[1])], w, inverse
@@ -225,36 +244,49 @@ def _distinct(columns: Sequence[np.ndarray], weights: np.ndarray | None = None):
 # --------------------------------------------------------------------------------------
 
 
-def _bgnbd_terms(log_params: np.ndarray, x, tx, T) -> tuple[np.ndarray, np.ndarray]:
+def _bgnbd_terms(
+    log_params: np.ndarray, x, tx, T, by_x: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-row log-likelihood and its gradient with respect to the log-parameters.
 
     L = B(a, b+x)/B(a, b) * G(r+x) alpha^r / (G(r) (alpha+T)^(r+x))
         + [x > 0] B(a+1, b+x-1)/B(a, b) * G(r+x) alpha^r / (G(r) (alpha+t_x)^(r+x)),
     written as exp(A1 + A2) * (exp(A3) + exp(A4)) and combined with logaddexp.
+
+    The gamma and digamma terms depend on x alone, which takes few values (repeat
+    purchase counts) while (t_x, T) in days take many: they are computed once per distinct
+    x (`by_x` = (distinct x, index of each row's x), computed here when not given) and
+    spread to the rows, which makes a fit at a million customers several times cheaper.
     """
     r, alpha, a, b = np.exp(log_params)
+    ux, xi = by_x if by_x is not None else np.unique(x, return_inverse=True)
+    xi = np.ravel(xi)
     rx = r + x
     pos = x > 0
     log_at = np.log(alpha + T)
     log_atx = np.log(alpha + tx)
-    bx1 = b + np.maximum(x, 1.0) - 1.0  # b + x - 1 where it is used (x > 0), else b
-    a1 = special.gammaln(rx) - special.gammaln(r) + r * np.log(alpha)
-    a2 = special.gammaln(a + b) + special.gammaln(b + x) - special.gammaln(b)
-    a2 = a2 - special.gammaln(a + b + x)
+    # b + x - 1 where it is used (x > 0), else b: per distinct x, like the gamma terms
+    ubx1 = b + np.maximum(ux, 1.0) - 1.0
+    bx1 = ubx1[xi]
+    # per distinct x: A1 and A2 without their alpha term, and the digammas of the gradient
+    gl_ab, psi_ab = special.gammaln(a + b), special.digamma(a + b)
+    g_a1 = special.gammaln(r + ux) - special.gammaln(r)
+    g_a2 = gl_ab + special.gammaln(b + ux) - special.gammaln(b) - special.gammaln(a + b + ux)
+    g_dr = special.digamma(r + ux) - special.digamma(r)
+    g_psi_abx = special.digamma(a + b + ux)
+    g_db = psi_ab + special.digamma(b + ux) - special.digamma(b) - g_psi_abx
+    a12 = (g_a1 + g_a2)[xi] + r * np.log(alpha)
     a3 = -rx * log_at
-    a4 = np.where(pos, math.log(a) - np.log(bx1) - rx * log_atx, -np.inf)
+    a4 = np.where(pos, (math.log(a) - np.log(ubx1))[xi] - rx * log_atx, -np.inf)
     l34 = np.logaddexp(a3, a4)
-    ll = a1 + a2 + l34
+    ll = a12 + l34
 
     w_alive = np.exp(a3 - l34)  # posterior weight of "still alive" given the data
     w_dead = np.exp(a4 - l34)  # ... of "dropped out after the last purchase"; 0 when x = 0
-    psi_ab = special.digamma(a + b)
-    psi_abx = special.digamma(a + b + x)
-    d_r = special.digamma(rx) - special.digamma(r) + math.log(alpha)
-    d_r = d_r - w_alive * log_at - w_dead * log_atx
+    d_r = g_dr[xi] + math.log(alpha) - w_alive * log_at - w_dead * log_atx
     d_alpha = r / alpha - rx * (w_alive / (alpha + T) + w_dead / (alpha + tx))
-    d_a = psi_ab - psi_abx + w_dead / a
-    d_b = psi_ab + special.digamma(b + x) - special.digamma(b) - psi_abx - w_dead / bx1
+    d_a = (psi_ab - g_psi_abx)[xi] + w_dead / a
+    d_b = g_db[xi] - w_dead / bx1
     grad = np.vstack([d_r * r, d_alpha * alpha, d_a * a, d_b * b])  # chain rule to log-params
     return ll, grad
 
@@ -272,20 +304,30 @@ def bgnbd_loglik(params: ParamsLike, frequency, recency, T, weights=None) -> flo
 # --------------------------------------------------------------------------------------
 
 
-def _gamma_gamma_terms(log_params: np.ndarray, x, m) -> tuple[np.ndarray, np.ndarray]:
+def _gamma_gamma_terms(
+    log_params: np.ndarray, x, m, by_x: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-row log density of the mean spend m over x purchases, and its log-parameter gradient.
 
     f(m | x) = G(px+q) / (G(px) G(q)) * v^q m^(px-1) x^(px) / (v + x m)^(px+q), rearranged
-    with log1p so that neither tiny nor huge spends lose precision.
+    with log1p so that neither tiny nor huge spends lose precision. The gamma and digamma
+    terms depend on x alone: computed once per distinct x (`by_x`, as for BG/NBD).
     """
     p, q, v = np.exp(log_params)
+    ux, xi = by_x if by_x is not None else np.unique(x, return_inverse=True)
+    xi = np.ravel(xi)
+    upx = p * ux
+    g_ll = special.gammaln(upx + q) - special.gammaln(upx) - special.gammaln(q)
+    u_psi = special.digamma(upx + q)
+    g_dp = ux * (u_psi - special.digamma(upx))
+    g_dq = u_psi - special.digamma(q)
     px = p * x
     xm = x * m
-    ll = special.gammaln(px + q) - special.gammaln(px) - special.gammaln(q) - np.log(m)
-    ll = ll - px * np.log1p(v / xm) - q * np.log1p(xm / v)
-    psi = special.digamma(px + q)
-    d_p = x * (psi - special.digamma(px) - np.log1p(v / xm))
-    d_q = psi - special.digamma(q) - np.log1p(xm / v)
+    lv = np.log1p(v / xm)
+    lx = np.log1p(xm / v)
+    ll = g_ll[xi] - np.log(m) - px * lv - q * lx
+    d_p = g_dp[xi] - x * lv
+    d_q = g_dq[xi] - lx
     d_v = (q * xm / v - px) / (v + xm)
     return ll, np.vstack([d_p * p, d_q * q, d_v * v])
 
@@ -471,10 +513,11 @@ def fit_bgnbd(
     # lifetimes scales time so that max(T) = 10 before fitting; use the same scale for the
     # penalty on alpha so that a penalizer means the same thing in both.
     alpha_scale = max(float(TT.max()), 1e-12) / 10.0
+    by_x = np.unique(x, return_inverse=True)
     return _optimise(
         "bgnbd",
         BGNBD_PARAM_NAMES,
-        lambda theta: _bgnbd_terms(theta, x, tx, TT),
+        lambda theta: _bgnbd_terms(theta, x, tx, TT, by_x),
         w,
         x0,
         [(-_LOG_BOUND, _LOG_BOUND)] * 4,
@@ -523,11 +566,12 @@ def fit_gamma_gamma(
     mean_m = _wsum(w, m) / float(w.sum())
     x0 = np.log([1.0, 2.0, mean_m])  # start with population mean p v / (q - 1) = mean spend
     x0 = np.clip(x0, -_LOG_BOUND + 1, _LOG_BOUND - 1)
+    by_x = np.unique(x, return_inverse=True)
     bounds = [(-_LOG_BOUND, _LOG_BOUND), (math.log(_Q_MIN), _LOG_BOUND), (-_LOG_BOUND, _LOG_BOUND)]
     fit = _optimise(
         "gamma_gamma",
         GAMMA_GAMMA_PARAM_NAMES,
-        lambda theta: _gamma_gamma_terms(theta, x, m),
+        lambda theta: _gamma_gamma_terms(theta, x, m, by_x),
         w,
         x0,
         bounds,
