@@ -315,15 +315,13 @@ def _store_new_versions(
     high = conn.exec_driver_sql(
         f"select max(updated_at) from _incoming where updated_at is not null{below}"
     ).scalar()
+    # versions with the same hash are the same row to the letter: keep any one of them
     conn.exec_driver_sql(
         f"""insert into raw.{table} ({cols}, _row_hash, _batch_id)
-        select {cols}, _row_hash, {int(batch_id)} from (
-            select {cols}, {hashed} as _row_hash,
-                   row_number() over (partition by {hashed} order by updated_at) as _dup
-            from _incoming
+        select distinct on (_row_hash) {cols}, _row_hash, {int(batch_id)} from (
+            select {cols}, {hashed} as _row_hash from _incoming
         ) incoming
-        where _dup = 1
-          and not exists (select 1 from raw.{table} stored where stored._row_hash = incoming._row_hash)"""
+        where not exists (select 1 from raw.{table} stored where stored._row_hash = incoming._row_hash)"""
     )
     inserted = conn.exec_driver_sql(
         f"select count(*) from raw.{table} where _batch_id = {int(batch_id)}"
