@@ -189,7 +189,9 @@ def load_config(overrides: Mapping[str, Any] | None = None, path: Path | None = 
 
 def model_version(cfg: Mapping[str, Any]) -> str:
     """Code version plus a short hash of the settings that change the scores."""
-    settings_json = json.dumps({k: cfg[k] for k in ("clv", "churn")}, sort_keys=True, default=str)
+    # the settings that change the scores: not the number of threads (same scores)
+    scored = {"clv": cfg["clv"], "churn": {k: v for k, v in cfg["churn"].items() if k != "threads"}}
+    settings_json = json.dumps(scored, sort_keys=True, default=str)
     return f"{MODEL_VERSION}+{hashlib.sha1(settings_json.encode()).hexdigest()[:8]}"
 
 

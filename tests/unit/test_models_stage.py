@@ -285,3 +285,12 @@ def test_the_sql_summary_is_the_clv_modules_summary(built):
             expected[col].astype(float).tolist()
         )
     assert got["customer_id"].tolist() == expected["customer_id"].tolist()
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
+def test_churn_scores_are_the_same_on_one_thread_or_two(small_demo, warehouse, tmp_path):
+    one = load(small_demo, warehouse)
+    two = load(small_demo, Warehouse(f"duckdb:///{tmp_path}/two.duckdb"))
+    run_models(one, DEMO_DAY, "t", config={"churn": {"threads": 1}})
+    run_models(two, DEMO_DAY, "t", config={"churn": {"threads": 2}})
+    assert rows(one, CHURN_TABLE) == rows(two, CHURN_TABLE) != []
