@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import great_expectations.expectations as gxe
+import numpy as np
 import pandas as pd
 import yaml
 from great_expectations.execution_engine import PandasExecutionEngine
@@ -128,7 +129,9 @@ def _required(table: str, column: str) -> bool:
 _PATTERNS = {
     "number": re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"),
     "integer": re.compile(r"[+-]?\d+"),
-    "timestamp": re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?"),
+    "timestamp": re.compile(
+        r"\d{4}-\d{2}-\d{2}(?:[ T](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?)?"
+    ),
     "date": re.compile(r"\d{4}-\d{2}-\d{2}"),
     "boolean": re.compile(r"(?i:true|false|t|f|1|0|yes|no|y|n)"),
 }
@@ -152,22 +155,52 @@ def as_text(values: pd.Series) -> pd.Series:
 def parse_values(text: pd.Series, kind: str) -> pd.Series:
     """Typed values; null where the text is null or does not parse as `kind` (like a cast).
 
-    Timestamps come back as datetime64[us] (years 1-9999, as the warehouse casts them)."""
+    Timestamps come back as datetime64[us] (years 1-9999, as the warehouse casts them).
+    Values are matched and cast in DuckDB, vectorised: one Python `re` call and one pandas
+    conversion per value made half of validation's time."""
     text = as_text(text)
     if kind == "text":
         return text
-    if text.notna().any():
-        ok = text.str.fullmatch(_PATTERNS[kind]).fillna(False).astype(bool)
-    else:
-        ok = pd.Series(False, index=text.index)
-    candidate = text.where(ok, None)
+    pattern = _PATTERNS[kind].pattern
+    if kind == "boolean":
+        candidate = text.where(pd.Series(_parsed(text, pattern, None), index=text.index), None)
+        return candidate.str.lower().isin(_TRUE).astype(object).where(candidate.notna(), None)
     if kind in ("number", "integer"):
-        values = pd.to_numeric(candidate, errors="coerce").astype(float)
+        values = pd.Series(_parsed(text, pattern, "double"), index=text.index)
         return values.where(values.abs() <= _LIMITS[kind])
-    if kind in ("timestamp", "date"):
-        values = pd.to_datetime(candidate, format="ISO8601", errors="coerce")
-        return values.astype("datetime64[us]")
-    return candidate.str.lower().isin(_TRUE).astype(object).where(candidate.notna(), None)
+    return pd.Series(_parsed(text, pattern, "timestamp"), index=text.index)
+
+
+_MATCHER: list[Any] = []
+
+
+def _parsed(text: pd.Series, pattern: str, cast: str | None) -> np.ndarray:
+    """Each value matched whole against `pattern` (RE2, in DuckDB) and, with `cast`, cast
+    to it: float64 (NaN) or datetime64[us] (NaT) where it does not match or cast; without,
+    whether it matches (False for null). The patterns above are plain enough to mean the
+    same in RE2 as in Python's `re`."""
+    import duckdb
+
+    if not _MATCHER:
+        _MATCHER.append(duckdb.connect())
+    con = _MATCHER[0].cursor()  # a cursor of its own: safe from several threads
+    con.register("_parse_input", pd.DataFrame({"v": text.to_numpy(dtype=object)}))
+    try:
+        value = "regexp_full_match(v, ?)"
+        if cast == "double":
+            value = f"case when {value} then try_cast(v as double) end"
+        elif cast == "timestamp":  # DuckDB reads year 0 as 1 BC; the other engines refuse it
+            value = (
+                f"case when {value} and v not like '0000%' then try_cast(v as timestamp) end"
+            )
+        out = con.execute(f"select {value} as x from _parse_input", [pattern]).fetchnumpy()["x"]
+    finally:
+        con.close()
+    if cast is None:
+        return np.ma.filled(np.ma.asarray(out), False).astype(bool)
+    if cast == "double":
+        return np.ma.filled(np.ma.asarray(out, dtype=float), np.nan)
+    return np.ma.filled(np.ma.asarray(out).astype("datetime64[us]"), np.datetime64("NaT"))
 
 
 def parses(text: pd.Series, kind: str) -> pd.Series:
