@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 MIGRATION_DAYS = 30  # segment_migration, and the cohort of churn_rate and retention_rate
 SEGMENT_MAP_TYPES = {"r_score": "integer", "f_score": "integer", "rule_no": "integer",
                      "segment": "varchar", "first_order_within_days": "integer"}
+# built per chunk of days, in this order, as temporary tables the snapshot marts read
+INTERMEDIATE = ("int_order_versions", "int_purchases", "int_customer_days", "int_customers")
 SNAPSHOT_MARTS = ("customer_rfm", "customer_value_tier", "kpi_daily", "segment_migration")
 
 
@@ -91,7 +93,8 @@ def sql_params(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"rfm.lookback_days must be 1..365, got {lookback}")
     return {
         "rfm_lookback_days": lookback,
-        "lookback_days": 365,
+        "rfm_frame_days": lookback - 1,  # a window frame of the lookback: n - 1 days before
+        "period_days": 30,  # the KPIs' period: the 30 days ending at the date
         "sla_hours": int(config["kpis"]["complaint_sla_hours"]),
         "response_days": int(config["kpis"]["campaign_response_days"]),
         **tier_params(config),
@@ -125,13 +128,13 @@ def build_snapshots(
                                         chunk_days)]
         for lo, hi, marts in plan:
             _date_spine(wh, conn, lo, hi)
-            for name in ("int_purchases", "int_customers"):
+            span = {**params, "date_from": lo, "date_to": hi}
+            for name in INTERMEDIATE:
                 conn.exec_driver_sql(f"drop table if exists {name}")
                 conn.exec_driver_sql(
                     f"create temporary table {name} as "
-                    + wh.render(wh.sql_file("intermediate", name), params)
+                    + wh.render(wh.sql_file("intermediate", name), span)
                 )
-            span = {**params, "date_from": lo, "date_to": hi}
             for name in marts:
                 counts[f"marts.{name}"] += wh.replace_partition(
                     conn, f"marts.{name}", wh.sql_file("marts", name), span

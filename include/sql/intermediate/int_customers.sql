@@ -8,7 +8,7 @@ customer_versions as (
 ),
 
 order_versions as (
-    select * from staging.stg_orders
+    select * from int_order_versions
 ),
 
 customers_at_day as (
@@ -24,36 +24,60 @@ customers_at_day as (
         and customer_versions.valid_to >= as_of.as_of_end
 ),
 
-first_purchases as (
+-- the first completed purchase valid at the day: the earliest of the versions valid on
+-- every day of the spine, if placed by the day, or of those that change inside it
+stable_first as (
+    select
+        customer_id,
+        min(order_date) as first_order_date
+    from order_versions
+    where is_stable
+    group by customer_id
+),
+
+changing_first as (
     select
         as_of.as_of_date,
         order_versions.customer_id,
-        min(cast(order_versions.ordered_at as date)) as first_purchase_date
+        min(order_versions.order_date) as first_order_date
     from as_of
     inner join order_versions
-        on order_versions.valid_from < as_of.as_of_end
-        and order_versions.valid_to >= as_of.as_of_end
-        and order_versions.ordered_at < as_of.as_of_end
-    where order_versions.status = 'completed'
+        on order_versions.first_valid_day <= as_of.as_of_date
+        and order_versions.last_valid_day >= as_of.as_of_date
+        and order_versions.order_date <= as_of.as_of_date
+    where not order_versions.is_stable
     group by as_of.as_of_date, order_versions.customer_id
 ),
 
 -- a customer who bought by the day exists by then, whatever created_at says
+with_first_purchase as (
+    select
+        customers_at_day.*,
+        least(
+            case when stable_first.first_order_date <= customers_at_day.as_of_date
+                then stable_first.first_order_date end,
+            changing_first.first_order_date
+        ) as first_purchase_date
+    from customers_at_day
+    left join stable_first
+        on customers_at_day.customer_id = stable_first.customer_id
+    left join changing_first
+        on customers_at_day.as_of_date = changing_first.as_of_date
+        and customers_at_day.customer_id = changing_first.customer_id
+),
+
 final as (
     select
-        customers_at_day.as_of_date,
-        customers_at_day.customer_id,
-        customers_at_day.region,
-        customers_at_day.loyalty_member,
-        first_purchases.first_purchase_date
-    from customers_at_day
+        with_first_purchase.as_of_date,
+        with_first_purchase.customer_id,
+        with_first_purchase.region,
+        with_first_purchase.loyalty_member,
+        with_first_purchase.first_purchase_date
+    from with_first_purchase
     inner join as_of
-        on customers_at_day.as_of_date = as_of.as_of_date
-    left join first_purchases
-        on customers_at_day.as_of_date = first_purchases.as_of_date
-        and customers_at_day.customer_id = first_purchases.customer_id
-    where customers_at_day.created_at < as_of.as_of_end
-        or first_purchases.first_purchase_date is not null
+        on with_first_purchase.as_of_date = as_of.as_of_date
+    where with_first_purchase.created_at < as_of.as_of_end
+        or with_first_purchase.first_purchase_date is not null
 )
 
 select * from final

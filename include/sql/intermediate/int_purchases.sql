@@ -1,35 +1,27 @@
--- grain: one row per as_of_date and completed order placed in the {{ lookback_days }} days ending at as_of_date, in its state at the end of as_of_date
+-- grain: one row per as_of_date and completed order placed in the {{ period_days }} days ending at as_of_date, in its state at the end of as_of_date
 with as_of as (
     select * from as_of_dates
 ),
 
 order_versions as (
-    select * from staging.stg_orders
-),
-
-valid_at_day as (
-    select
-        as_of.as_of_date,
-        order_versions.*
-    from as_of
-    inner join order_versions
-        on order_versions.valid_from < as_of.as_of_end
-        and order_versions.valid_to >= as_of.as_of_end
-        and order_versions.ordered_at < as_of.as_of_end
-        and order_versions.ordered_at >= as_of.as_of_end - {{ lookback_days }} * interval '1 day'
+    select * from int_order_versions
 ),
 
 final as (
     select
-        as_of_date,
-        order_id,
-        customer_id,
-        cast(ordered_at as date) as order_date,
-        channel,
-        net_amount,
-        net_amount - cost_amount as margin_amount
-    from valid_at_day
-    where status = 'completed'
+        as_of.as_of_date,
+        order_versions.order_id,
+        order_versions.customer_id,
+        order_versions.order_date,
+        order_versions.channel,
+        order_versions.net_amount,
+        order_versions.margin_amount
+    from as_of
+    inner join order_versions
+        on order_versions.first_valid_day <= as_of.as_of_date
+        and order_versions.last_valid_day >= as_of.as_of_date
+        and order_versions.order_date <= as_of.as_of_date
+        and order_versions.order_date > as_of.as_of_date - {{ period_days }}
 )
 
 select * from final

@@ -1,7 +1,7 @@
 -- grain: one row per as_of_date and customer with a completed purchase in the {{ rfm_lookback_days }} days ending at as_of_date
-with purchases as (
-    select * from int_purchases
-    where order_date > as_of_date - {{ rfm_lookback_days }}
+with customer_days as (
+    select * from int_customer_days
+    where orders_rfm > 0
 ),
 
 segment_map as (
@@ -16,11 +16,10 @@ rfm_values as (
     select
         as_of_date,
         customer_id,
-        as_of_date - max(order_date) as recency_days,
-        count(*) as frequency,
-        sum(net_amount) as monetary
-    from purchases
-    group by as_of_date, customer_id
+        as_of_date - last_order_date_rfm as recency_days,
+        orders_rfm as frequency,
+        net_rfm as monetary
+    from customer_days
 ),
 
 -- quintile by rank: score = 1 + floor(5 * (rank - 1) / n); ties share the lowest rank, so

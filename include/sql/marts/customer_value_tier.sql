@@ -1,17 +1,11 @@
 -- grain: one row per as_of_date and customer with a completed purchase in the 365 days ending at as_of_date
-with purchases as (
-    select * from int_purchases
-    where order_date > as_of_date - 365
-),
-
-value_12m as (
+with value_12m as (
     select
         as_of_date,
         customer_id,
-        sum(net_amount) as revenue_12m,
-        sum(margin_amount) as margin_12m
-    from purchases
-    group by as_of_date, customer_id
+        revenue_12m,
+        margin_12m
+    from int_customer_days
 ),
 
 -- rank by 12-month margin; ties broken by revenue, then customer_id, so ranks are unique

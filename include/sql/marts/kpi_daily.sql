@@ -64,16 +64,12 @@ spend as (
 -- one row per customer and day with a purchase in the 365 days: the activity windows
 purchase_windows as (
     select
-        purchases.as_of_date,
-        purchases.customer_id,
-        max(case when purchases.order_date between purchases.as_of_date - 119
-            and purchases.as_of_date - 30 then 1 else 0 end) as active_at_start,
-        max(case when purchases.order_date >= purchases.as_of_date - 89 then 1 else 0 end)
-            as active_at_end,
-        count(*) as purchases_365d
-    from purchases
-    where purchases.as_of_date in (select as_of_date from as_of)
-    group by purchases.as_of_date, purchases.customer_id
+        as_of_date,
+        customer_id,
+        active_at_start,
+        active_at_end,
+        purchases_365d
+    from int_customer_days
 ),
 
 -- one row per customer and day: the customer-based KPIs' flags
@@ -98,22 +94,14 @@ customer_activity as (
         and customers.customer_id = purchase_windows.customer_id
 ),
 
--- every fact the KPIs count, one row each, in one shape: what kind of fact, whose, and its
--- measures; money stays decimal so sums are exact and a rerun gives the same bits
+-- every fact the KPIs count besides the customers' own flags, one row each, in one shape:
+-- what kind of fact, whose, and its measures; money stays decimal so sums are exact and a
+-- rerun gives the same bits
 facts as (
     select
-        as_of_date, customer_id, cast(null as varchar) as channel, 'customer' as kind,
-        active_at_start as flag_a, active_at_end as flag_b, is_new as flag_c,
-        case when purchases_365d >= 1 then 1 else 0 end as flag_d,
-        case when purchases_365d >= 2 then 1 else 0 end as flag_e,
-        loyalty_member as flag_f, is_reactivated as flag_g,
-        cast(null as decimal(18, 2)) as amount, cast(null as double precision) as hours
-    from customer_activity
-
-    union all
-    select
-        purchases.as_of_date, purchases.customer_id, purchases.channel, 'purchase',
-        0, 0, 0, 0, 0, 0, 0, purchases.net_amount, null
+        purchases.as_of_date, purchases.customer_id, purchases.channel, 'purchase' as kind,
+        0 as flag_a, 0 as flag_b, cast(purchases.net_amount as decimal(18, 2)) as amount,
+        cast(null as double precision) as hours
     from purchases
     inner join as_of
         on purchases.as_of_date = as_of.as_of_date
@@ -125,7 +113,7 @@ facts as (
         case when surveys.survey_type = 'csat' and surveys.score >= 4 then 1
              when surveys.survey_type = 'nps' and surveys.score >= 9 then 1 else 0 end,
         case when surveys.survey_type = 'nps' and surveys.score <= 6 then 1 else 0 end,
-        0, 0, 0, 0, 0, null, null
+        null, null
     from as_of
     inner join surveys
         on surveys.valid_from < as_of.as_of_end
@@ -137,7 +125,7 @@ facts as (
     select
         as_of.as_of_date, complaints.customer_id, null, 'complaint_opened',
         case when complaints.first_response_at < as_of.as_of_end then 1 else 0 end,
-        0, 0, 0, 0, 0, 0, null,
+        0, null,
         case when complaints.first_response_at < as_of.as_of_end
             then extract(epoch from (complaints.first_response_at - complaints.opened_at)) / 3600.0
         end
@@ -152,7 +140,7 @@ facts as (
         as_of.as_of_date, complaints.customer_id, null, 'complaint_closed',
         case when complaints.closed_at - complaints.opened_at <= {{ sla_hours }} * interval '1 hour'
             then 1 else 0 end,
-        0, 0, 0, 0, 0, 0, null,
+        0, null,
         extract(epoch from (complaints.closed_at - complaints.opened_at)) / 3600.0
     from as_of
     inner join complaints
@@ -166,7 +154,7 @@ facts as (
         case when contacts.responded_at < as_of.as_of_end
             and contacts.responded_at <= contacts.contacted_at + {{ response_days }} * interval '1 day'
             then 1 else 0 end,
-        0, 0, 0, 0, 0, 0, null, null
+        0, null, null
     from as_of
     inner join contacts
         on contacts.valid_from < as_of.as_of_end
@@ -176,7 +164,7 @@ facts as (
     union all
     select
         as_of.as_of_date, loyalty.customer_id, null, 'points_' || loyalty.kind,
-        0, 0, 0, 0, 0, 0, 0, loyalty.points, null
+        0, 0, loyalty.points, null
     from as_of
     inner join loyalty
         on loyalty.valid_from < as_of.as_of_end
@@ -187,7 +175,7 @@ facts as (
     union all
     select
         as_of.as_of_date, null, null, 'acquisition_spend',
-        0, 0, 0, 0, 0, 0, 0, spend.amount, null
+        0, 0, spend.amount, null
     from as_of
     inner join spend
         on spend.valid_from < as_of.as_of_end
@@ -201,35 +189,96 @@ dimensions as (
     union all select 'tier'
     union all select 'segment'
     union all select 'region'
-    union all select 'channel'
 ),
 
--- each fact with the customer's tier, segment and region as of the day
-facts_with_customer as (
+-- one row per day and customer with a fact (the facts of no customer, marketing spend,
+-- form one row of their own): the facts summed, before any dimension is attached, so the
+-- dimension step reads one row per customer and not one per fact
+customer_facts as (
     select
-        facts.*,
+        as_of_date,
+        customer_id,
+        sum(case when kind = 'purchase' then 1 else 0 end) as orders,
+        sum(case when kind = 'purchase' then amount else 0 end) as net_revenue,
+        sum(case when kind = 'csat' then 1 else 0 end) as csat_responses,
+        sum(case when kind = 'csat' then flag_a else 0 end) as csat_satisfied,
+        sum(case when kind = 'nps' then 1 else 0 end) as nps_responses,
+        sum(case when kind = 'nps' then flag_a - flag_b else 0 end) as nps_net_promoters,
+        sum(case when kind = 'complaint_opened' then 1 else 0 end) as complaints_opened,
+        sum(case when kind = 'complaint_opened' then flag_a else 0 end) as complaints_responded,
+        sum(case when kind = 'complaint_closed' then 1 else 0 end) as complaints_closed,
+        sum(case when kind = 'complaint_closed' then flag_a else 0 end) as closed_within_sla,
+        sum(case when kind = 'contact' then 1 else 0 end) as contacts,
+        sum(case when kind = 'contact' then flag_a else 0 end) as contacts_responded,
+        sum(case when kind = 'points_earn' then amount else 0 end) as points_earned,
+        sum(case when kind = 'points_redeem' then amount else 0 end) as points_redeemed,
+        sum(case when kind = 'acquisition_spend' then amount else 0 end) as acquisition_spend
+    from facts
+    group by as_of_date, customer_id
+),
+
+-- one row per day and customer: their flags and facts, under the tier, segment and region
+-- each had that day
+customer_days as (
+    select
+        coalesce(customer_activity.as_of_date, customer_facts.as_of_date) as as_of_date,
+        coalesce(customer_activity.customer_id, customer_facts.customer_id) as customer_id,
+        coalesce(customer_activity.active_at_end, 0) as active_at_end,
+        coalesce(customer_activity.is_new, 0) as is_new,
+        coalesce(customer_activity.is_reactivated, 0) as is_reactivated,
+        case when customer_activity.purchases_365d >= 1 then 1 else 0 end as buyer_365d,
+        case when customer_activity.purchases_365d >= 2 then 1 else 0 end as repeat_buyer_365d,
+        case when customer_activity.active_at_end = 1
+            then customer_activity.loyalty_member else 0 end as active_member,
+        case when customer_facts.customer_id is not null and customer_facts.orders > 0
+            then 1 else 0 end as ordering_customer,
+        coalesce(customer_facts.orders, 0) as orders,
+        coalesce(customer_facts.net_revenue, 0) as net_revenue,
+        coalesce(customer_facts.csat_responses, 0) as csat_responses,
+        coalesce(customer_facts.csat_satisfied, 0) as csat_satisfied,
+        coalesce(customer_facts.nps_responses, 0) as nps_responses,
+        coalesce(customer_facts.nps_net_promoters, 0) as nps_net_promoters,
+        coalesce(customer_facts.complaints_opened, 0) as complaints_opened,
+        coalesce(customer_facts.complaints_responded, 0) as complaints_responded,
+        coalesce(customer_facts.complaints_closed, 0) as complaints_closed,
+        coalesce(customer_facts.closed_within_sla, 0) as closed_within_sla,
+        coalesce(customer_facts.contacts, 0) as contacts,
+        coalesce(customer_facts.contacts_responded, 0) as contacts_responded,
+        coalesce(customer_facts.points_earned, 0) as points_earned,
+        coalesce(customer_facts.points_redeemed, 0) as points_redeemed,
+        coalesce(customer_facts.acquisition_spend, 0) as acquisition_spend
+    from customer_activity
+    full outer join customer_facts
+        on customer_activity.as_of_date = customer_facts.as_of_date
+        and customer_activity.customer_id = customer_facts.customer_id
+),
+
+customer_days_with_dimensions as (
+    select
+        customer_days.*,
         coalesce(tiers.tier, 'unassigned') as tier,
         coalesce(segments.segment, 'unassigned') as segment,
         coalesce(customers.region, 'unknown') as region
-    from facts
+    from customer_days
     left join tiers
-        on facts.as_of_date = tiers.as_of_date and facts.customer_id = tiers.customer_id
+        on customer_days.as_of_date = tiers.as_of_date
+        and customer_days.customer_id = tiers.customer_id
     left join segments
-        on facts.as_of_date = segments.as_of_date and facts.customer_id = segments.customer_id
+        on customer_days.as_of_date = segments.as_of_date
+        and customer_days.customer_id = segments.customer_id
     left join customers
-        on facts.as_of_date = customers.as_of_date and facts.customer_id = customers.customer_id
+        on customer_days.as_of_date = customers.as_of_date
+        and customer_days.customer_id = customers.customer_id
 ),
 
 -- churn and retention follow the d-30 cohort (the customers active at d-30), under the
 -- tier, segment and region each had at d-30: a segment defined by recency (e.g. 'About to
 -- sleep') must not churn by construction because its churners have left it by d
-cohort_facts as (
+cohort_members as (
     select
-        customer_activity.as_of_date, customer_activity.customer_id,
-        cast(null as varchar) as channel, 'cohort' as kind,
-        customer_activity.active_at_end as flag_a, 0 as flag_b, 0 as flag_c, 0 as flag_d,
-        0 as flag_e, 0 as flag_f, 0 as flag_g,
-        cast(null as decimal(18, 2)) as amount, cast(null as double precision) as hours,
+        customer_activity.as_of_date,
+        customer_activity.customer_id,
+        customer_activity.active_at_end as retained,
         coalesce(tiers_then.tier, 'unassigned') as tier,
         coalesce(segments_then.segment, 'unassigned') as segment,
         coalesce(customer_versions.region, 'unknown') as region
@@ -249,68 +298,145 @@ cohort_facts as (
     where customer_activity.active_at_start = 1
 ),
 
-all_facts as (
-    select * from facts_with_customer
+-- the customer days and the cohort summed per day and combination of tier, segment and
+-- region (a few thousand rows), which every dimension then adds up; whose facts (the
+-- spend of no customer counts in 'all' only)
+combinations as (
+    select
+        as_of_date,
+        customer_id is not null as has_customer,
+        tier,
+        segment,
+        region,
+        0 as cohort_size,
+        0 as cohort_retained,
+        sum(active_at_end) as active_at_end,
+        sum(is_new) as new_customers,
+        sum(is_reactivated) as reactivated_customers,
+        sum(buyer_365d) as buyers_365d,
+        sum(repeat_buyer_365d) as repeat_buyers_365d,
+        sum(active_member) as active_members,
+        sum(orders) as orders,
+        sum(ordering_customer) as ordering_customers,
+        sum(net_revenue) as net_revenue,
+        sum(csat_responses) as csat_responses,
+        sum(csat_satisfied) as csat_satisfied,
+        sum(nps_responses) as nps_responses,
+        sum(nps_net_promoters) as nps_net_promoters,
+        sum(complaints_opened) as complaints_opened,
+        sum(complaints_responded) as complaints_responded,
+        sum(complaints_closed) as complaints_closed,
+        sum(closed_within_sla) as closed_within_sla,
+        sum(contacts) as contacts,
+        sum(contacts_responded) as contacts_responded,
+        sum(points_earned) as points_earned,
+        sum(points_redeemed) as points_redeemed,
+        sum(acquisition_spend) as acquisition_spend
+    from customer_days_with_dimensions
+    group by as_of_date, customer_id is not null, tier, segment, region
+
     union all
-    select * from cohort_facts
+    select
+        as_of_date, true, tier, segment, region, count(*), sum(retained),
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    from cohort_members
+    group by as_of_date, tier, segment, region
 ),
 
--- each fact once per dimension it counts in; marketing spend belongs to no customer
--- ('all' only), the channel dimension is the order's channel (purchases only)
-facts_by_dimension as (
+-- the medians cannot be added up: from the complaints themselves, per dimension value
+complaint_medians as (
     select
-        all_facts.*,
+        complaint_facts.as_of_date,
         dimensions.dimension,
         case dimensions.dimension
             when 'all' then 'all'
-            when 'tier' then all_facts.tier
-            when 'segment' then all_facts.segment
-            when 'region' then all_facts.region
-            when 'channel' then all_facts.channel
-        end as dimension_value
-    from all_facts
+            when 'tier' then coalesce(tiers.tier, 'unassigned')
+            when 'segment' then coalesce(segments.segment, 'unassigned')
+            when 'region' then coalesce(customers.region, 'unknown')
+        end as dimension_value,
+        percentile_cont(0.5) within group (
+            order by case when complaint_facts.kind = 'complaint_opened'
+                then complaint_facts.hours end) as median_first_response,
+        percentile_cont(0.5) within group (
+            order by case when complaint_facts.kind = 'complaint_closed'
+                then complaint_facts.hours end) as median_resolution
+    from facts as complaint_facts
     cross join dimensions
-    where dimensions.dimension = 'all'
-        or (dimensions.dimension = 'channel' and all_facts.kind = 'purchase')
-        or (dimensions.dimension in ('tier', 'segment', 'region')
-            and all_facts.customer_id is not null)
+    left join tiers
+        on complaint_facts.as_of_date = tiers.as_of_date
+        and complaint_facts.customer_id = tiers.customer_id
+    left join segments
+        on complaint_facts.as_of_date = segments.as_of_date
+        and complaint_facts.customer_id = segments.customer_id
+    left join customers
+        on complaint_facts.as_of_date = customers.as_of_date
+        and complaint_facts.customer_id = customers.customer_id
+    where complaint_facts.kind in ('complaint_opened', 'complaint_closed')
+        and (dimensions.dimension = 'all' or complaint_facts.customer_id is not null)
+    group by 1, 2, 3
+),
+
+-- every dimension from the combinations; the channel dimension is the order's channel
+-- (purchases only)
+summed as (
+    select
+        combinations.as_of_date,
+        dimensions.dimension,
+        case dimensions.dimension
+            when 'all' then 'all'
+            when 'tier' then combinations.tier
+            when 'segment' then combinations.segment
+            when 'region' then combinations.region
+        end as dimension_value,
+        sum(cohort_size) as cohort_size,
+        sum(cohort_retained) as cohort_retained,
+        sum(active_at_end) as active_at_end,
+        sum(new_customers) as new_customers,
+        sum(reactivated_customers) as reactivated_customers,
+        sum(buyers_365d) as buyers_365d,
+        sum(repeat_buyers_365d) as repeat_buyers_365d,
+        sum(active_members) as active_members,
+        sum(orders) as orders,
+        sum(ordering_customers) as ordering_customers,
+        sum(net_revenue) as net_revenue,
+        sum(csat_responses) as csat_responses,
+        sum(csat_satisfied) as csat_satisfied,
+        sum(nps_responses) as nps_responses,
+        sum(nps_net_promoters) as nps_net_promoters,
+        sum(complaints_opened) as complaints_opened,
+        sum(complaints_responded) as complaints_responded,
+        sum(complaints_closed) as complaints_closed,
+        sum(closed_within_sla) as closed_within_sla,
+        sum(contacts) as contacts,
+        sum(contacts_responded) as contacts_responded,
+        sum(points_earned) as points_earned,
+        sum(points_redeemed) as points_redeemed,
+        sum(acquisition_spend) as acquisition_spend
+    from combinations
+    cross join dimensions
+    where dimensions.dimension = 'all' or combinations.has_customer
+    group by 1, 2, 3
+
+    union all
+    select
+        as_of_date, 'channel', channel, 0, 0, 0, 0, 0, 0, 0, 0,
+        count(*), count(distinct customer_id), sum(amount),
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    from facts
+    where kind = 'purchase'
+    group by as_of_date, channel
 ),
 
 aggregated as (
     select
-        as_of_date,
-        dimension,
-        dimension_value,
-        sum(case when kind = 'cohort' then 1 else 0 end) as cohort_size,
-        sum(case when kind = 'cohort' then flag_a else 0 end) as cohort_retained,
-        sum(case when kind = 'customer' then flag_b else 0 end) as active_at_end,
-        sum(case when kind = 'customer' then flag_c else 0 end) as new_customers,
-        sum(case when kind = 'customer' then flag_g else 0 end) as reactivated_customers,
-        sum(case when kind = 'customer' then flag_d else 0 end) as buyers_365d,
-        sum(case when kind = 'customer' then flag_e else 0 end) as repeat_buyers_365d,
-        sum(case when kind = 'customer' and flag_b = 1 then flag_f else 0 end) as active_members,
-        sum(case when kind = 'purchase' then 1 else 0 end) as orders,
-        count(distinct case when kind = 'purchase' then customer_id end) as ordering_customers,
-        sum(case when kind = 'purchase' then amount else 0 end) as net_revenue,
-        sum(case when kind = 'csat' then 1 else 0 end) as csat_responses,
-        sum(case when kind = 'csat' then flag_a else 0 end) as csat_satisfied,
-        sum(case when kind = 'nps' then 1 else 0 end) as nps_responses,
-        sum(case when kind = 'nps' then flag_a - flag_b else 0 end) as nps_net_promoters,
-        sum(case when kind = 'complaint_opened' then 1 else 0 end) as complaints_opened,
-        sum(case when kind = 'complaint_opened' then flag_a else 0 end) as complaints_responded,
-        percentile_cont(0.5) within group (
-            order by case when kind = 'complaint_opened' then hours end) as median_first_response,
-        sum(case when kind = 'complaint_closed' then 1 else 0 end) as complaints_closed,
-        sum(case when kind = 'complaint_closed' then flag_a else 0 end) as closed_within_sla,
-        percentile_cont(0.5) within group (
-            order by case when kind = 'complaint_closed' then hours end) as median_resolution,
-        sum(case when kind = 'contact' then 1 else 0 end) as contacts,
-        sum(case when kind = 'contact' then flag_a else 0 end) as contacts_responded,
-        sum(case when kind = 'points_earn' then amount else 0 end) as points_earned,
-        sum(case when kind = 'points_redeem' then amount else 0 end) as points_redeemed,
-        sum(case when kind = 'acquisition_spend' then amount else 0 end) as acquisition_spend
-    from facts_by_dimension
-    group by as_of_date, dimension, dimension_value
+        summed.*,
+        complaint_medians.median_first_response,
+        complaint_medians.median_resolution
+    from summed
+    left join complaint_medians
+        on summed.as_of_date = complaint_medians.as_of_date
+        and summed.dimension = complaint_medians.dimension
+        and summed.dimension_value = complaint_medians.dimension_value
 ),
 
 -- whether the source records complaints and marketing spend at all, by the day: a company
