@@ -36,6 +36,7 @@ from great_expectations.data_context.types.resource_identifiers import (
     ExpectationSuiteIdentifier,
     ValidationResultIdentifier,
 )
+from great_expectations.execution_engine import pandas_execution_engine
 
 RESULT_FORMAT = {
     "result_format": "COMPLETE",
@@ -67,6 +68,9 @@ class GxEngine:
     `now` is a suite parameter), so they are built once per process and reused."""
 
     def __init__(self) -> None:
+        # GX fingerprints every in-memory batch below this size by hashing all its values
+        # (a fifth of validation's time); a chunk is named by its extract batches instead
+        pandas_execution_engine.HASH_THRESHOLD = 0
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.datasource = self.context.data_sources.add_pandas("crm_raw")
@@ -227,7 +231,9 @@ class Agg:
             self.element_count += rows
             return
         self.success = self.success and bool(res.success)
-        self.element_count += int(result.get("element_count") or 0)
+        # every version of the chunk, as the cheap pass counts (GX counts only the rows of a
+        # row_condition here): the sum does not depend on how the versions were cut
+        self.element_count += rows if "element_count" in result else 0
         self.unexpected_count += int(result.get("unexpected_count") or 0)
         if "observed_value" in result:
             self.observed = result["observed_value"]

@@ -284,6 +284,7 @@ def normalise_config(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"validation config names unknown table(s): {', '.join(sorted(unknown))}")
     return {
         "chunk_rows": int(raw.get("chunk_rows") or 200_000),
+        "prescreen": bool(raw.get("prescreen", True)),
         "tables": tables,
         "extra_values": {k: list(v or []) for k, v in (raw.get("extra_values") or {}).items()},
     }

@@ -58,6 +58,7 @@ from great_expectations.core import ExpectationValidationResult
 from crm_pipeline import source_schema as ss
 from crm_pipeline.dates import end_of_day
 from crm_pipeline.dq_gx import Agg, DataDocs, gx_engine, suite_result
+from crm_pipeline.dq_prescreen import suspect_condition
 from crm_pipeline.dq_rules import (
     FOREIGN_KEYS,
     KIND_WORDS,
@@ -272,7 +273,7 @@ def _after(cols: tuple[str, ...], values: tuple[str, ...]) -> str:
 
 
 def _raw_chunks(
-    reader: sa.Connection, table: str, batch_list: str, chunk_rows: int
+    reader: sa.Connection, table: str, batch_list: str, chunk_rows: int, suspect: str = "true"
 ) -> Iterator[pd.DataFrame]:
     """The versions of the given batches, in chunks of about `chunk_rows`, every version of a
     key in one chunk, memory bounded by the chunk.
@@ -284,11 +285,19 @@ def _raw_chunks(
     spec = ss.SOURCE_TABLES[table]
     cols = f"{', '.join(spec.columns)}, _row_hash, _batch_id"
     order = f"{', '.join(spec.key)}, _batch_id, _row_hash"
-    where = f"_batch_id in ({batch_list})"
+    where = f"_batch_id in ({batch_list}) and ({suspect})"
     if reader.dialect.name != "duckdb":
-        sql = f"select {cols} from raw.{table} where {where} order by {order}"
+        sql = f"select {cols} from raw.{table} r where {where} order by {order}"
         yield from key_chunks(_read_sorted(reader, sql, chunk_rows), spec.key)
         return
+    duck = reader.connection.driver_connection  # temporary tables live on this connection
+    source = f"raw.{table}"
+    if suspect != "true":  # the screen once, then the few versions it let through
+        duck.execute(
+            f"create or replace temporary table _dq_suspects as "
+            f"select {cols} from raw.{table} r where {where}"
+        )
+        source, where = "_dq_suspects", "true"
     keys = ", ".join(spec.key)
     not_null = " and ".join(f"{k} is not null" for k in spec.key)
     bounds = [
@@ -296,7 +305,7 @@ def _raw_chunks(
         for r in reader.exec_driver_sql(
             f"""select {keys} from (
                 select {keys}, row_number() over (order by {keys}) as _n
-                from raw.{table} where {where} and {not_null}) ranked
+                from {source} r where {where} and {not_null}) ranked
             where _n % {int(chunk_rows)} = 0 order by _n"""
         ).fetchall()
     ]
@@ -309,11 +318,9 @@ def _raw_chunks(
             for lo, hi in zip(bounds, bounds[1:], strict=False)
         ]
         ranges += [f" and {_after(spec.key, bounds[-1])}", " and not (" + not_null + ")"]
-    dbapi = reader.connection.driver_connection
     for extra in ranges:
-        cur = dbapi.cursor()
-        cur.execute(f"select {cols} from raw.{table} where {where}{extra} order by {order}")
-        frame = cur.fetch_df()
+        duck.execute(f"select {cols} from {source} r where {where}{extra} order by {order}")
+        frame = duck.fetch_df()
         if len(frame):
             yield frame.astype(object).where(frame.notna(), None)
 
@@ -542,14 +549,28 @@ def _validate_table(
     _findings_table(conn)
     meta: dict[str, Any] = {}
     if out.batches:
-        for raw in _raw_chunks(reader, table, batch_list, cfg["chunk_rows"]):
-            frame = check_frame(table, raw, present, orphans)
-            results, meta = engine.run(row_suite, frame, params)
-            for agg, r in zip(aggs, results, strict=True):
-                agg.add(r, len(frame))
-            found = _Findings.collect(table, raw, results).frame
-            wh.bulk_load(conn, "_dq_findings", found)
+        # GX reads only the versions that could fail a rule (dq_prescreen); the others pass
+        # every expectation and are counted in below
+        suspect = (
+            suspect_condition(table, row_suite.expectations, params, orphans, batch_list)
+            if reader.dialect.name == "duckdb" and cfg.get("prescreen", True)
+            else "true"
+        )
+        total = reader.exec_driver_sql(
+            f"select count(*) from raw.{table} where _batch_id in ({batch_list})"
+        ).scalar_one()
+        chunks = _raw_chunks(reader, table, batch_list, cfg["chunk_rows"], suspect)
+        for raw in chunks if total else ():
+            meta = _check_chunk(wh, conn, engine, row_suite, aggs, table, raw, present, orphans, params)
             out.rows += len(raw)
+        if total and not out.rows:  # no suspect: the table-level checks still run, on no row
+            empty = pd.DataFrame(columns=[*spec.columns, "_row_hash", "_batch_id"])
+            meta = _check_chunk(wh, conn, engine, row_suite, aggs, table, empty, present, orphans, params)
+        for agg in aggs:
+            last = (agg.last.result or {}) if agg.last is not None else {}
+            if agg.exception is None and (not last or "element_count" in last):
+                agg.element_count += total - out.rows
+        out.rows = total
     # quarantine: row-level findings, and values staging could not cast
     out.quarantined = conn.exec_driver_sql(
         "select count(distinct row_hash) from _dq_findings"
@@ -633,6 +654,27 @@ def _validate_table(
         out.seconds,
     )
     return out
+
+
+def _check_chunk(
+    wh: Warehouse,
+    conn: sa.Connection,
+    engine: Any,
+    row_suite: Any,
+    aggs: list[Agg],
+    table: str,
+    raw: pd.DataFrame,
+    present: list[str],
+    orphans: dict[str, set[str]],
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """The row suite over one chunk of versions: results summed, findings kept; GX's meta."""
+    frame = check_frame(table, raw, present, orphans)
+    results, meta = engine.run(row_suite, frame, params)
+    for agg, r in zip(aggs, results, strict=True):
+        agg.add(r, len(frame))
+    wh.bulk_load(conn, "_dq_findings", _Findings.collect(table, raw, results).frame)
+    return meta
 
 
 def _profile(
