@@ -15,7 +15,10 @@ staging file, which only types and renames.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+
+import sqlalchemy as sa
 
 from crm_pipeline.extract import ensure_raw_tables
 from crm_pipeline.source_schema import SOURCE_TABLES, TABLE_ORDER
@@ -52,16 +55,108 @@ from versioned
 """
 
 
-def build_staging(wh: Warehouse) -> dict[str, int]:
-    """Rebuild every staging table in one transaction (all or none are replaced)."""
+def build_staging(wh: Warehouse, full: bool = False) -> dict[str, int]:
+    """Bring every staging table up to date with raw, in one transaction (all or none).
+
+    A staging table is a function of its raw versions minus the held ones, key by key (the
+    validity intervals never cross keys). So a night restages only the keys that changed:
+    those with a version in a batch newer than the last one staged, or with a version whose
+    quarantine hold began or ended since (the held set staged last is kept in
+    ops.staging_held). The table is rebuilt whole when it is missing, on `full`, or when its
+    SQL changed (ops.staging_state keeps a digest). Either way the rows are the same as a
+    rebuild from all of raw (tests/unit/test_staging.py).
+    """
     counts = {}
     with wh.begin() as conn:
         ensure_raw_tables(wh, conn)
+        _ensure_state(conn)
         for table in TABLE_ORDER:
+            qualified = f"staging.stg_{table}"
             sql = versioned_sql(wh.sql_file("staging", f"stg_{table}"), SOURCE_TABLES[table].key)
-            counts[f"staging.stg_{table}"] = wh.replace_table(conn, f"staging.stg_{table}", sql)
-    log.info("staging rebuilt: %s", counts)
+            digest = hashlib.md5(sql.encode(), usedforsecurity=False).hexdigest()
+            state = conn.execute(
+                sa.text(
+                    "select sql_md5, last_batch_id from ops.staging_state where table_name = :t"
+                ),
+                {"t": table},
+            ).first()
+            newest = conn.exec_driver_sql(
+                f"select coalesce(max(_batch_id), 0) from raw.{table}"
+            ).scalar_one()
+            if full or state is None or state[0] != digest or not wh.table_exists(conn, qualified):
+                counts[qualified] = wh.replace_table(conn, qualified, sql)
+                how = "rebuilt"
+            else:
+                restaged = _restage_changed_keys(wh, conn, table, sql, int(state[1]))
+                counts[qualified] = conn.exec_driver_sql(
+                    f"select count(*) from {qualified}"
+                ).scalar_one()
+                how = f"{restaged:,} key(s) restaged"
+            log.info("%s: %s, %d rows", qualified, how, counts[qualified])
+            conn.execute(sa.text("delete from ops.staging_state where table_name = :t"), {"t": table})
+            conn.execute(
+                sa.text("insert into ops.staging_state values (:t, :d, :b)"),
+                {"t": table, "d": digest, "b": int(newest)},
+            )
+            conn.execute(sa.text("delete from ops.staging_held where table_name = :t"), {"t": table})
+            conn.execute(
+                sa.text(
+                    "insert into ops.staging_held select table_name, row_hash "
+                    "from quarantine.held_rows where table_name = :t"
+                ),
+                {"t": table},
+            )
+    log.info("staging up to date: %s", counts)
     return counts
+
+
+def _ensure_state(conn: sa.Connection) -> None:
+    conn.exec_driver_sql(
+        "create table if not exists ops.staging_state ("
+        "table_name varchar not null, sql_md5 varchar not null, last_batch_id bigint not null)"
+    )
+    conn.exec_driver_sql(
+        "create table if not exists ops.staging_held ("
+        "table_name varchar not null, row_hash varchar not null)"
+    )
+
+
+def _restage_changed_keys(
+    wh: Warehouse, conn: sa.Connection, table: str, sql: str, last_batch_id: int
+) -> int:
+    """Replace the staged versions of the keys that changed since `last_batch_id`."""
+    key = SOURCE_TABLES[table].key
+    keys = ", ".join(key)
+    conn.exec_driver_sql("drop table if exists _stage_keys")
+    conn.execute(
+        sa.text(
+            f"""create temporary table _stage_keys as
+            select distinct {keys} from raw.{table}
+            where _batch_id > :last or _row_hash in (
+                (select row_hash from quarantine.held_rows where table_name = :t
+                 except select row_hash from ops.staging_held where table_name = :t)
+                union
+                (select row_hash from ops.staging_held where table_name = :t
+                 except select row_hash from quarantine.held_rows where table_name = :t))"""
+        ),
+        {"last": last_batch_id, "t": table},
+    )
+    changed = conn.exec_driver_sql("select count(*) from _stage_keys").scalar_one()
+    if changed:
+        same = " and ".join(f"k.{c} is not distinct from x.{c}" for c in key)
+        conn.exec_driver_sql(
+            f"delete from staging.stg_{table} x where exists (select 1 from _stage_keys k where {same})"
+        )
+        source = f"raw.{table}"
+        assert sql.count(source) == 1, f"staging SQL of {table} must read {source} once"
+        affected = (
+            f"(select x.* from {source} x where exists "
+            f"(select 1 from _stage_keys k where {same})) as changed_rows"
+        )
+        insert = f"insert into staging.stg_{table} {sql.replace(source, affected)}"
+        conn.exec_driver_sql(wh.render(insert))
+    conn.exec_driver_sql("drop table if exists _stage_keys")
+    return changed
 
 
 def build_marts(

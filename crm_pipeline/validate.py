@@ -7,7 +7,9 @@ read in chunks of `chunk_rows` versions, every version of a key in a batch in th
 (the uniqueness check stays exact), so memory is bounded by the chunk: PostgreSQL streams one
 key-sorted query through a server-side cursor, DuckDB reads key ranges.
 
-Each chunk goes through the table's row suite (`<table>.rows`; GX 1.x: an ephemeral context,
+On DuckDB a SQL screen (`dq_prescreen`) first keeps only the versions some rule could
+flag; the others pass every expectation by construction and are counted in. Each chunk of
+what is left goes through the table's row suite (`<table>.rows`; GX 1.x: an ephemeral context,
 a pandas datasource, a dataframe asset, a whole-dataframe batch definition, a
 ValidationDefinition; a cheap BOOLEAN_ONLY pass, then result_format COMPLETE keyed by
 `_row_hash` for the expectations that failed). The frame holds every contract column typed
