@@ -639,17 +639,33 @@ def contributions(model: ChurnModel, features: pd.DataFrame, threads: int = 1) -
             cols = [c for c in cols if c in x.columns]
             if not cols:
                 continue
+            # a customer whose values already are the reference ones gets exactly 0: only
+            # the others are scored again (most have no complaint, survey or campaign)
+            differs = np.zeros(len(x), dtype=bool)
             replaced = x.copy()
             for c in cols:
                 if isinstance(replaced[c].dtype, pd.CategoricalDtype):
                     value = ref[c] if isinstance(ref[c], str) else None
+                    differs |= ~_same(x[c].astype(object), value)
                     replaced[c] = pd.Categorical(
                         [value] * len(replaced), categories=replaced[c].cat.categories
                     )
                 else:
+                    differs |= ~_same(x[c], ref[c])
                     replaced[c] = ref[c]
-            out[group] = base - model.classifier.decision_function(replaced)
+            contribution = np.zeros(len(x))
+            if differs.any():
+                rows = replaced[differs]
+                contribution[differs] = base[differs] - model.classifier.decision_function(rows)
+            out[group] = contribution
     return pd.DataFrame(out, index=features.index)
+
+
+def _same(values: pd.Series, reference: Any) -> np.ndarray:
+    """Where a column already holds the reference value (missing equals missing)."""
+    if reference is None or (isinstance(reference, float) and np.isnan(reference)):
+        return values.isna().to_numpy()
+    return (values == reference).fillna(False).to_numpy(dtype=bool)
 
 
 def top_reasons(
