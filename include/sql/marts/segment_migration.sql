@@ -3,12 +3,21 @@ with as_of as (
     select as_of_date, as_of_date - 30 as before_date from as_of_dates
 ),
 
+-- the days compared and the days 30 before them, not the whole history
+position_dates as (
+    select as_of_date from as_of
+    union
+    select before_date from as_of
+),
+
 positions as (
     select as_of_date, customer_id, 'segment' as dimension, segment as position
     from marts.customer_rfm
+    where as_of_date in (select as_of_date from position_dates)
     union all
     select as_of_date, customer_id, 'tier', tier
     from marts.customer_value_tier
+    where as_of_date in (select as_of_date from position_dates)
 ),
 
 -- a date is compared only when the snapshot 30 days before it was built
