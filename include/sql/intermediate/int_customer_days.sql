@@ -1,27 +1,96 @@
 -- grain: one row per as_of_date and customer with a completed purchase in the 365 days ending at as_of_date, in the state at the end of as_of_date: the purchase windows the snapshot marts read
 with as_of as (
-    select
-        as_of_date,
-        as_of_date - date '1900-01-01' as day_no
-    from as_of_dates
+    select as_of_date from as_of_dates
 ),
 
 order_versions as (
     select * from int_order_versions
 ),
 
--- versions valid on every day of the spine: their windows are frames over the order dates,
--- so the work grows with orders and customer days, not with orders times days
+-- versions valid on every day of the spine: only their order date decides in which of a
+-- day's windows they count (365 days, the RFM lookback, 90 days, d-119 .. d-30)
 stable_orders as (
     select
         customer_id,
-        order_date - date '1900-01-01' as day_no,
-        1 as orders,
+        order_date,
         net_amount,
         margin_amount
     from order_versions
     where is_stable
         and order_date > {{ date_from }} - 365
+),
+
+-- the orders inside a window on every day of the spine, summed once per customer (on a
+-- one-day spine that is all of them: a night is one pass over the year's orders)
+stable_core as (
+    select
+        customer_id,
+        sum(case when order_date between {{ date_to }} - 364 and {{ date_from }} then 1 else 0 end)
+            as orders_365d,
+        sum(case when order_date between {{ date_to }} - 364 and {{ date_from }}
+            then net_amount else 0 end) as revenue_365d,
+        sum(case when order_date between {{ date_to }} - 364 and {{ date_from }}
+            then margin_amount else 0 end) as margin_365d,
+        sum(case when order_date between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
+            then 1 else 0 end) as orders_rfm,
+        sum(case when order_date between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
+            then net_amount else 0 end) as net_rfm,
+        max(case when order_date between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
+            then order_date end) as last_order_rfm,
+        sum(case when order_date between {{ date_to }} - 89 and {{ date_from }} then 1 else 0 end)
+            as orders_90d,
+        sum(case when order_date between {{ date_to }} - 119 and {{ date_from }} - 30
+            then 1 else 0 end) as orders_start
+    from stable_orders
+    group by customer_id
+),
+
+-- the orders that enter or leave a window inside the spine, day by day (a few days' worth)
+stable_edges as (
+    select
+        as_of.as_of_date,
+        stable_orders.customer_id,
+        sum(case when stable_orders.order_date between as_of.as_of_date - 364 and as_of.as_of_date
+            and stable_orders.order_date not between {{ date_to }} - 364 and {{ date_from }}
+            then 1 else 0 end) as orders_365d,
+        sum(case when stable_orders.order_date between as_of.as_of_date - 364 and as_of.as_of_date
+            and stable_orders.order_date not between {{ date_to }} - 364 and {{ date_from }}
+            then stable_orders.net_amount else 0 end) as revenue_365d,
+        sum(case when stable_orders.order_date between as_of.as_of_date - 364 and as_of.as_of_date
+            and stable_orders.order_date not between {{ date_to }} - 364 and {{ date_from }}
+            then stable_orders.margin_amount else 0 end) as margin_365d,
+        sum(case when stable_orders.order_date
+            between as_of.as_of_date - {{ rfm_frame_days }} and as_of.as_of_date
+            and stable_orders.order_date
+            not between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
+            then 1 else 0 end) as orders_rfm,
+        sum(case when stable_orders.order_date
+            between as_of.as_of_date - {{ rfm_frame_days }} and as_of.as_of_date
+            and stable_orders.order_date
+            not between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
+            then stable_orders.net_amount else 0 end) as net_rfm,
+        max(case when stable_orders.order_date
+            between as_of.as_of_date - {{ rfm_frame_days }} and as_of.as_of_date
+            then stable_orders.order_date end) as last_order_rfm,
+        sum(case when stable_orders.order_date between as_of.as_of_date - 89 and as_of.as_of_date
+            and stable_orders.order_date not between {{ date_to }} - 89 and {{ date_from }}
+            then 1 else 0 end) as orders_90d,
+        sum(case when stable_orders.order_date
+            between as_of.as_of_date - 119 and as_of.as_of_date - 30
+            and stable_orders.order_date not between {{ date_to }} - 119 and {{ date_from }} - 30
+            then 1 else 0 end) as orders_start
+    from as_of
+    inner join stable_orders
+        on stable_orders.order_date <= as_of.as_of_date
+    -- the bands where an order enters or leaves a window inside the spine
+    where stable_orders.order_date between {{ date_from }} + 1 and {{ date_to }}
+        or stable_orders.order_date between {{ date_from }} - 364 and {{ date_to }} - 365
+        or stable_orders.order_date
+        between {{ date_from }} - {{ rfm_frame_days }} and {{ date_to }} - {{ rfm_frame_days }} - 1
+        or stable_orders.order_date between {{ date_from }} - 89 and {{ date_to }} - 90
+        or stable_orders.order_date between {{ date_from }} - 119 and {{ date_to }} - 120
+        or stable_orders.order_date between {{ date_from }} - 29 and {{ date_to }} - 30
+    group by as_of.as_of_date, stable_orders.customer_id
 ),
 
 -- versions that become or stop being valid inside the spine (the orders changed in these
@@ -63,70 +132,49 @@ changing_windows as (
 ),
 
 customers as (
-    select customer_id from stable_orders
+    select customer_id from stable_core
     union
-    select customer_id from changing_orders
-),
-
--- each customer's stable orders and one row per day of the spine, in day order
-series as (
-    select customer_id, day_no, orders, net_amount, margin_amount, 0 as is_day
-    from stable_orders
-    union all
-    select customers.customer_id, as_of.day_no, 0, 0, 0, 1
-    from customers
-    cross join as_of
-),
-
-windowed as (
-    select
-        customer_id,
-        day_no,
-        is_day,
-        sum(orders) over w_365 as orders_365d,
-        sum(net_amount) over w_365 as revenue_365d,
-        sum(margin_amount) over w_365 as margin_365d,
-        sum(orders) over w_rfm as orders_rfm,
-        sum(net_amount) over w_rfm as net_rfm,
-        max(case when orders = 1 then day_no end) over w_rfm as last_order_day_rfm,
-        sum(orders) over w_90 as orders_90d,
-        sum(orders) over w_start as orders_start
-    from series
-    window
-        w_365 as (partition by customer_id order by day_no
-            range between 364 preceding and current row),
-        w_rfm as (partition by customer_id order by day_no
-            range between {{ rfm_frame_days }} preceding and current row),
-        w_90 as (partition by customer_id order by day_no
-            range between 89 preceding and current row),
-        w_start as (partition by customer_id order by day_no
-            range between 119 preceding and 30 preceding)
+    select customer_id from stable_edges
+    union
+    select customer_id from changing_windows
 ),
 
 combined as (
     select
         as_of.as_of_date,
-        windowed.customer_id,
-        cast(windowed.orders_365d + coalesce(changing_windows.orders_365d, 0) as bigint)
-            as purchases_365d,
-        windowed.revenue_365d + coalesce(changing_windows.revenue_365d, 0) as revenue_12m,
-        windowed.margin_365d + coalesce(changing_windows.margin_365d, 0) as margin_12m,
-        cast(windowed.orders_rfm + coalesce(changing_windows.orders_rfm, 0) as bigint)
-            as orders_rfm,
-        windowed.net_rfm + coalesce(changing_windows.net_rfm, 0) as net_rfm,
+        customers.customer_id,
+        cast(
+            coalesce(stable_core.orders_365d, 0) + coalesce(stable_edges.orders_365d, 0)
+            + coalesce(changing_windows.orders_365d, 0) as bigint
+        ) as purchases_365d,
+        coalesce(stable_core.revenue_365d, 0) + coalesce(stable_edges.revenue_365d, 0)
+        + coalesce(changing_windows.revenue_365d, 0) as revenue_12m,
+        coalesce(stable_core.margin_365d, 0) + coalesce(stable_edges.margin_365d, 0)
+        + coalesce(changing_windows.margin_365d, 0) as margin_12m,
+        cast(
+            coalesce(stable_core.orders_rfm, 0) + coalesce(stable_edges.orders_rfm, 0)
+            + coalesce(changing_windows.orders_rfm, 0) as bigint
+        ) as orders_rfm,
+        coalesce(stable_core.net_rfm, 0) + coalesce(stable_edges.net_rfm, 0)
+        + coalesce(changing_windows.net_rfm, 0) as net_rfm,
         greatest(
-            date '1900-01-01' + cast(windowed.last_order_day_rfm as integer),
+            stable_core.last_order_rfm, stable_edges.last_order_rfm,
             changing_windows.last_order_rfm
         ) as last_order_date_rfm,
-        windowed.orders_90d + coalesce(changing_windows.orders_90d, 0) as orders_90d,
-        windowed.orders_start + coalesce(changing_windows.orders_start, 0) as orders_start
-    from windowed
-    inner join as_of
-        on windowed.day_no = as_of.day_no
+        coalesce(stable_core.orders_90d, 0) + coalesce(stable_edges.orders_90d, 0)
+        + coalesce(changing_windows.orders_90d, 0) as orders_90d,
+        coalesce(stable_core.orders_start, 0) + coalesce(stable_edges.orders_start, 0)
+        + coalesce(changing_windows.orders_start, 0) as orders_start
+    from customers
+    cross join as_of
+    left join stable_core
+        on customers.customer_id = stable_core.customer_id
+    left join stable_edges
+        on as_of.as_of_date = stable_edges.as_of_date
+        and customers.customer_id = stable_edges.customer_id
     left join changing_windows
         on as_of.as_of_date = changing_windows.as_of_date
-        and windowed.customer_id = changing_windows.customer_id
-    where windowed.is_day = 1
+        and customers.customer_id = changing_windows.customer_id
 ),
 
 final as (
