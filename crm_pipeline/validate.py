@@ -219,6 +219,12 @@ def _held_count(conn: sa.Connection, table: str) -> int:
 def _auto_release_orphans(conn: sa.Connection, table: str, run_id: str, now: dt.datetime) -> int:
     """Release held orphan-FK versions of `table` whose parent has arrived since."""
     before = _held_count(conn, table)
+    held_orphans = conn.exec_driver_sql(
+        f"select count(*) from quarantine.rows where table_name = {_q(table)} "
+        "and substr(rule, 1, 3) = 'fk_' and released_at is null"
+    ).scalar_one()
+    if not held_orphans:  # nothing to release: no scan of the child and parent tables
+        return 0
     for col, parent in FOREIGN_KEYS.get(table, ()):
         pk = ss.SOURCE_TABLES[parent].key[0]
         conn.exec_driver_sql(
