@@ -6,10 +6,16 @@ history is one set-based pass that yields exactly the rows 90 nightly runs would
 range is replaced in one transaction (delete-insert), so a rerun or a backfill gives the
 same rows and a reader never sees half of it.
 
-Order inside the transaction: intermediate temp tables (completed purchases and customer
-attributes as of each day), then customer_rfm and customer_value_tier (the KPIs' tier and
-segment dimensions), then kpi_daily and segment_migration (which compares each day with
-30 days before, so a history build reaches 30 days further back for RFM and tiers).
+Order inside the transaction, per chunk of days: intermediate temp tables (`INTERMEDIATE`:
+the completed order versions valid in the chunk, the period's purchases, each customer's
+purchase windows per day, customer attributes per day), then customer_rfm and
+customer_value_tier (the KPIs' tier and segment dimensions), then kpi_daily and
+segment_migration (which compares each day with 30 days before, so a history build reaches
+30 days further back for RFM and tiers). The purchase windows (`int_customer_days`) sum the
+orders inside a window on every day of the chunk once per customer and count day by day
+only those entering or leaving it, so a chunk's cost grows with the orders and the customer
+days, not with orders times days; order versions that change inside the chunk are counted
+day by day.
 """
 
 from __future__ import annotations
