@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from crm_pipeline.extract import ensure_raw_tables
 from crm_pipeline.source_schema import SOURCE_TABLES, TABLE_ORDER
+from crm_pipeline.source_schema import metadata as source_metadata
 from crm_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ def build_staging(wh: Warehouse, full: bool = False) -> dict[str, int]:
     those with a version in a batch newer than the last one staged, or with a version whose
     quarantine hold began or ended since (the held set staged last is kept in
     ops.staging_held). The table is rebuilt whole when it is missing, on `full`, or when its
-    SQL changed (ops.staging_state keeps a digest). Either way the rows are the same as a
-    rebuild from all of raw (tests/unit/test_staging.py).
+    SQL changed (ops.staging_state keeps a digest), and always for a table whose key has a
+    typed column (`_text_key`). Either way the rows are the same as a rebuild from all of
+    raw (tests/unit/test_staging.py).
     """
     counts = {}
     with wh.begin() as conn:
@@ -83,7 +85,8 @@ def build_staging(wh: Warehouse, full: bool = False) -> dict[str, int]:
             newest = conn.exec_driver_sql(
                 f"select coalesce(max(_batch_id), 0) from raw.{table}"
             ).scalar_one()
-            if full or state is None or state[0] != digest or not wh.table_exists(conn, qualified):
+            whole = full or state is None or state[0] != digest or not _text_key(table)
+            if whole or not wh.table_exists(conn, qualified):
                 counts[qualified] = wh.replace_table(conn, qualified, sql)
                 how = "rebuilt"
             else:
@@ -108,6 +111,14 @@ def build_staging(wh: Warehouse, full: bool = False) -> dict[str, int]:
             )
     log.info("staging up to date: %s", counts)
     return counts
+
+
+def _text_key(table: str) -> bool:
+    """Keys are matched between raw (text) and staging (typed) as text: a typed key column
+    (order_lines.line_no, marketing_spend.spend_date) could match two raw spellings of one
+    value ('1', '01'), so those tables are rebuilt whole."""
+    columns = source_metadata.tables[table].c
+    return all(isinstance(columns[k].type, sa.String) for k in SOURCE_TABLES[table].key)
 
 
 def _ensure_state(conn: sa.Connection) -> None:
