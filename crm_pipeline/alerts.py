@@ -57,14 +57,14 @@ from crm_pipeline.evaluate import (
     read_frame,
 )
 from crm_pipeline.evaluate import finite_or_none as _f
-from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse import Warehouse, tables
 
 log = logging.getLogger(__name__)
 
 ALERTS_FILE = CONFIG_DIR / "alerts.yaml"
-HISTORY_TABLE = "ops.alert_history"
-RUNS_TABLE = "ops.alert_runs"
-OUTBOX_TABLE = "ops.alert_outbox"
+HISTORY_TABLE = tables.ALERT_HISTORY.name
+RUNS_TABLE = tables.ALERT_RUNS.name
+OUTBOX_TABLE = tables.ALERT_OUTBOX.name
 ALERTS_TABLE = "marts.alerts"
 SEVERITY_RANK = {"warning": 1, "breach": 2}
 NOTIFY_EVENTS = ("new", "escalated", "worse", "reminder", "resolved")
@@ -72,49 +72,9 @@ EVENT_ORDER = {"new": 0, "escalated": 1, "worse": 2, "reminder": 3, "resolved": 
 DIMENSION_ORDER = {"all": 0, "tier": 1, "segment": 2, "region": 3, "channel": 4}
 TIER_ORDER = {"vip": 0, "key": 1, "regular": 2, "small": 3, "unassigned": 4}
 
-HISTORY_COLUMNS: dict[str, str] = {
-    "as_of_date": "date",
-    "alert_id": "varchar",
-    "kpi": "varchar",
-    "dimension": "varchar",
-    "dimension_value": "varchar",
-    "severity": "varchar",
-    "state": "varchar",
-    "event": "varchar",
-    "message": "varchar",
-    "first_seen": "date",
-    "last_seen": "date",
-    "last_notified_at": "timestamp",
-    "last_notified_date": "date",
-    "value": "double precision",
-    "target": "double precision",
-    "baseline": "double precision",
-    "change_vs_baseline": "double precision",
-    "last_value_notified": "double precision",
-    "last_severity_notified": "varchar",
-    "message_id": "varchar",
-    "run_id": "varchar",
-}
-RUNS_COLUMNS = {
-    "as_of_date": "date",
-    "run_id": "varchar",
-    "firing": "integer",
-    "notified_items": "integer",
-    "message_id": "varchar",
-}
-OUTBOX_COLUMNS = {
-    "message_id": "varchar",
-    "as_of_date": "date",
-    "run_id": "varchar",
-    "subject": "varchar",
-    "sender": "varchar",
-    "recipients": "varchar",
-    "mime_text": "varchar",
-    "state": "varchar",  # pending | sending | sent | held
-    "attempts": "integer",
-    "last_error": "varchar",
-    "sent_at": "timestamp",
-}
+HISTORY_COLUMNS = tables.ALERT_HISTORY.columns
+RUNS_COLUMNS = tables.ALERT_RUNS.columns
+OUTBOX_COLUMNS = tables.ALERT_OUTBOX.columns
 
 
 class AlertDeliveryError(RuntimeError):
@@ -257,16 +217,8 @@ def resolve_recipients(
 
 
 # -- tables -----------------------------------------------------------------------------
-def _create(conn: sa.Connection, table: str, columns: Mapping[str, str]) -> None:
-    conn.exec_driver_sql(f"create schema if not exists {table.split('.')[0]}")
-    cols = ", ".join(f"{name} {kind}" for name, kind in columns.items())
-    conn.exec_driver_sql(f"create table if not exists {table} ({cols})")
-
-
 def ensure_tables(wh: Warehouse, conn: sa.Connection) -> None:
-    _create(conn, HISTORY_TABLE, HISTORY_COLUMNS)
-    _create(conn, RUNS_TABLE, RUNS_COLUMNS)
-    _create(conn, OUTBOX_TABLE, OUTBOX_COLUMNS)
+    wh.ensure(conn, tables.ALERT_HISTORY, tables.ALERT_RUNS, tables.ALERT_OUTBOX)
 
 
 ALERTS_SQL = f"""

@@ -46,12 +46,12 @@ import yaml
 
 from crm_pipeline.config import CONFIG_DIR
 from crm_pipeline.errors import ConfigError
-from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse import Warehouse, tables
 
 log = logging.getLogger(__name__)
 
 TARGETS_FILE = CONFIG_DIR / "targets.yaml"
-EVALUATION_TABLE = "marts.kpi_evaluation"
+EVALUATION_TABLE = tables.KPI_EVALUATION.name
 HIGHER = "higher_is_better"
 LOWER = "lower_is_better"
 STATUSES = ("ok", "warn", "breach", "not_evaluated")
@@ -91,29 +91,7 @@ DIMENSION_INPUTS: dict[str, tuple[str, ...]] = {
 }
 UNUSABLE_STATUSES = ("failed", "stale")  # 'quarantined' = bad rows held aside, table usable
 
-EVALUATION_COLUMNS: dict[str, str] = {
-    "as_of_date": "date",
-    "kpi": "varchar",
-    "dimension": "varchar",
-    "dimension_value": "varchar",
-    "value": "double precision",
-    "target": "double precision",
-    "direction": "varchar",
-    "status": "varchar",
-    "baseline": "double precision",
-    "change_vs_baseline": "double precision",
-    "baseline_low": "double precision",
-    "baseline_high": "double precision",
-    "baseline_days": "integer",
-    "n": "double precision",
-    "interval_low": "double precision",
-    "interval_high": "double precision",
-    "target_breached": "boolean",
-    "unusual_move": "boolean",
-    "flagged": "boolean",
-    "reason": "varchar",
-    "run_id": "varchar",
-}
+EVALUATION_COLUMNS = tables.KPI_EVALUATION.columns
 
 
 # -- configuration ----------------------------------------------------------------------
@@ -684,9 +662,7 @@ def _evaluation_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def ensure_evaluation_table(wh: Warehouse, conn: sa.Connection) -> None:
-    conn.exec_driver_sql("create schema if not exists marts")
-    cols = ", ".join(f"{name} {kind}" for name, kind in EVALUATION_COLUMNS.items())
-    conn.exec_driver_sql(f"create table if not exists {EVALUATION_TABLE} ({cols})")
+    wh.ensure(conn, tables.KPI_EVALUATION)
 
 
 def write_evaluation(

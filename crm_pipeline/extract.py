@@ -31,57 +31,17 @@ from crm_pipeline.config import normalise_url
 from crm_pipeline.dates import naive_utc
 from crm_pipeline.errors import PipelineStop
 from crm_pipeline.source_schema import OPTIONAL_TABLES, SOURCE_TABLES
-from crm_pipeline.warehouse import SCHEMAS, Warehouse
+from crm_pipeline.warehouse import Warehouse, tables
 
 log = logging.getLogger(__name__)
 
 TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-META_COLUMNS = ("_row_hash", "_batch_id")
 NULL_TOKEN = "\\N"
 
 
 class SourceSchemaError(PipelineStop):
     """The source table is missing or has lost its key or `updated_at`: a broken source
     contract, which no retry mends."""
-
-
-def ensure_raw_tables(wh: Warehouse, conn: sa.Connection) -> None:
-    """Create the raw and bookkeeping tables if this warehouse is new."""
-    for schema in SCHEMAS:
-        conn.exec_driver_sql(f"create schema if not exists {schema}")
-    conn.exec_driver_sql("create sequence if not exists ops.batch_id_seq")
-    conn.exec_driver_sql(
-        """create table if not exists ops.watermarks (
-            table_name varchar primary key, watermark varchar not null, batch_id bigint not null)"""
-    )
-    conn.exec_driver_sql(
-        """create table if not exists ops.extract_batches (
-            batch_id bigint primary key, table_name varchar not null, run_id varchar not null,
-            as_of_date date not null, watermark_from varchar, watermark_to varchar,
-            rows_read bigint not null, new_versions bigint not null,
-            source_columns varchar not null, missing_columns varchar not null)"""
-    )
-    conn.exec_driver_sql(
-        """create table if not exists quarantine.rows (
-            table_name varchar not null, row_key varchar not null, row_hash varchar not null,
-            rule varchar not null, column_name varchar, value varchar,
-            as_of_date date not null, run_id varchar not null,
-            released_at timestamp, release_run_id varchar)"""
-    )
-    conn.exec_driver_sql(
-        """create or replace view quarantine.held_rows as
-        select distinct table_name, row_hash from quarantine.rows where released_at is null"""
-    )
-    for spec in SOURCE_TABLES.values():
-        cols = ", ".join(f"{c} varchar" for c in spec.columns)
-        conn.exec_driver_sql(
-            f"create table if not exists raw.{spec.name} "
-            f"({cols}, _row_hash varchar not null, _batch_id bigint not null)"
-        )
-        if wh.dialect == "postgresql":
-            conn.exec_driver_sql(
-                f"create index if not exists {spec.name}_row_hash_idx on raw.{spec.name} (_row_hash)"
-            )
 
 
 def extract_table(
@@ -117,7 +77,7 @@ def extract_table(
             )
         pulled = [c for c in spec.columns if c in present]
         with wh.begin() as conn:
-            ensure_raw_tables(wh, conn)
+            wh.ensure(conn)
             watermark = conn.exec_driver_sql(
                 f"select watermark from ops.watermarks where table_name = '{table}'"
             ).scalar()
@@ -174,7 +134,7 @@ def _absent(wh: Warehouse, table: str, source: sa.Engine) -> dict[str, Any]:
     Only while the warehouse has never stored a row of it: a table that had rows and is
     gone is a broken source, not a company without that data."""
     with wh.begin() as conn:
-        ensure_raw_tables(wh, conn)
+        wh.ensure(conn)
         stored = conn.exec_driver_sql(f"select count(*) from raw.{table}").scalar_one()
     if stored:
         raise SourceSchemaError(
@@ -193,9 +153,7 @@ def _reflect(engine: sa.Engine, table: str) -> sa.Table:
 
 
 def _create_incoming(conn: sa.Connection, wh: Warehouse, columns: Iterable[str]) -> None:
-    cols = ", ".join(f"{c} varchar" for c in columns)
-    conn.exec_driver_sql("drop table if exists _incoming")
-    conn.exec_driver_sql(f"create temporary table _incoming ({cols})")
+    wh.create_temp(conn, tables.incoming(list(columns)))
 
 
 def _load_arrow(

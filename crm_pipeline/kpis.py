@@ -31,7 +31,6 @@ import sqlalchemy as sa
 from crm_pipeline.config import settings
 from crm_pipeline.dates import end_of_day
 from crm_pipeline.errors import ConfigError
-from crm_pipeline.extract import ensure_raw_tables
 from crm_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -124,8 +123,8 @@ def build_snapshots(
         raise ValueError(f"empty range {date_from} .. {date_to}")
     counts = dict.fromkeys((f"marts.{m}" for m in SNAPSHOT_MARTS), 0)
     with wh.begin() as conn:
-        ensure_raw_tables(wh, conn)
-        _temp_from_frame(wh, conn, "rfm_segment_map", segment_map(config), SEGMENT_MAP_TYPES)
+        wh.ensure(conn)
+        wh.temp_table(conn, "rfm_segment_map", segment_map(config), SEGMENT_MAP_TYPES)
         plan = [(lo, hi, SNAPSHOT_MARTS) for lo, hi in _chunks(date_from, date_to, chunk_days)]
         # the days 30 before the range that are not built yet get RFM and tiers first: the
         # positions segment_migration and the churn / retention cohorts start from
@@ -226,18 +225,4 @@ def _date_spine(wh: Warehouse, conn: sa.Connection, date_from: dt.date, date_to:
         "as_of_date": [d.date() for d in days],
         "as_of_end": [end_of_day(d.date()) for d in days],
     })
-    _temp_from_frame(wh, conn, "as_of_dates", frame, {"as_of_date": "date", "as_of_end": "timestamp"})
-
-
-def _temp_from_frame(
-    wh: Warehouse, conn: sa.Connection, name: str, frame: pd.DataFrame,
-    types: dict[str, str] | None = None,
-) -> None:
-    types = types or {
-        c: "integer" if pd.api.types.is_integer_dtype(frame[c]) else "varchar" for c in frame.columns
-    }
-    conn.exec_driver_sql(f"drop table if exists {name}")
-    conn.exec_driver_sql(
-        f"create temporary table {name} ({', '.join(f'{c} {t}' for c, t in types.items())})"
-    )
-    wh.bulk_load(conn, name, frame)
+    wh.temp_table(conn, "as_of_dates", frame, {"as_of_date": "date", "as_of_end": "timestamp"})

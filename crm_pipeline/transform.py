@@ -20,10 +20,9 @@ import logging
 
 import sqlalchemy as sa
 
-from crm_pipeline.extract import ensure_raw_tables
 from crm_pipeline.source_schema import SOURCE_TABLES, TABLE_ORDER
 from crm_pipeline.source_schema import metadata as source_metadata
-from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse import Warehouse, tables
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,7 @@ def build_staging(wh: Warehouse, full: bool = False) -> dict[str, int]:
     """
     counts = {}
     with wh.begin() as conn:
-        ensure_raw_tables(wh, conn)
-        _ensure_state(conn)
+        wh.ensure(conn, tables.STAGING_STATE, tables.STAGING_HELD)
         for table in TABLE_ORDER:
             qualified = f"staging.stg_{table}"
             sql = versioned_sql(wh.sql_file("staging", f"stg_{table}"), SOURCE_TABLES[table].key)
@@ -121,17 +119,6 @@ def _text_key(table: str) -> bool:
     return all(isinstance(columns[k].type, sa.String) for k in SOURCE_TABLES[table].key)
 
 
-def _ensure_state(conn: sa.Connection) -> None:
-    conn.exec_driver_sql(
-        "create table if not exists ops.staging_state ("
-        "table_name varchar not null, sql_md5 varchar not null, last_batch_id bigint not null)"
-    )
-    conn.exec_driver_sql(
-        "create table if not exists ops.staging_held ("
-        "table_name varchar not null, row_hash varchar not null)"
-    )
-
-
 def _restage_changed_keys(
     wh: Warehouse, conn: sa.Connection, table: str, sql: str, last_batch_id: int
 ) -> int:
@@ -178,11 +165,11 @@ def build_marts(
     These tables hold one state, the latest: a backfill of an earlier day leaves a newer
     state in place (its snapshot marts are what it rebuilds), unless `allow_rollback`.
     """
-    if "dim_customer" in names:
-        _ensure_model_tables(wh)
     counts = {}
     with wh.begin() as conn:
-        ensure_raw_tables(wh, conn)
+        # dim_customer reads the latest published CLV and churn risk: before the models
+        # first pass their gate, those marts are there and empty
+        wh.ensure(conn, *(tables.MODEL_TABLES if "dim_customer" in names else ()))
         for name in names:
             table = f"marts.{name}"
             newer = _built_for(wh, conn, table)
@@ -201,13 +188,3 @@ def _built_for(wh: Warehouse, conn, table: str) -> dt.date | None:
     if not wh.table_exists(conn, table):
         return None
     return conn.exec_driver_sql(f"select max(as_of_date) from {table}").scalar()
-
-
-def _ensure_model_tables(wh: Warehouse) -> None:
-    """dim_customer reads the latest published CLV; before any models run that is none."""
-    with wh.begin() as conn:
-        missing = not wh.table_exists(conn, "marts.customer_clv")
-    if missing:
-        from crm_pipeline.models.nightly import ensure_tables
-
-        ensure_tables(wh)

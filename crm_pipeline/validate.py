@@ -74,8 +74,8 @@ from crm_pipeline.dq_rules import (
     table_expectations,
 )
 from crm_pipeline.errors import PipelineStop
-from crm_pipeline.extract import ensure_raw_tables
 from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse import tables as declared
 
 log = logging.getLogger(__name__)
 
@@ -142,26 +142,7 @@ def _n(x: int | float) -> str:
 
 
 def ensure_dq_tables(wh: Warehouse, conn: sa.Connection) -> None:
-    ensure_raw_tables(wh, conn)
-    conn.exec_driver_sql(
-        """create table if not exists ops.validated_batches (
-            batch_id bigint not null, table_name varchar not null, run_id varchar not null,
-            as_of_date date not null, status varchar not null, rows_validated bigint,
-            quarantined bigint, validated_at timestamp)"""
-    )
-    conn.exec_driver_sql(
-        """create table if not exists ops.dq_results (
-            run_id varchar not null, as_of_date date not null, table_name varchar not null,
-            expectation varchar not null, column_name varchar, level varchar not null,
-            success boolean not null, observed_value varchar, unexpected_count bigint,
-            element_count bigint, rule varchar not null, suite varchar not null)"""
-    )
-    conn.exec_driver_sql(
-        """create table if not exists ops.table_status (
-            as_of_date date not null, table_name varchar not null, status varchar not null,
-            run_id varchar not null, detail varchar, rows_validated bigint, quarantined bigint,
-            validated_at timestamp)"""
-    )
+    wh.ensure(conn, declared.VALIDATED_BATCHES, declared.DQ_RESULTS, declared.TABLE_STATUS)
 
 
 def _q(value: str) -> str:
@@ -457,12 +438,8 @@ class _TableOutcome:
         }
 
 
-def _findings_table(conn: sa.Connection) -> None:
-    conn.exec_driver_sql("drop table if exists _dq_findings")
-    conn.exec_driver_sql(
-        """create temporary table _dq_findings (table_name varchar, row_key varchar,
-            row_hash varchar, rule varchar, column_name varchar, value varchar, level varchar)"""
-    )
+def _findings_table(wh: Warehouse, conn: sa.Connection) -> None:
+    wh.create_temp(conn, declared.DQ_FINDINGS)
 
 
 def _real_nights(table: str, before_batch: int | None) -> str:
@@ -554,7 +531,7 @@ def _validate_table(
         for col, parent in FOREIGN_KEYS.get(table, ())
         if col in present
     }
-    _findings_table(conn)
+    _findings_table(wh, conn)
     meta: dict[str, Any] = {}
     if out.batches:
         # GX reads only the versions that could fail a rule (dq_prescreen); the others pass
@@ -1118,9 +1095,8 @@ def release_quarantine(
             missing = {c for r in missing_sql for c in (r[0] or "").split(",") if c}
             present = [c for c in spec.columns if c not in missing]
             suite = engine.suite(f"{name}.rows", row_expectations(name, present, cfg))
-            conn.exec_driver_sql("drop table if exists _dq_probe")
-            conn.exec_driver_sql("create temporary table _dq_probe (row_hash varchar)")
-            _findings_table(conn)
+            wh.create_temp(conn, declared.DQ_PROBE)
+            _findings_table(wh, conn)
             step = cfg["chunk_rows"]
             for i in range(0, len(hashes), step):
                 conn.exec_driver_sql("delete from _dq_probe")
@@ -1143,8 +1119,7 @@ def release_quarantine(
                 orphans = {}
                 for col, parent in FOREIGN_KEYS.get(name, ()):
                     if col in present:
-                        conn.exec_driver_sql("drop table if exists _dq_values")
-                        conn.exec_driver_sql("create temporary table _dq_values (v varchar)")
+                        wh.create_temp(conn, declared.DQ_VALUES)
                         wh.bulk_load(
                             conn,
                             "_dq_values",

@@ -45,7 +45,6 @@ interactions between groups are split arbitrarily), documented in docs/models.md
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 import math
 import time
@@ -76,44 +75,6 @@ MODEL_FEATURES = ("p_alive", "expected_purchases_90")
 # --------------------------------------------------------------------------------------
 
 
-def query_frame(wh: Warehouse, conn: sa.Connection, sql: str) -> pd.DataFrame:
-    """Run a rendered select and return it as a DataFrame, the fast way per engine.
-
-    DuckDB hands over its result as columns; PostgreSQL streams it with COPY as CSV, read
-    as text, then converted by the column types the server reports (so a text id such as
-    '00123' stays text).
-    """
-    if wh.dialect == "duckdb":
-        frame = conn.connection.driver_connection.execute(sql).df()
-        for col in frame.columns:
-            if frame[col].dtype == object or str(frame[col].dtype).startswith("str"):
-                frame[col] = frame[col].astype(object)
-        return frame
-    if wh.dialect != "postgresql":
-        result = conn.exec_driver_sql(sql)
-        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    cur = conn.connection.driver_connection.cursor()
-    sql = sql.replace("%%", "%")  # render() doubled it for exec_driver_sql; COPY takes it raw
-    cur.execute(f"select * from ({sql}) as q limit 0")
-    types = [(d.name, d.type_code) for d in cur.description]
-    buf = io.StringIO()
-    cur.copy_expert(f"copy ({sql}) to stdout with (format csv, header true, null '\\N')", buf)
-    buf.seek(0)
-    frame = pd.read_csv(buf, dtype=str, keep_default_na=False, na_values=["\\N"])
-    for name, oid in types:
-        if oid in (20, 21, 23, 700, 701, 1700):
-            frame[name] = pd.to_numeric(frame[name]).astype(float if oid >= 700 else "Int64")
-            if oid < 700 and not frame[name].isna().any():
-                frame[name] = frame[name].astype(np.int64)
-        elif oid in (1082, 1114, 1184):
-            frame[name] = pd.to_datetime(frame[name])
-        elif oid == 16:
-            frame[name] = frame[name].map({"t": True, "f": False})
-        else:
-            frame[name] = frame[name].astype(object)
-    return frame
-
-
 def _temp_table(wh: Warehouse, conn: sa.Connection, name: str, sql: str, params: Mapping) -> None:
     conn.exec_driver_sql(f"drop table if exists {name}")
     conn.exec_driver_sql(f"create temporary table {name} as {wh.render(sql, params)}")
@@ -142,11 +103,11 @@ def read_cutoff(
     The temp table stays for the caller (e.g. holdout actuals read it right after)."""
     params = {"as_of_date": cutoff, **tier_params}
     _temp_table(wh, conn, "model_orders", wh.sql_file("models", "model_orders"), params)
-    summary = query_frame(wh, conn, wh.render(wh.sql_file("models", "customer_summary"), params))
+    summary = wh.read_frame(conn, wh.render(wh.sql_file("models", "customer_summary"), params))
     summary = summary.sort_values("customer_id", kind="stable").reset_index(drop=True)
     features = None
     if with_features:
-        features = query_frame(wh, conn, wh.render(wh.sql_file("models", "churn_features"), params))
+        features = wh.read_frame(conn, wh.render(wh.sql_file("models", "churn_features"), params))
         features = features.sort_values("customer_id", kind="stable").reset_index(drop=True)
         # DuckDB averages doubles in parallel: the last bits may vary from run to run
         numeric = features.select_dtypes("number").columns
@@ -162,7 +123,7 @@ def read_labels(
     sql = wh.render(
         wh.sql_file("models", "churn_labels"), {"as_of_date": cutoff, "label_end": label_end}
     )
-    return set(query_frame(wh, conn, sql)["customer_id"].astype(str))
+    return set(wh.read_frame(conn, sql)["customer_id"].astype(str))
 
 
 def label(features: pd.DataFrame, buyers: set[str]) -> np.ndarray:

@@ -57,97 +57,16 @@ from crm_pipeline.errors import ConfigError, PipelineStop
 from crm_pipeline.kpis import tier_params
 from crm_pipeline.models import churn
 from crm_pipeline.models import clv as clv_model
-from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse import Warehouse, tables
 
 log = logging.getLogger(__name__)
 
 MODELS_FILE = CONFIG_DIR / "models.yaml"
-CLV_TABLE = "marts.customer_clv"
-CHURN_TABLE = "marts.customer_churn_risk"
-RUNS_TABLE = "ops.model_runs"
+CLV_TABLE = tables.CUSTOMER_CLV.name
+CHURN_TABLE = tables.CUSTOMER_CHURN_RISK.name
+RUNS_TABLE = tables.MODEL_RUNS.name
 MODEL_VERSION = "1"
 HOLDOUT_DAYS = 90
-
-RUNS_DDL = f"""
-create table if not exists {RUNS_TABLE} (
-    run_id varchar,
-    as_of_date date,
-    model varchar,
-    model_version varchar,
-    status varchar,
-    passed boolean,
-    published boolean,
-    params text,
-    metrics text,
-    checks text,
-    message text,
-    fit_seconds double precision,
-    n_customers integer,
-    recorded_at timestamp
-)
-"""
-
-MARTS_DDL = {
-    CLV_TABLE: f"""
-create table if not exists {CLV_TABLE} (
-    as_of_date date,
-    customer_id varchar,
-    frequency integer,
-    recency integer,
-    t integer,
-    monetary_value decimal(14, 2),
-    p_alive double precision,
-    expected_purchases double precision,
-    expected_avg_value decimal(14, 2),
-    margin_ratio double precision,
-    clv decimal(14, 2),
-    historic_value decimal(14, 2),
-    historic_margin decimal(14, 2),
-    horizon_days integer,
-    model_version varchar,
-    run_id varchar
-)
-""",
-    CHURN_TABLE: f"""
-create table if not exists {CHURN_TABLE} (
-    as_of_date date,
-    customer_id varchar,
-    churn_probability double precision,
-    risk_band varchar,
-    top_reasons varchar,
-    model_version varchar,
-    run_id varchar
-)
-""",
-}
-
-CLV_SCORES_COLUMNS = {
-    "customer_id": "varchar",
-    "frequency": "integer",
-    "recency": "integer",
-    "t": "integer",
-    "monetary_value": "double precision",
-    "p_alive": "double precision",
-    "expected_purchases": "double precision",
-    "expected_avg_value": "double precision",
-    "margin_ratio": "double precision",
-    "clv": "double precision",
-    "historic_value": "double precision",
-    "historic_margin": "double precision",
-    "horizon_days": "integer",
-    "model_version": "varchar",
-    "run_id": "varchar",
-}
-
-CHURN_SCORES_COLUMNS = {
-    "customer_id": "varchar",
-    "churn_probability": "double precision",
-    "risk_band": "varchar",
-    "top_reasons": "varchar",
-    "model_version": "varchar",
-    "run_id": "varchar",
-}
-
 
 #: The gate's groups: what is published together. CLV needs both of its models.
 GATED = {"clv": ("bgnbd", "gamma_gamma"), "churn": ("churn",)}
@@ -578,8 +497,7 @@ def run_models(
         if not wh.table_exists(conn, "staging.stg_orders"):
             raise RuntimeError("staging.stg_orders does not exist: run the staging step first")
         at_d = churn.read_cutoff(wh, conn, as_of_date, tiers)
-        actuals = churn.query_frame(
-            wh,
+        actuals = wh.read_frame(
             conn,
             wh.render(
                 wh.sql_file("models", "holdout_actuals"),
@@ -1008,28 +926,11 @@ def _previous_fits(
     return out
 
 
-def _create_tables(conn: sa.Connection) -> None:
-    conn.exec_driver_sql(RUNS_DDL)
-    for ddl in MARTS_DDL.values():
-        conn.exec_driver_sql(ddl)
-
-
 def ensure_tables(wh: Warehouse) -> None:
     """Create ops.model_runs, marts.customer_clv and marts.customer_churn_risk if missing
     (empty), for code that reads them before the models stage has ever run."""
-    wh.ensure_schemas()
     with wh.begin() as conn:
-        _create_tables(conn)
-
-
-def _temp_scores(
-    wh: Warehouse, conn: sa.Connection, name: str, columns: Mapping[str, str], frame: pd.DataFrame
-) -> None:
-    conn.exec_driver_sql(f"drop table if exists {name}")
-    conn.exec_driver_sql(
-        f"create temporary table {name} ({', '.join(f'{c} {t}' for c, t in columns.items())})"
-    )
-    wh.bulk_load(conn, name, frame[list(columns)])
+        wh.ensure(conn, *tables.MODEL_TABLES)
 
 
 def _record_and_publish(
@@ -1043,7 +944,6 @@ def _record_and_publish(
 ) -> dict[str, int]:
     """One transaction: the model_runs rows of this run (replacing a rerun's), and, when the
     gate passed, the day's partitions of the marts."""
-    wh.ensure_schemas()
     recorded_at = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     frame = pd.DataFrame(
         [
@@ -1070,7 +970,7 @@ def _record_and_publish(
     with wh.begin() as conn:
         # the marts exist (empty) from the first run on, published or not, so that queries
         # and dim_customer can join them before the first night passes the gate
-        _create_tables(conn)
+        wh.ensure(conn, *tables.MODEL_TABLES)
         conn.execute(
             sa.text(f"delete from {RUNS_TABLE} where run_id = :r and as_of_date = :d"),
             {"r": run_id, "d": as_of_date},
@@ -1079,15 +979,15 @@ def _record_and_publish(
         wh.bulk_load(conn, RUNS_TABLE, frame)
         params = {"as_of_date": as_of_date}
         if clv_rows is not None:
-            _temp_scores(wh, conn, "clv_scores_next", CLV_SCORES_COLUMNS, clv_rows)
+            wh.load_declared(conn, tables.CLV_SCORES, clv_rows)
             published[CLV_TABLE] = wh.replace_partition(
                 conn, CLV_TABLE, wh.sql_file("models", "customer_clv"), params
             )
-            conn.exec_driver_sql("drop table clv_scores_next")
+            conn.exec_driver_sql(f"drop table {tables.CLV_SCORES.name}")
         if churn_rows is not None:
-            _temp_scores(wh, conn, "churn_scores_next", CHURN_SCORES_COLUMNS, churn_rows)
+            wh.load_declared(conn, tables.CHURN_SCORES, churn_rows)
             published[CHURN_TABLE] = wh.replace_partition(
                 conn, CHURN_TABLE, wh.sql_file("models", "customer_churn_risk"), params
             )
-            conn.exec_driver_sql("drop table churn_scores_next")
+            conn.exec_driver_sql(f"drop table {tables.CHURN_SCORES.name}")
     return published

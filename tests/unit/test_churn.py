@@ -316,19 +316,3 @@ def test_risk_bands_and_calibration_error():
     y = np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0])
     assert churn.expected_calibration_error(y, np.full(10, 0.4)) == pytest.approx(0.0)
     assert churn.expected_calibration_error(y, np.full(10, 0.9)) == pytest.approx(0.5)
-
-
-def test_query_frame_keeps_types_on_both_engines(warehouse):
-    with warehouse.begin() as conn:
-        frame = churn.query_frame(
-            warehouse,
-            conn,
-            warehouse.render(
-                "select '00123' as id, cast(1.5 as double precision) as x, 2 as n, "
-                "date '2025-01-02' as day, cast(null as double precision) as missing, "
-                "'50%' as share"
-            ),
-        )
-    row = frame.iloc[0]
-    assert row["id"] == "00123" and row["x"] == 1.5 and row["n"] == 2 and row["share"] == "50%"
-    assert pd.Timestamp(row["day"]) == pd.Timestamp("2025-01-02") and pd.isna(row["missing"])

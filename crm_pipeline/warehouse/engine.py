@@ -15,7 +15,6 @@ SQL files are plain SQL with `{{ name }}` placeholders filled with typed literal
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 import os
 import re
@@ -31,6 +30,8 @@ from sqlalchemy.pool import NullPool
 
 from crm_pipeline.config import SQL_DIR, normalise_url
 from crm_pipeline.dates import end_of_day
+from crm_pipeline.warehouse import frames, tables
+from crm_pipeline.warehouse.tables import Table
 
 log = logging.getLogger(__name__)
 
@@ -191,35 +192,66 @@ class Warehouse:
         conn.exec_driver_sql("drop table _partition_next")
         return inserted
 
-    # -- bulk load -----------------------------------------------------------------
+    # -- frames and declared tables ------------------------------------------------
+    def read_frame(self, conn: sa.Connection, sql: str) -> pd.DataFrame:
+        """A rendered select as a DataFrame, the fast way per engine (warehouse.frames)."""
+        return frames.read_frame(self.dialect, conn, sql)
+
     def bulk_load(self, conn: sa.Connection, qualified: str, frame: pd.DataFrame) -> int:
         """Append a frame to an existing table by column name, the fastest way per engine."""
-        if frame.empty:
-            return 0
-        cols = ", ".join(frame.columns)
-        if self.dialect == "duckdb":
-            duck = conn.connection.driver_connection
-            duck.register("_bulk_frame", frame)
-            try:
+        return frames.load_frame(self.dialect, conn, qualified, frame)
+
+    def ensure(self, conn: sa.Connection, *declared: Table) -> None:
+        """Create the declared tables (warehouse.tables) that are missing, with their schema.
+
+        The foundation (raw versions, extraction ledger, quarantine) comes with every call:
+        each stage stands on it, and a stage run first on a new warehouse must find it."""
+        wanted = [*tables.FOUNDATION, *(t for t in declared if t not in tables.FOUNDATION)]
+        for schema in SCHEMAS:
+            conn.exec_driver_sql(f"create schema if not exists {schema}")
+        conn.exec_driver_sql("create sequence if not exists ops.batch_id_seq")
+        for table in wanted:
+            if table.temporary:
+                self.create_temp(conn, table)
+            else:
+                conn.exec_driver_sql(table.ddl())
+        conn.exec_driver_sql(
+            "create or replace view quarantine.held_rows as select distinct table_name, "
+            "row_hash from quarantine.rows where released_at is null"
+        )
+        if self.dialect == "postgresql":
+            for raw in tables.RAW.values():
+                name = raw.name.split(".")[1]
                 conn.exec_driver_sql(
-                    f"insert into {qualified} ({cols}) select {cols} from _bulk_frame"
+                    f"create index if not exists {name}_row_hash_idx on {raw.name} (_row_hash)"
                 )
-            finally:
-                duck.unregister("_bulk_frame")
-        elif self.dialect == "postgresql":
-            buf = io.StringIO()
-            frame.to_csv(buf, index=False, header=False, na_rep="\\N")
-            buf.seek(0)
-            cur = conn.connection.driver_connection.cursor()
-            cur.copy_expert(
-                f"copy {qualified} ({cols}) from stdin with (format csv, null '\\N')", buf
-            )
+
+    def create_temp(self, conn: sa.Connection, table: Table) -> None:
+        """A declared temporary table, new and empty (a previous one of the name dropped)."""
+        conn.exec_driver_sql(f"drop table if exists {table.name}")
+        conn.exec_driver_sql(table.ddl())
+
+    def temp_table(
+        self, conn: sa.Connection, name: str, frame: pd.DataFrame,
+        columns: Mapping[str, str] | None = None,
+    ) -> None:
+        """A temporary table holding the frame's rows, for SQL to join: of these columns
+        (name -> type), or of the frame's own (integers as integer, the rest as text)."""
+        columns = columns or {
+            c: "integer" if pd.api.types.is_integer_dtype(frame[c]) else "varchar"
+            for c in frame.columns
+        }
+        self.load_declared(conn, Table(name, columns, "a frame handed to SQL", temporary=True),
+                           frame)
+
+    def load_declared(self, conn: sa.Connection, table: Table, frame: pd.DataFrame) -> int:
+        """(Re)create a temporary declared table, or ensure a permanent one, and load the
+        frame's columns of it."""
+        if table.temporary:
+            self.create_temp(conn, table)
         else:
-            conn.execute(
-                sa.text(f"insert into {qualified} ({cols}) values ({', '.join(':' + c for c in frame.columns)})"),
-                frame.to_dict("records"),
-            )
-        return len(frame)
+            self.ensure(conn, table)
+        return self.bulk_load(conn, table.name, frame[table.column_names])
 
     def ensure_schemas(self) -> None:
         with self.begin() as conn:
