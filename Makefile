@@ -20,4 +20,4 @@ backfill:       ## one DAG run per day: make backfill FROM=YYYY-MM-DD TO=YYYY-MM
 	FROM=$(FROM) TO=$(TO) bash scripts/backfill.sh
 
 bench:          ## time a first build and a night at a scale: make bench SCALE=100000 [WAREHOUSE=postgresql://...]
-	bash scripts/bootstrap.sh && .venv/bin/python -m bench.run --scale $(or $(SCALE),100000) $(if $(WAREHOUSE),--warehouse $(WAREHOUSE)) --write
+	bash scripts/bootstrap.sh && .venv/bin/python -m bench.run --scale $(or $(SCALE),100000) $(if $(WAREHOUSE),--warehouse $(WAREHOUSE)) $(if $(SOURCE_CACHE),--source-cache $(SOURCE_CACHE)) --write

@@ -157,3 +157,33 @@ def test_an_optional_table_the_source_lacks_reads_as_empty_until_it_disappears(
     with pytest.raises(SourceSchemaError, match=r"surveys does not exist.*holds 1 rows") as caught:
         extract_table(source, warehouse, "surveys", DAY, "run-2")
     assert isinstance(caught.value, PipelineStop)  # no retry mends a dropped table
+
+
+def test_the_same_version_pulled_twice_is_stored_once(tmp_path, warehouse):
+    """A source without a key constraint can hand over one row twice, within a pull and
+    across pulls: raw keeps each version once, and a version seen twice in one pull goes
+    through the deduplicating path (only those, on DuckDB)."""
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    engine = sa.create_engine(url)
+    row = ("'{id}', 'C1', '2025-03-01 10:00:00', 'csat', {score}, null, null, "
+           "'2025-03-0{day} 10:00:00.000000'")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("create table surveys (response_id text, customer_id text, "
+                             "responded_at text, survey_type text, score integer, comment text, "
+                             "order_id text, updated_at text)")
+        for values in (("S1", 5, 1), ("S1", 5, 1), ("S2", 4, 1), ("S1", 3, 2)):
+            conn.exec_driver_sql("insert into surveys values ("
+                                 + row.format(id=values[0], score=values[1], day=values[2]) + ")")
+    first = extract_table(url, warehouse, "surveys", DAY, "run-1")
+    assert (first["rows_read"], first["new_versions"]) == (4, 3)
+    with engine.begin() as conn:  # the same rows again, plus a new one twice
+        for values in (("S3", 2, 3), ("S3", 2, 3)):
+            conn.exec_driver_sql("insert into surveys values ("
+                                 + row.format(id=values[0], score=values[1], day=values[2]) + ")")
+    second = extract_table(url, warehouse, "surveys", DAY, "run-2")
+    assert second["new_versions"] == 1
+    rows = raw_rows(warehouse, "surveys", "response_id, score, _row_hash")
+    assert [r[:2] for r in rows] == [("S1", "5"), ("S1", "3"), ("S2", "4"), ("S3", "2")]
+    assert len({r[2] for r in rows}) == 4
