@@ -57,8 +57,10 @@ class Measured:
     output: str = ""
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> Measured:
-    """Run a command, sampling the RSS of its whole process tree; read stage marks."""
+def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
+            log: Path | None = None) -> Measured:
+    """Run a command, sampling the RSS of its whole process tree; read stage marks. Its
+    output goes to `log` as it comes (`tail -f` it to follow a long run)."""
     samples: list[tuple[float, float]] = []
     started = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -84,12 +86,18 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     lines, marks = [], {}
+    sink = log.open("w", encoding="utf-8") if log else None
     for line in proc.stdout:
         lines.append(line)
+        if sink:
+            sink.write(line)
+            sink.flush()
         if line.startswith('{"stage"'):
             mark = json.loads(line)
             marks.setdefault(mark["stage"], {}).update(mark)
     proc.wait()
+    if sink:
+        sink.close()
     done.set()
     sampler.join()
     out = Measured(seconds=time.time() - started, output="".join(lines))
@@ -123,7 +131,7 @@ def advance(source: Path, day: dt.date) -> Measured:
 
 def night(source: Path, warehouse: str, day: dt.date, run_id: str) -> Measured:
     return measure(python("-m", "bench.night", f"sqlite:///{source}", warehouse, day.isoformat(),
-                          "--marks", "--run-id", run_id))
+                          "--marks", "--run-id", run_id), log=source.parent / f"{run_id}.log")
 
 
 def airflow_night(source: Path, warehouse: str, day: dt.date, work: Path) -> Measured:
