@@ -55,7 +55,14 @@ from versioned
 """
 
 
-def build_staging(wh: Warehouse, full: bool = False) -> dict[str, int]:
+#: a whole rebuild on DuckDB reads at most about this many raw versions at a time: the
+#: validity window over 19 M orders in one statement does not fit DuckDB's 2 GB
+PART_ROWS = 4_000_000
+
+
+def build_staging(
+    wh: Warehouse, full: bool = False, part_rows: int = PART_ROWS
+) -> dict[str, int]:
     """Bring every staging table up to date with raw, in one transaction (all or none).
 
     A staging table is a function of its raw versions minus the held ones, key by key (the
@@ -85,8 +92,9 @@ def build_staging(wh: Warehouse, full: bool = False) -> dict[str, int]:
             ).scalar_one()
             whole = full or state is None or state[0] != digest or not _text_key(table)
             if whole or not wh.table_exists(conn, qualified):
-                counts[qualified] = wh.replace_table(conn, qualified, sql)
-                how = "rebuilt"
+                parts = _key_parts(wh, conn, table, sql, part_rows)
+                counts[qualified] = wh.replace_table(conn, qualified, parts[0], more_sql=parts[1:])
+                how = "rebuilt" if len(parts) == 1 else f"rebuilt in {len(parts)} parts"
             else:
                 restaged = _restage_changed_keys(wh, conn, table, sql, int(state[1]))
                 counts[qualified] = conn.exec_driver_sql(
@@ -109,6 +117,25 @@ def build_staging(wh: Warehouse, full: bool = False) -> dict[str, int]:
             )
     log.info("staging up to date: %s", counts)
     return counts
+
+
+def _key_parts(
+    wh: Warehouse, conn: sa.Connection, table: str, sql: str, part_rows: int
+) -> list[str]:
+    """The staging select split by a hash of the key into parts of about `part_rows` raw
+    versions (one part below that, and always on PostgreSQL, which sorts on disk). A key's
+    versions all fall in one part, so each part's validity intervals are whole."""
+    versions = conn.exec_driver_sql(f"select count(*) from raw.{table}").scalar_one()
+    n = -(-versions // part_rows) if wh.dialect == "duckdb" else 1
+    if n <= 1:
+        return [sql]
+    source = f"raw.{table}"
+    assert sql.count(source) == 1, f"staging SQL of {table} must read {source} once"
+    keys = ", ".join(SOURCE_TABLES[table].key)
+    return [
+        sql.replace(source, f"(select * from {source} where hash({keys}) % {n} = {i}) as part")
+        for i in range(n)
+    ]
 
 
 def _text_key(table: str) -> bool:

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -151,13 +151,18 @@ class Warehouse:
     # -- rebuild patterns ----------------------------------------------------------
     def replace_table(
         self, conn: sa.Connection, qualified: str, select_sql: str,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None, more_sql: Sequence[str] = (),
     ) -> int:
-        """Build-and-swap: readers see the old table until the transaction commits."""
+        """Build-and-swap: readers see the old table until the transaction commits.
+
+        `more_sql`: further selects of the same columns appended before the swap, for a
+        table built in parts (each part's rows apart from the others')."""
         _check_ident(qualified)
         nxt = f"{qualified}__next"
         conn.exec_driver_sql(f"drop table if exists {nxt}")
         conn.exec_driver_sql(f"create table {nxt} as {self.render(select_sql, params)}")
+        for part in more_sql:
+            conn.exec_driver_sql(f"insert into {nxt} {self.render(part, params)}")
         conn.exec_driver_sql(f"drop table if exists {qualified}")
         conn.exec_driver_sql(f"alter table {nxt} rename to {qualified.split('.')[1]}")
         return conn.exec_driver_sql(f"select count(*) from {qualified}").scalar_one()
