@@ -55,6 +55,7 @@ class Measured:
     peak_mb: float = 0.0
     stages: dict[str, tuple[float, float]] = field(default_factory=dict)  # secs, peak MB
     output: str = ""
+    failed: str = ""  # the output's tail when the command failed
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
@@ -102,13 +103,17 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
     sampler.join()
     out = Measured(seconds=time.time() - started, output="".join(lines))
     if proc.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(cmd[:4])} failed ({proc.returncode}):\n"
-                         + "".join(lines[-40:]))
+        out.failed = "".join(lines[-40:])
+        print(f"bench: {' '.join(cmd[:4])} failed ({proc.returncode}):\n{out.failed}",
+              flush=True)
+        if not marks:
+            raise SystemExit(1)
     out.peak_mb = max((mb for _, mb in samples), default=0.0)
     for name, m in marks.items():
-        if "end" in m:
-            window = [mb for t, mb in samples if m["start"] <= t <= m["end"] + 0.1]
-            out.stages[name] = (m["end"] - m["start"], max(window, default=0.0))
+        end = m.get("end", out.seconds + started)
+        window = [mb for t, mb in samples if m["start"] <= t <= end + 0.1]
+        out.stages[name if "end" in m else f"{name} FAILED"] = (
+            end - m["start"], max(window, default=0.0))
     return out
 
 
@@ -258,11 +263,15 @@ def main() -> None:
     for name, (secs, mb) in first.stages.items():
         rows.append((f"first build: {name}", f"{secs:.1f}", f"{mb:,.0f}"))
     rows.append(("**first build, total**", f"**{first.seconds:.1f}**", f"**{first.peak_mb:,.0f}**"))
+    if first.failed:
+        return _stop(args, counts, warehouse, rows)
     advance(source, next_day)
     nightly = night(source, warehouse, next_day, "bench-night")
     for name, (secs, mb) in nightly.stages.items():
         rows.append((f"night: {name}", f"{secs:.1f}", f"{mb:,.0f}"))
     rows.append(("**night, total**", f"**{nightly.seconds:.1f}**", f"**{nightly.peak_mb:,.0f}**"))
+    if nightly.failed:
+        return _stop(args, counts, warehouse, rows)
     fits = model_fits(warehouse, next_day)
     for model in ("bgnbd", "gamma_gamma"):
         if model in fits:
@@ -295,6 +304,16 @@ def main() -> None:
     print("\n" + text)
     if args.write:
         _record(args.scale, counts, warehouse, text)
+
+
+def _stop(args: argparse.Namespace, counts: int, warehouse: str,
+          rows: list[tuple[str, str, str]]) -> None:
+    """A night failed: the figures measured so far are printed (and recorded), then exit 1."""
+    text = table(rows)
+    print("\n" + text + "\n\nbench: stopped, a night failed (its log is in the work directory)")
+    if args.write:
+        _record(args.scale, counts, warehouse, text)
+    raise SystemExit(1)
 
 
 def _source_rows(source: Path) -> int:
