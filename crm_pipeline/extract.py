@@ -93,6 +93,9 @@ def extract_table(
                 for frame in _read_chunks(source, src_table, pulled, watermark, chunk_rows):
                     frame = frame.reindex(columns=list(spec.columns))
                     rows_read += wh.bulk_load(conn, "_incoming", frame)
+                if wh.dialect == "duckdb":
+                    conn.exec_driver_sql(
+                        f"update _incoming set _row_hash = {_hash_sql(spec.columns)}")
             read_seconds = time.perf_counter() - started
             ceiling = naive_utc(now).strftime(TS_FORMAT) if now is not None else None
             new_versions, high = _store_new_versions(conn, table, spec.columns, batch_id, ceiling)
@@ -158,7 +161,15 @@ def _reflect(engine: sa.Engine, table: str) -> sa.Table:
 
 
 def _create_incoming(conn: sa.Connection, wh: Warehouse, columns: Iterable[str]) -> None:
-    wh.create_temp(conn, tables.incoming(list(columns)))
+    """On DuckDB `_incoming` carries each row's `_row_hash`, computed as the rows stream in."""
+    wh.create_temp(conn, tables.incoming(list(columns), hashed=wh.dialect == "duckdb"))
+
+
+def _hash_sql(columns: Iterable[str]) -> str:
+    """A version's identity: the md5 of all its columns, NULL spelled apart from any text."""
+    return "md5(concat_ws('|', " + ", ".join(
+        f"coalesce({c}, '{NULL_TOKEN}')" for c in columns
+    ) + "))"
 
 
 def _load_arrow(
@@ -175,7 +186,8 @@ def _load_arrow(
     with source_arrow.stream(url, src_table, pulled, watermark) as batches:
         if wh.dialect == "duckdb":
             duck = conn.connection.driver_connection
-            duck.from_arrow(batches).select(select).insert_into("_incoming")
+            duck.from_arrow(batches).select(select).select(
+                f"*, {_hash_sql(columns)} as _row_hash").insert_into("_incoming")
         else:
             import tempfile
 
@@ -270,9 +282,7 @@ def _store_new_versions(
     A version is identified by the md5 of all its columns (NULL spelled apart from any
     text), computed in the warehouse: set-based, no Python loop over rows.
     """
-    hashed = "md5(concat_ws('|', " + ", ".join(
-        f"coalesce({c}, '{NULL_TOKEN}')" for c in columns
-    ) + "))"
+    hashed = _hash_sql(columns)
     cols = ", ".join(columns)
     below = f" and updated_at <= '{ceiling}'" if ceiling else ""
     high = conn.exec_driver_sql(
@@ -290,30 +300,23 @@ def _store_new_versions(
         )
     else:
         # DuckDB keeps a `distinct on` over every pulled row in memory (a first load of
-        # 19 M orders does not fit in 2 GB): the versions are hashed once, the few hashes
-        # seen twice found by a 64-bit digest of the hash, and only those deduplicated
-        conn.exec_driver_sql("drop table if exists _versions")
-        conn.exec_driver_sql(
-            f"create temporary table _versions as select {cols}, {hashed} as _row_hash "
-            "from _incoming"
-        )
-        conn.exec_driver_sql("delete from _incoming")
+        # 19 M orders does not fit in 2 GB): the rows came hashed, the few hashes seen
+        # twice are found by a 64-bit digest of the hash, and only those deduplicated
         conn.exec_driver_sql("drop table if exists _twice")
         conn.exec_driver_sql(
-            "create temporary table _twice as select hash(_row_hash) as h from _versions "
+            "create temporary table _twice as select hash(_row_hash) as h from _incoming "
             "group by 1 having count(*) > 1"
         )
         conn.exec_driver_sql(
             f"""insert into raw.{table} ({cols}, _row_hash, _batch_id)
-            select {cols}, _row_hash, {int(batch_id)} from _versions v
+            select {cols}, _row_hash, {int(batch_id)} from _incoming v
             where hash(_row_hash) not in (select h from _twice) and {stored}"""
         )
         conn.exec_driver_sql(
             f"""insert into raw.{table} ({cols}, _row_hash, _batch_id)
-            select distinct on (_row_hash) {cols}, _row_hash, {int(batch_id)} from _versions v
+            select distinct on (_row_hash) {cols}, _row_hash, {int(batch_id)} from _incoming v
             where hash(_row_hash) in (select h from _twice) and {stored}"""
         )
-        conn.exec_driver_sql("drop table _versions")
         conn.exec_driver_sql("drop table _twice")
     inserted = conn.exec_driver_sql(
         f"select count(*) from raw.{table} where _batch_id = {int(batch_id)}"

@@ -79,10 +79,13 @@ EXTRACT_BATCHES = _table(
 
 
 
-def incoming(columns: tuple[str, ...] | list[str]) -> Table:
-    """The rows of one pull, as the source gave them (text), before hashing into raw."""
+def incoming(columns: tuple[str, ...] | list[str], hashed: bool = False) -> Table:
+    """The rows of one pull, as the source gave them (text), with or without their hash."""
     return Table(
-        "_incoming", MappingProxyType({c: "varchar" for c in columns}),
+        "_incoming",
+        MappingProxyType({
+            **{c: "varchar" for c in columns}, **({"_row_hash": "varchar"} if hashed else {})
+        }),
         "one row per source row pulled tonight", temporary=True,
     )
 
