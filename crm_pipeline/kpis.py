@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from itertools import accumulate
 from typing import Any
 
@@ -131,7 +132,8 @@ def build_snapshots(
         plan[:0] = [(lo, hi, SNAPSHOT_MARTS[:2])
                     for lo, hi in _runs(_missing_positions(wh, conn, date_from, date_to),
                                         chunk_days)]
-        for lo, hi, marts in plan:
+        for part, (lo, hi, marts) in enumerate(plan, 1):
+            started = time.perf_counter()
             _date_spine(wh, conn, lo, hi)
             span = {**params, "date_from": lo, "date_to": hi}
             for name in INTERMEDIATE:
@@ -144,6 +146,8 @@ def build_snapshots(
                 counts[f"marts.{name}"] += wh.replace_partition(
                     conn, f"marts.{name}", wh.sql_file("marts", name), span
                 )
+            log.info("snapshots %s .. %s (%d of %d): %s in %.1f s", lo, hi, part, len(plan),
+                     ", ".join(marts), time.perf_counter() - started)
     log.info("snapshot marts rebuilt for %s .. %s: %s", date_from, date_to, counts)
     return counts
 
