@@ -69,10 +69,10 @@ def build_staging(
     validity intervals never cross keys). So a night restages only the keys that changed:
     those with a version in a batch newer than the last one staged, or with a version whose
     quarantine hold began or ended since (the held set staged last is kept in
-    ops.staging_held). The table is rebuilt whole when it is missing, on `full`, or when its
-    SQL changed (ops.staging_state keeps a digest), and always for a table whose key has a
-    typed column (`_text_key`). Either way the rows are the same as a rebuild from all of
-    raw (tests/unit/test_staging.py).
+    ops.staging_held); keys are matched on their text columns (`_text_key`: every line of
+    a changed order). The table is rebuilt whole when it is missing, on `full`, or when its
+    SQL changed (ops.staging_state keeps a digest). Either way the rows are the same as a
+    rebuild from all of raw (tests/unit/test_staging.py).
     """
     counts = {}
     with wh.begin() as conn:
@@ -138,19 +138,25 @@ def _key_parts(
     ]
 
 
-def _text_key(table: str) -> bool:
-    """Keys are matched between raw (text) and staging (typed) as text: a typed key column
-    (order_lines.line_no, marketing_spend.spend_date) could match two raw spellings of one
-    value ('1', '01'), so those tables are rebuilt whole."""
+def _text_key(table: str) -> tuple[str, ...]:
+    """The key columns that are text in the source, which staging passes through as they are.
+
+    Changed keys are matched between raw (text) and staging on these only: a typed key
+    column (order_lines.line_no, marketing_spend.spend_date) is text in raw and typed in
+    staging, and two raw spellings of one value ('1', '01') would match apart. Restaging
+    every key that shares the text part (every line of a changed order) restages a
+    superset of the changed keys, which gives the same rows. A table without a text key
+    column would be rebuilt whole."""
     columns = source_metadata.tables[table].c
-    return all(isinstance(columns[k].type, sa.String) for k in SOURCE_TABLES[table].key)
+    return tuple(k for k in SOURCE_TABLES[table].key if isinstance(columns[k].type, sa.String))
 
 
 def _restage_changed_keys(
     wh: Warehouse, conn: sa.Connection, table: str, sql: str, last_batch_id: int
 ) -> int:
-    """Replace the staged versions of the keys that changed since `last_batch_id`."""
-    key = SOURCE_TABLES[table].key
+    """Replace the staged versions of the keys that changed since `last_batch_id` (by the
+    text part of the key: `_text_key`)."""
+    key = _text_key(table)
     keys = ", ".join(key)
     conn.exec_driver_sql("drop table if exists _stage_keys")
     conn.execute(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from factories import build_source, customer, order, upsert
+from factories import build_source, customer, order, ts, upsert
 
 from crm_pipeline.extract import extract_table
 from crm_pipeline.source_schema import TABLE_ORDER
@@ -130,3 +130,33 @@ def test_a_whole_rebuild_in_key_parts_gives_the_same_rows(tmp_path, warehouse, c
         assert restaged(caplog, "orders") == "rebuilt in 4 parts"
     assert parts == one_part
     assert len(parts["orders"]) == 11
+
+
+def test_order_lines_restage_every_line_of_a_changed_order(tmp_path, warehouse, caplog):
+    """order_lines' key has a typed column (line_no): the changed keys are matched on the
+    order alone, and every line of a changed order is restaged."""
+    caplog.set_level(logging.INFO, logger="crm_pipeline.transform")
+    src = f"sqlite:///{tmp_path}/source.db"
+
+    def line(order_id, line_no, quantity, updated_at="2025-02-20 10:00"):
+        return {"order_id": order_id, "line_no": line_no, "product_id": "P1",
+                "quantity": quantity, "unit_price": 10.0, "net_amount": 10.0 * quantity,
+                "updated_at": ts(updated_at)}
+
+    build_source(src, {
+        "customers": [customer("C1")],
+        "products": [{"product_id": "P1", "name": "Tea", "category": "drinks",
+                      "launched_at": ts("2024-01-01"), "discontinued_at": None,
+                      "updated_at": ts("2024-01-01")}],
+        "orders": [order("O1", "C1", "2025-02-20 10:00"), order("O2", "C1", "2025-02-21 10:00")],
+        "order_lines": [line("O1", 1, 1), line("O1", 2, 2), line("O2", 1, 3)],
+    })
+    extract_all(src, warehouse, D)
+    build_staging(warehouse)
+    upsert(src, "order_lines", [line("O1", 2, 5, "2025-03-02 09:00")])  # a corrected line
+    extract_all(src, warehouse, D + dt.timedelta(days=1))
+    build_staging(warehouse)
+    assert restaged(caplog, "order_lines") == "1 key(s) restaged"  # O1: both its lines
+    night = staged(warehouse)
+    assert len(night["order_lines"]) == 4
+    assert night == as_rebuilt(warehouse)
