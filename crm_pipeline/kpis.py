@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from crm_pipeline.config import settings
 from crm_pipeline.dates import end_of_day
 from crm_pipeline.errors import ConfigError
+from crm_pipeline.transform import SCD_END
 from crm_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,12 @@ def build_snapshots(
     """
     config = config or settings()
     params = sql_params(config)
-    chunk_days = chunk_days or int(config["kpis"].get("history_chunk_days", 15))
     if date_from > date_to:
         raise ValueError(f"empty range {date_from} .. {date_to}")
     counts = dict.fromkeys((f"marts.{m}" for m in SNAPSHOT_MARTS), 0)
     with wh.begin() as conn:
         wh.ensure(conn)
+        chunk_days = chunk_days or _chunk_days(conn, config)
         wh.temp_table(conn, "rfm_segment_map", segment_map(config), SEGMENT_MAP_TYPES)
         plan = [(lo, hi, SNAPSHOT_MARTS) for lo, hi in _chunks(date_from, date_to, chunk_days)]
         # the days 30 before the range that are not built yet get RFM and tiers first: the
@@ -221,6 +222,18 @@ def history_start(wh: Warehouse, as_of_date: dt.date, history_days: int) -> dt.d
             if evaluated:
                 return as_of_date
     return as_of_date - dt.timedelta(days=history_days - 1)
+
+
+def _chunk_days(conn: sa.Connection, config: dict[str, Any]) -> int:
+    """Days per chunk: `history_chunk_days`, fewer for a large customer base, so that a
+    chunk holds at most about `history_chunk_customer_days` customer days."""
+    most = int(config["kpis"].get("history_chunk_days", 15))
+    budget = int(config["kpis"].get("history_chunk_customer_days", 5_000_000))
+    customers = conn.exec_driver_sql(
+        "select count(*) from staging.stg_customers where valid_to = " + SCD_END
+    ).scalar_one()
+    return max(1, min(most, budget // max(customers, 1)))
+
 
 
 def _date_spine(wh: Warehouse, conn: sa.Connection, date_from: dt.date, date_to: dt.date) -> None:
