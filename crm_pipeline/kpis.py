@@ -125,7 +125,7 @@ def build_snapshots(
     counts = dict.fromkeys((f"marts.{m}" for m in SNAPSHOT_MARTS), 0)
     with wh.begin() as conn:
         wh.ensure(conn)
-        chunk_days = chunk_days or _chunk_days(conn, config)
+        chunk_days = chunk_days or _chunk_days(wh, conn, config)
         wh.temp_table(conn, "rfm_segment_map", segment_map(config), SEGMENT_MAP_TYPES)
         plan = [(lo, hi, SNAPSHOT_MARTS) for lo, hi in _chunks(date_from, date_to, chunk_days)]
         # the days 30 before the range that are not built yet get RFM and tiers first: the
@@ -224,11 +224,13 @@ def history_start(wh: Warehouse, as_of_date: dt.date, history_days: int) -> dt.d
     return as_of_date - dt.timedelta(days=history_days - 1)
 
 
-def _chunk_days(conn: sa.Connection, config: dict[str, Any]) -> int:
+def _chunk_days(wh: Warehouse, conn: sa.Connection, config: dict[str, Any]) -> int:
     """Days per chunk: `history_chunk_days`, fewer for a large customer base, so that a
     chunk holds at most about `history_chunk_customer_days` customer days."""
     most = int(config["kpis"].get("history_chunk_days", 15))
     budget = int(config["kpis"].get("history_chunk_customer_days", 5_000_000))
+    if not wh.table_exists(conn, "staging.stg_customers"):
+        return most
     customers = conn.exec_driver_sql(
         "select count(*) from staging.stg_customers where valid_to = " + SCD_END
     ).scalar_one()

@@ -247,6 +247,23 @@ def test_a_range_build_equals_the_days_built_one_by_one_and_reruns_are_equal(bui
     assert snapshot(built, first, D) == ranged
 
 
+def test_a_large_customer_base_is_built_fewer_days_at_a_time_with_the_same_rows(built, caplog):
+    import logging
+
+    from crm_pipeline.config import settings
+
+    first = D - dt.timedelta(days=2)
+    build_snapshots(built, first, D)
+    ranged = snapshot(built, first, D)
+    config = {**settings()}  # a copy: settings() is cached for the whole process
+    config["kpis"] = {**config["kpis"], "history_chunk_customer_days": 1}  # 1 day at a time
+    caplog.set_level(logging.INFO, logger="crm_pipeline.kpis")
+    build_snapshots(built, first, D, config)
+    chunks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("snapshots ")]
+    assert len(chunks) == 3 and all(" of 3)" in c for c in chunks)
+    assert snapshot(built, first, D) == ranged
+
+
 def test_a_customer_who_bought_counts_whatever_created_at_says(tmp_path, warehouse):
     from factories import build_source, customer, order
 
