@@ -2,12 +2,13 @@
 
 Every build takes a range of dates, and the nightly run is the range of one day: the SQL
 joins a spine of dates (`as_of_dates`) to the versioned staging tables, so a 90-day
-history is one set-based pass that yields exactly the rows 90 nightly runs would. The
-range is replaced in one transaction (delete-insert), so a rerun or a backfill gives the
-same rows and a reader never sees half of it.
+history is one set-based pass that yields exactly the rows 90 nightly runs would. Days are
+replaced by delete-insert, each chunk of days in one transaction, so a rerun or a backfill
+gives the same rows and a reader never sees half a day.
 
-Order inside the transaction, per chunk of days: intermediate temp tables (`INTERMEDIATE`:
-the completed order versions valid in the chunk, the period's purchases, each customer's
+First the completed order versions valid somewhere in the range (`int_completed_orders`,
+once); then per chunk of days, in one transaction each, intermediate temporary tables
+(`INTERMEDIATE`: the chunk's order versions, the period's purchases, each customer's
 purchase windows per day, customer attributes per day), then customer_rfm and
 customer_value_tier (the KPIs' tier and segment dimensions), then kpi_daily and
 segment_migration (which compares each day with 30 days before, so a history build reaches
@@ -112,45 +113,77 @@ def build_snapshots(
     wh: Warehouse, date_from: dt.date, date_to: dt.date, config: dict[str, Any] | None = None,
     chunk_days: int | None = None,
 ) -> dict[str, int]:
-    """Rebuild the snapshot marts for every day in [date_from, date_to], in one transaction.
+    """Rebuild the snapshot marts for every day in [date_from, date_to].
 
     Days are computed in chunks of `chunk_days`, oldest first: each day's rows depend only
     on the data and, for segment_migration, on positions 30 days earlier, so chunking
-    changes nothing in the result and bounds the memory of a long history.
+    changes nothing in the result and bounds the memory of a long history. Each chunk is
+    one transaction (delete-insert of its days in all four marts), so a day appears whole
+    or not at all; a night is one chunk. A history commits chunk by chunk because on
+    DuckDB whatever a transaction writes and drops again (each chunk's temporary tables)
+    is freed only at its commit: one transaction over a 90-day history at a million
+    customers spilled tens of GB. A history killed part way leaves complete days, and the
+    rerun builds the whole history again (`history_start`).
     """
     config = config or settings()
     params = sql_params(config)
     if date_from > date_to:
         raise ValueError(f"empty range {date_from} .. {date_to}")
     counts = dict.fromkeys((f"marts.{m}" for m in SNAPSHOT_MARTS), 0)
-    with wh.begin() as conn:
-        wh.ensure(conn)
-        chunk_days = chunk_days or _chunk_days(wh, conn, config)
-        wh.temp_table(conn, "rfm_segment_map", segment_map(config), SEGMENT_MAP_TYPES)
-        plan = [(lo, hi, SNAPSHOT_MARTS) for lo, hi in _chunks(date_from, date_to, chunk_days)]
-        # the days 30 before the range that are not built yet get RFM and tiers first: the
-        # positions segment_migration and the churn / retention cohorts start from
-        plan[:0] = [(lo, hi, SNAPSHOT_MARTS[:2])
-                    for lo, hi in _runs(_missing_positions(wh, conn, date_from, date_to),
-                                        chunk_days)]
+    with wh.connect() as conn:
+        with conn.begin():
+            wh.ensure(conn)
+            chunk_days = chunk_days or _chunk_days(wh, conn, config)
+            plan = [(lo, hi, SNAPSHOT_MARTS) for lo, hi in _chunks(date_from, date_to, chunk_days)]
+            # the days 30 before the range that are not built yet get RFM and tiers first:
+            # the positions segment_migration and the churn / retention cohorts start from
+            plan[:0] = [(lo, hi, SNAPSHOT_MARTS[:2])
+                        for lo, hi in _runs(_missing_positions(wh, conn, date_from, date_to),
+                                            chunk_days)]
+        with conn.begin():  # what every chunk reads, built once (temporary: this connection)
+            started = time.perf_counter()
+            _drop_temps(conn)
+            wh.temp_table(conn, "rfm_segment_map", segment_map(config), SEGMENT_MAP_TYPES)
+            conn.exec_driver_sql(
+                "create temporary table int_completed_orders as " + wh.render(
+                    wh.sql_file("intermediate", "int_completed_orders"),
+                    {"build_from": plan[0][0], "build_to": max(hi for _, hi, _ in plan)},
+                )
+            )
+            log.info("snapshots: completed order versions of %s .. %s in %.1f s",
+                     plan[0][0], date_to, time.perf_counter() - started)
         for part, (lo, hi, marts) in enumerate(plan, 1):
             started = time.perf_counter()
-            _date_spine(wh, conn, lo, hi)
-            span = {**params, "date_from": lo, "date_to": hi}
-            for name in INTERMEDIATE:
-                conn.exec_driver_sql(f"drop table if exists {name}")
-                conn.exec_driver_sql(
-                    f"create temporary table {name} as "
-                    + wh.render(wh.sql_file("intermediate", name), span)
-                )
-            for name in marts:
-                counts[f"marts.{name}"] += wh.replace_partition(
-                    conn, f"marts.{name}", wh.sql_file("marts", name), span
-                )
+            with conn.begin():
+                _date_spine(wh, conn, lo, hi)
+                span = {**params, "date_from": lo, "date_to": hi}
+                for name in INTERMEDIATE:
+                    # the chunk's order versions are a view, a filter over the build's
+                    kind = "view" if name == "int_order_versions" else "table"
+                    conn.exec_driver_sql(f"drop {kind} if exists {name}")
+                    conn.exec_driver_sql(
+                        f"create temporary {kind} {name} as "
+                        + wh.render(wh.sql_file("intermediate", name), span)
+                    )
+                for name in marts:
+                    counts[f"marts.{name}"] += wh.replace_partition(
+                        conn, f"marts.{name}", wh.sql_file("marts", name), span
+                    )
+                for name in reversed(INTERMEDIATE):
+                    kind = "view" if name == "int_order_versions" else "table"
+                    conn.exec_driver_sql(f"drop {kind} {name}")
             log.info("snapshots %s .. %s (%d of %d): %s in %.1f s", lo, hi, part, len(plan),
                      ", ".join(marts), time.perf_counter() - started)
+        with conn.begin():
+            _drop_temps(conn)
     log.info("snapshot marts rebuilt for %s .. %s: %s", date_from, date_to, counts)
     return counts
+
+
+def _drop_temps(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("drop view if exists int_order_versions")
+    for name in ("int_completed_orders", "rfm_segment_map", "as_of_dates", *INTERMEDIATE[1:]):
+        conn.exec_driver_sql(f"drop table if exists {name}")
 
 
 def _missing_positions(

@@ -80,6 +80,18 @@ class Warehouse:
         finally:
             conn.close()
 
+    @contextmanager
+    def connect(self) -> Iterator[sa.Connection]:
+        """A connection for several transactions (`with conn.begin():` each), with the same
+        wait for the DuckDB file lock as `begin`. A long build commits in parts: on DuckDB,
+        what a transaction writes and drops again (temporary tables of each part) is only
+        freed when it commits, so one transaction over many parts fills the disk."""
+        conn = self._connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
     def _connect(self) -> sa.Connection:
         deadline = time.monotonic() + self.lock_wait_seconds
         attempt = 0

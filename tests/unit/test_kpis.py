@@ -265,6 +265,44 @@ def test_a_large_customer_base_is_built_fewer_days_at_a_time_with_the_same_rows(
     assert snapshot(built, first, D) == ranged
 
 
+def test_a_history_that_fails_part_way_keeps_whole_days_and_none_of_the_failed_chunk(
+    built, monkeypatch
+):
+    """Each chunk commits on its own (DuckDB frees a transaction's dropped temporary tables
+    only at commit): a failure leaves the chunks before it whole, in all four marts, and
+    nothing of its own chunk, though its RFM rows were written before kpi_daily failed."""
+    from crm_pipeline.warehouse import Warehouse
+
+    first = D - dt.timedelta(days=2)
+    build_snapshots(built, first, D)
+    before = snapshot(built, first, D)
+    with built.begin() as conn:
+        for table in ("kpi_daily", "customer_rfm", "customer_value_tier", "segment_migration"):
+            conn.exec_driver_sql(f"delete from marts.{table} where as_of_date >= date '{first}'")
+    real = Warehouse.replace_partition
+    kpi_builds = []
+
+    def failing(self, conn, qualified, select_sql, params, key="as_of_date"):
+        if qualified == "marts.kpi_daily":
+            kpi_builds.append(params["date_from"])
+            if len(kpi_builds) == 3:
+                raise RuntimeError("the server went away")
+        return real(self, conn, qualified, select_sql, params, key)
+
+    monkeypatch.setattr(Warehouse, "replace_partition", failing)
+    with pytest.raises(RuntimeError, match="went away"):
+        build_snapshots(built, first, D, chunk_days=1)
+    kept = snapshot(built, first, D)
+    for table, rows in before.items():
+        days = {r[0] for r in rows}
+        assert days == {first, first + dt.timedelta(days=1), D}, table
+        assert [r for r in kept[table] if r[0] < D] == [r for r in rows if r[0] < D], table
+        assert not [r for r in kept[table] if r[0] == D], table
+    monkeypatch.undo()
+    build_snapshots(built, first, D)
+    assert snapshot(built, first, D) == before
+
+
 def test_a_customer_who_bought_counts_whatever_created_at_says(tmp_path, warehouse):
     from factories import build_source, customer, order
 

@@ -6,24 +6,8 @@ with as_of as (
     from as_of_dates
 ),
 
-order_versions as (
-    select * from staging.stg_orders
-),
-
--- a version is valid at the end of day d when valid_from < d + 1 and valid_to >= d + 1
--- (transform.py): from the day of valid_from to the day before valid_to
 completed as (
-    select
-        customer_id,
-        order_id,
-        cast(ordered_at as date) as order_date,
-        cast(valid_from as date) as first_valid_day,
-        cast(valid_to as date) - 1 as last_valid_day,
-        channel,
-        net_amount,
-        net_amount - cost_amount as margin_amount
-    from order_versions
-    where status = 'completed'
+    select * from int_completed_orders
 ),
 
 -- stable: valid on every day of the spine, so only its order date decides where it counts

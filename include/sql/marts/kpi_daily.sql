@@ -72,7 +72,8 @@ purchase_windows as (
     from int_customer_days
 ),
 
--- one row per customer and day: the customer-based KPIs' flags
+-- one row per customer known by the day: the customer-based KPIs' flags, under the tier,
+-- segment and region each had that day
 customer_activity as (
     select
         customers.as_of_date,
@@ -84,14 +85,25 @@ customer_activity as (
         case when purchase_windows.active_at_end = 1 and purchase_windows.active_at_start = 0
             and customers.first_purchase_date < as_of.period_start then 1 else 0 end
             as is_reactivated,
-        coalesce(purchase_windows.purchases_365d, 0) as purchases_365d,
-        case when customers.loyalty_member then 1 else 0 end as loyalty_member
+        case when purchase_windows.purchases_365d >= 1 then 1 else 0 end as buyer_365d,
+        case when purchase_windows.purchases_365d >= 2 then 1 else 0 end as repeat_buyer_365d,
+        case when purchase_windows.active_at_end = 1 and customers.loyalty_member
+            then 1 else 0 end as active_member,
+        coalesce(tiers.tier, 'unassigned') as tier,
+        coalesce(segments.segment, 'unassigned') as segment,
+        coalesce(customers.region, 'unknown') as region
     from customers
     inner join as_of
         on customers.as_of_date = as_of.as_of_date
     left join purchase_windows
         on customers.as_of_date = purchase_windows.as_of_date
         and customers.customer_id = purchase_windows.customer_id
+    left join tiers
+        on customers.as_of_date = tiers.as_of_date
+        and customers.customer_id = tiers.customer_id
+    left join segments
+        on customers.as_of_date = segments.as_of_date
+        and customers.customer_id = segments.customer_id
 ),
 
 -- every fact the KPIs count besides the customers' own flags, one row each, in one shape:
@@ -191,84 +203,25 @@ dimensions as (
     union all select 'region'
 ),
 
--- one row per day and customer with a fact (the facts of no customer, marketing spend,
--- form one row of their own): the facts summed, before any dimension is attached, so the
--- dimension step reads one row per customer and not one per fact
-customer_facts as (
+-- each fact under the tier, segment and region its customer had that day (the facts of no
+-- customer, marketing spend, under none): facts are summed per combination of the three,
+-- never per customer, so no step groups millions of customer days
+fact_dimensions as (
     select
-        as_of_date,
-        customer_id,
-        sum(case when kind = 'purchase' then 1 else 0 end) as orders,
-        sum(case when kind = 'purchase' then amount else 0 end) as net_revenue,
-        sum(case when kind = 'csat' then 1 else 0 end) as csat_responses,
-        sum(case when kind = 'csat' then flag_a else 0 end) as csat_satisfied,
-        sum(case when kind = 'nps' then 1 else 0 end) as nps_responses,
-        sum(case when kind = 'nps' then flag_a - flag_b else 0 end) as nps_net_promoters,
-        sum(case when kind = 'complaint_opened' then 1 else 0 end) as complaints_opened,
-        sum(case when kind = 'complaint_opened' then flag_a else 0 end) as complaints_responded,
-        sum(case when kind = 'complaint_closed' then 1 else 0 end) as complaints_closed,
-        sum(case when kind = 'complaint_closed' then flag_a else 0 end) as closed_within_sla,
-        sum(case when kind = 'contact' then 1 else 0 end) as contacts,
-        sum(case when kind = 'contact' then flag_a else 0 end) as contacts_responded,
-        sum(case when kind = 'points_earn' then amount else 0 end) as points_earned,
-        sum(case when kind = 'points_redeem' then amount else 0 end) as points_redeemed,
-        sum(case when kind = 'acquisition_spend' then amount else 0 end) as acquisition_spend
-    from facts
-    group by as_of_date, customer_id
-),
-
--- one row per day and customer: their flags and facts, under the tier, segment and region
--- each had that day
-customer_days as (
-    select
-        coalesce(customer_activity.as_of_date, customer_facts.as_of_date) as as_of_date,
-        coalesce(customer_activity.customer_id, customer_facts.customer_id) as customer_id,
-        coalesce(customer_activity.active_at_end, 0) as active_at_end,
-        coalesce(customer_activity.is_new, 0) as is_new,
-        coalesce(customer_activity.is_reactivated, 0) as is_reactivated,
-        case when customer_activity.purchases_365d >= 1 then 1 else 0 end as buyer_365d,
-        case when customer_activity.purchases_365d >= 2 then 1 else 0 end as repeat_buyer_365d,
-        case when customer_activity.active_at_end = 1
-            then customer_activity.loyalty_member else 0 end as active_member,
-        case when customer_facts.customer_id is not null and customer_facts.orders > 0
-            then 1 else 0 end as ordering_customer,
-        coalesce(customer_facts.orders, 0) as orders,
-        coalesce(customer_facts.net_revenue, 0) as net_revenue,
-        coalesce(customer_facts.csat_responses, 0) as csat_responses,
-        coalesce(customer_facts.csat_satisfied, 0) as csat_satisfied,
-        coalesce(customer_facts.nps_responses, 0) as nps_responses,
-        coalesce(customer_facts.nps_net_promoters, 0) as nps_net_promoters,
-        coalesce(customer_facts.complaints_opened, 0) as complaints_opened,
-        coalesce(customer_facts.complaints_responded, 0) as complaints_responded,
-        coalesce(customer_facts.complaints_closed, 0) as complaints_closed,
-        coalesce(customer_facts.closed_within_sla, 0) as closed_within_sla,
-        coalesce(customer_facts.contacts, 0) as contacts,
-        coalesce(customer_facts.contacts_responded, 0) as contacts_responded,
-        coalesce(customer_facts.points_earned, 0) as points_earned,
-        coalesce(customer_facts.points_redeemed, 0) as points_redeemed,
-        coalesce(customer_facts.acquisition_spend, 0) as acquisition_spend
-    from customer_activity
-    full outer join customer_facts
-        on customer_activity.as_of_date = customer_facts.as_of_date
-        and customer_activity.customer_id = customer_facts.customer_id
-),
-
-customer_days_with_dimensions as (
-    select
-        customer_days.*,
+        facts.*,
         coalesce(tiers.tier, 'unassigned') as tier,
         coalesce(segments.segment, 'unassigned') as segment,
         coalesce(customers.region, 'unknown') as region
-    from customer_days
+    from facts
     left join tiers
-        on customer_days.as_of_date = tiers.as_of_date
-        and customer_days.customer_id = tiers.customer_id
+        on facts.as_of_date = tiers.as_of_date
+        and facts.customer_id = tiers.customer_id
     left join segments
-        on customer_days.as_of_date = segments.as_of_date
-        and customer_days.customer_id = segments.customer_id
+        on facts.as_of_date = segments.as_of_date
+        and facts.customer_id = segments.customer_id
     left join customers
-        on customer_days.as_of_date = customers.as_of_date
-        and customer_days.customer_id = customers.customer_id
+        on facts.as_of_date = customers.as_of_date
+        and facts.customer_id = customers.customer_id
 ),
 
 -- churn and retention follow the d-30 cohort (the customers active at d-30), under the
@@ -298,13 +251,14 @@ cohort_members as (
     where customer_activity.active_at_start = 1
 ),
 
--- the customer days and the cohort summed per day and combination of tier, segment and
--- region (a few thousand rows), which every dimension then adds up; whose facts (the
--- spend of no customer counts in 'all' only)
+-- the customers, their facts and the cohort summed per day and combination of tier,
+-- segment and region (a few thousand rows), which every dimension then adds up; whose
+-- facts (the spend of no customer counts in 'all' only). A customer day has one
+-- combination, so the distinct ordering customers of the combinations add up.
 combinations as (
     select
         as_of_date,
-        customer_id is not null as has_customer,
+        true as has_customer,
         tier,
         segment,
         region,
@@ -316,23 +270,50 @@ combinations as (
         sum(buyer_365d) as buyers_365d,
         sum(repeat_buyer_365d) as repeat_buyers_365d,
         sum(active_member) as active_members,
-        sum(orders) as orders,
-        sum(ordering_customer) as ordering_customers,
-        sum(net_revenue) as net_revenue,
-        sum(csat_responses) as csat_responses,
-        sum(csat_satisfied) as csat_satisfied,
-        sum(nps_responses) as nps_responses,
-        sum(nps_net_promoters) as nps_net_promoters,
-        sum(complaints_opened) as complaints_opened,
-        sum(complaints_responded) as complaints_responded,
-        sum(complaints_closed) as complaints_closed,
-        sum(closed_within_sla) as closed_within_sla,
-        sum(contacts) as contacts,
-        sum(contacts_responded) as contacts_responded,
-        sum(points_earned) as points_earned,
-        sum(points_redeemed) as points_redeemed,
-        sum(acquisition_spend) as acquisition_spend
-    from customer_days_with_dimensions
+        0 as orders,
+        0 as ordering_customers,
+        0 as net_revenue,
+        0 as csat_responses,
+        0 as csat_satisfied,
+        0 as nps_responses,
+        0 as nps_net_promoters,
+        0 as complaints_opened,
+        0 as complaints_responded,
+        0 as complaints_closed,
+        0 as closed_within_sla,
+        0 as contacts,
+        0 as contacts_responded,
+        0 as points_earned,
+        0 as points_redeemed,
+        0 as acquisition_spend
+    from customer_activity
+    group by as_of_date, tier, segment, region
+
+    union all
+    select
+        as_of_date,
+        customer_id is not null,
+        tier,
+        segment,
+        region,
+        0, 0, 0, 0, 0, 0, 0, 0,
+        sum(case when kind = 'purchase' then 1 else 0 end),
+        count(distinct case when kind = 'purchase' then customer_id end),
+        sum(case when kind = 'purchase' then amount else 0 end),
+        sum(case when kind = 'csat' then 1 else 0 end),
+        sum(case when kind = 'csat' then flag_a else 0 end),
+        sum(case when kind = 'nps' then 1 else 0 end),
+        sum(case when kind = 'nps' then flag_a - flag_b else 0 end),
+        sum(case when kind = 'complaint_opened' then 1 else 0 end),
+        sum(case when kind = 'complaint_opened' then flag_a else 0 end),
+        sum(case when kind = 'complaint_closed' then 1 else 0 end),
+        sum(case when kind = 'complaint_closed' then flag_a else 0 end),
+        sum(case when kind = 'contact' then 1 else 0 end),
+        sum(case when kind = 'contact' then flag_a else 0 end),
+        sum(case when kind = 'points_earn' then amount else 0 end),
+        sum(case when kind = 'points_redeem' then amount else 0 end),
+        sum(case when kind = 'acquisition_spend' then amount else 0 end)
+    from fact_dimensions
     group by as_of_date, customer_id is not null, tier, segment, region
 
     union all
@@ -350,9 +331,9 @@ complaint_medians as (
         dimensions.dimension,
         case dimensions.dimension
             when 'all' then 'all'
-            when 'tier' then coalesce(tiers.tier, 'unassigned')
-            when 'segment' then coalesce(segments.segment, 'unassigned')
-            when 'region' then coalesce(customers.region, 'unknown')
+            when 'tier' then complaint_facts.tier
+            when 'segment' then complaint_facts.segment
+            when 'region' then complaint_facts.region
         end as dimension_value,
         percentile_cont(0.5) within group (
             order by case when complaint_facts.kind = 'complaint_opened'
@@ -360,17 +341,8 @@ complaint_medians as (
         percentile_cont(0.5) within group (
             order by case when complaint_facts.kind = 'complaint_closed'
                 then complaint_facts.hours end) as median_resolution
-    from facts as complaint_facts
+    from fact_dimensions as complaint_facts
     cross join dimensions
-    left join tiers
-        on complaint_facts.as_of_date = tiers.as_of_date
-        and complaint_facts.customer_id = tiers.customer_id
-    left join segments
-        on complaint_facts.as_of_date = segments.as_of_date
-        and complaint_facts.customer_id = segments.customer_id
-    left join customers
-        on complaint_facts.as_of_date = customers.as_of_date
-        and complaint_facts.customer_id = customers.customer_id
     where complaint_facts.kind in ('complaint_opened', 'complaint_closed')
         and (dimensions.dimension = 'all' or complaint_facts.customer_id is not null)
     group by 1, 2, 3
