@@ -6,8 +6,8 @@ history is one set-based pass that yields exactly the rows 90 nightly runs would
 replaced by delete-insert, each chunk of days in one transaction, so a rerun or a backfill
 gives the same rows and a reader never sees half a day.
 
-First the completed order versions valid somewhere in the range (`int_completed_orders`,
-once); then per chunk of days, in one transaction each, intermediate temporary tables
+First, once, the completed order versions valid somewhere in the range and each customer's
+first order among those valid all through it (`BUILD_INTERMEDIATE`); then per chunk of days, in one transaction each, intermediate temporary tables
 (`INTERMEDIATE`: the chunk's order versions, the period's purchases, each customer's
 purchase windows per day, customer attributes per day), then customer_rfm and
 customer_value_tier (the KPIs' tier and segment dimensions), then kpi_daily and
@@ -39,9 +39,12 @@ from crm_pipeline.warehouse import Warehouse
 log = logging.getLogger(__name__)
 
 MIGRATION_DAYS = 30  # segment_migration, and the cohort of churn_rate and retention_rate
-SEGMENT_MAP_TYPES = {"r_score": "integer", "f_score": "integer", "rule_no": "integer",
-                     "segment": "varchar", "first_order_within_days": "integer"}
-# built per chunk of days, in this order, as temporary tables the snapshot marts read
+SEGMENT_LOOKUP_TYPES = {"r_score": "integer", "f_score": "integer", "first_order_days": "integer",
+                        "segment": "varchar"}
+# built once per build (the completed order versions of the whole range, and the first order
+# of each customer among those valid all through it), then per chunk of days, in this order,
+# as temporary tables the snapshot marts read
+BUILD_INTERMEDIATE = ("int_completed_orders", "int_first_orders")
 INTERMEDIATE = ("int_order_versions", "int_purchases", "int_customer_days", "int_customers")
 SNAPSHOT_MARTS = ("customer_rfm", "customer_value_tier", "kpi_daily", "segment_migration")
 
@@ -52,7 +55,7 @@ def segment_map(config: dict[str, Any]) -> pd.DataFrame:
     A rule may require a recent first order (`first_order_within_days`: 'New' is only for
     customers whose first completed order falls in that many days ending at the date). A
     cell's candidates are the matching rules in file order, up to the first one without
-    such a condition; customer_rfm.sql gives each customer the first candidate they meet.
+    such a condition; each customer gets the first candidate they meet (`segment_lookup`).
     Every cell must reach an unconditional rule, so that every customer gets a segment.
     """
     rows = []
@@ -83,6 +86,36 @@ def segment_map(config: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def segment_lookup(config: dict[str, Any]) -> pd.DataFrame:
+    """Each customer's segment from (R, F, days since the first completed order), as rows.
+
+    The days are capped at the longest `first_order_within_days` (a customer without a
+    first completed order counts as the cap): no rule tells such customers apart. For each
+    (R, F, days) the segment is the first candidate of `segment_map` the customer meets,
+    so customer_rfm.sql finds it by one equality join instead of ranking candidates per
+    customer and day.
+    """
+    cells = segment_map(config)
+    cap = first_order_cap(config)
+    rows = []
+    for (r, f), rules in cells.groupby(["r_score", "f_score"], sort=True):
+        rules = rules.sort_values("rule_no")
+        for days in range(cap + 1):
+            for rule in rules.itertuples():
+                within = rule.first_order_within_days
+                if pd.isna(within) or days < int(within):
+                    rows.append({"r_score": r, "f_score": f, "first_order_days": days,
+                                 "segment": rule.segment})
+                    break
+    return pd.DataFrame(rows)
+
+
+def first_order_cap(config: dict[str, Any]) -> int:
+    """The longest `first_order_within_days` of the segment rules (0 without any)."""
+    return max((int(rule["first_order_within_days"]) for rule in config["rfm"]["segments"]
+                if rule.get("first_order_within_days") is not None), default=0)
+
+
 def tier_params(config: dict[str, Any]) -> dict[str, int]:
     """Cumulative integer percents for the pyramid (1/4/15/80 -> 1, 5, 20)."""
     tiers = config["value_tiers"]
@@ -103,6 +136,7 @@ def sql_params(config: dict[str, Any]) -> dict[str, Any]:
         "rfm_lookback_days": lookback,
         "rfm_frame_days": lookback - 1,  # a window frame of the lookback: n - 1 days before
         "period_days": 30,  # the KPIs' period: the 30 days ending at the date
+        "rfm_first_order_cap": first_order_cap(config),
         "sla_hours": int(config["kpis"]["complaint_sla_hours"]),
         "response_days": int(config["kpis"]["campaign_response_days"]),
         **tier_params(config),
@@ -143,14 +177,13 @@ def build_snapshots(
         with conn.begin():  # what every chunk reads, built once (temporary: this connection)
             started = time.perf_counter()
             _drop_temps(conn)
-            wh.temp_table(conn, "rfm_segment_map", segment_map(config), SEGMENT_MAP_TYPES)
-            conn.exec_driver_sql(
-                "create temporary table int_completed_orders as " + wh.render(
-                    wh.sql_file("intermediate", "int_completed_orders"),
-                    {"build_from": plan[0][0], "build_to": max(hi for _, hi, _ in plan)},
-                )
-            )
-            log.info("snapshots: completed order versions of %s .. %s in %.1f s",
+            wh.temp_table(conn, "rfm_segment_lookup", segment_lookup(config),
+                          SEGMENT_LOOKUP_TYPES)
+            build = {"build_from": plan[0][0], "build_to": max(hi for _, hi, _ in plan)}
+            for name in BUILD_INTERMEDIATE:
+                conn.exec_driver_sql(f"create temporary table {name} as "
+                                     + wh.render(wh.sql_file("intermediate", name), build))
+            log.info("snapshots: completed order versions and first orders of %s .. %s in %.1f s",
                      plan[0][0], date_to, time.perf_counter() - started)
         for part, (lo, hi, marts) in enumerate(plan, 1):
             started = time.perf_counter()
@@ -182,7 +215,7 @@ def build_snapshots(
 
 def _drop_temps(conn: sa.Connection) -> None:
     conn.exec_driver_sql("drop view if exists int_order_versions")
-    for name in ("int_completed_orders", "rfm_segment_map", "as_of_dates", *INTERMEDIATE[1:]):
+    for name in (*BUILD_INTERMEDIATE, "rfm_segment_lookup", "as_of_dates", *INTERMEDIATE[1:]):
         conn.exec_driver_sql(f"drop table if exists {name}")
 
 

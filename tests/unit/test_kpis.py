@@ -325,3 +325,22 @@ def test_a_customer_who_bought_counts_whatever_created_at_says(tmp_path, warehou
     build_marts(warehouse, ("dim_customer",), D)
     with warehouse.begin() as conn:
         assert conn.exec_driver_sql("select customer_id from marts.dim_customer").fetchall() == [("L1",)]
+
+
+def test_the_segment_lookup_gives_each_cell_and_first_order_age_its_first_matching_rule():
+    from crm_pipeline.config import settings
+    from crm_pipeline.kpis import first_order_cap, segment_lookup
+
+    config = settings()
+    lookup = segment_lookup(config)
+    assert first_order_cap(config) == 90 and len(lookup) == 25 * 91
+    cell = lookup[(lookup.r_score == 5) & (lookup.f_score == 1)].set_index("first_order_days")
+    # New within 30 days of the first order, Promising within 90, then Occasional
+    assert cell.segment[0] == cell.segment[29] == "New"
+    assert cell.segment[30] == cell.segment[89] == "Promising"
+    assert cell.segment[90] == "Occasional"
+    champions = lookup[(lookup.r_score == 5) & (lookup.f_score == 5)]
+    assert set(champions.segment) == {"Champions"}
+    plain = {**config, "rfm": {**config["rfm"], "segments": [
+        {**rule, "first_order_within_days": None} for rule in config["rfm"]["segments"]]}}
+    assert first_order_cap(plain) == 0 and len(segment_lookup(plain)) == 25

@@ -19,8 +19,12 @@ completed as (
     where status = 'completed'
 ),
 
+-- stable over the build: valid on every one of its days (what int_first_orders reads)
 final as (
-    select *
+    select
+        completed.*,
+        completed.first_valid_day <= {{ build_from }}
+        and completed.last_valid_day >= {{ build_to }} as is_build_stable
     from completed
     where first_valid_day <= {{ build_to }}
         and last_valid_day >= {{ build_from }}

@@ -25,13 +25,19 @@ customers_at_day as (
 ),
 
 -- the first completed purchase valid at the day: the earliest of the versions valid on
--- every day of the spine, if placed by the day, or of those that change inside it
+-- every day of the spine, if placed by the day, or of those that change inside it. The
+-- versions valid over the whole build were reduced to one date per customer once
+-- (int_first_orders); only those valid over this chunk alone are read again here
 stable_first as (
     select
         customer_id,
-        min(order_date) as first_order_date
-    from order_versions
-    where is_stable
+        min(first_order_date) as first_order_date
+    from (
+        select customer_id, first_order_date from int_first_orders
+        union all
+        select customer_id, order_date from order_versions
+        where is_stable and not is_build_stable
+    ) as candidates
     group by customer_id
 ),
 

@@ -22,6 +22,8 @@ final as (
         and order_versions.last_valid_day >= as_of.as_of_date
         and order_versions.order_date <= as_of.as_of_date
         and order_versions.order_date > as_of.as_of_date - {{ period_days }}
+    -- the same bound for the whole spine, so the scan skips the rest of history before joining
+    where order_versions.order_date > {{ date_from }} - {{ period_days }}
 )
 
 select * from final

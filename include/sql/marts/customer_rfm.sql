@@ -4,8 +4,9 @@ with customer_days as (
     where orders_rfm > 0
 ),
 
-segment_map as (
-    select * from rfm_segment_map
+-- (R, F, days since the first completed order, capped) -> segment: kpis.segment_lookup
+segment_lookup as (
+    select * from rfm_segment_lookup
 ),
 
 customers as (
@@ -47,29 +48,9 @@ scored as (
     from ranked
 ),
 
--- a cell's candidate segments in rule order; a rule with first_order_within_days (New)
--- takes only customers whose first completed order falls in that many days ending at the
--- date, the others fall through to the cell's next rule
-candidates as (
-    select
-        scored.as_of_date,
-        scored.customer_id,
-        segment_map.segment,
-        row_number() over (
-            partition by scored.as_of_date, scored.customer_id order by segment_map.rule_no
-        ) as preference
-    from scored
-    inner join segment_map
-        on scored.r_score = segment_map.r_score
-        and scored.f_score = segment_map.f_score
-    left join customers
-        on scored.as_of_date = customers.as_of_date
-        and scored.customer_id = customers.customer_id
-    where segment_map.first_order_within_days is null
-        or customers.first_purchase_date
-        > scored.as_of_date - segment_map.first_order_within_days
-),
-
+-- the segment of the customer's cell: a rule with first_order_within_days (New) takes only
+-- customers whose first completed order falls in that many days ending at the date, the
+-- others fall through to the cell's next rule (worked out per day count in segment_lookup)
 final as (
     select
         scored.as_of_date,
@@ -82,12 +63,17 @@ final as (
         scored.m_score,
         cast(scored.r_score as varchar) || cast(scored.f_score as varchar)
             || cast(scored.m_score as varchar) as rfm_cell,
-        candidates.segment
+        segment_lookup.segment
     from scored
-    inner join candidates
-        on scored.as_of_date = candidates.as_of_date
-        and scored.customer_id = candidates.customer_id
-        and candidates.preference = 1
+    left join customers
+        on scored.as_of_date = customers.as_of_date
+        and scored.customer_id = customers.customer_id
+    inner join segment_lookup
+        on scored.r_score = segment_lookup.r_score
+        and scored.f_score = segment_lookup.f_score
+        and segment_lookup.first_order_days = least(greatest(coalesce(
+            scored.as_of_date - customers.first_purchase_date, {{ rfm_first_order_cap }}
+        ), 0), {{ rfm_first_order_cap }})
 )
 
 select * from final

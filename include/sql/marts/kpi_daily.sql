@@ -16,25 +16,27 @@ customers as (
     select * from int_customers
 ),
 
+-- the marts hold every day built: read the spine's days by bounds the scan can skip by
+-- (a semi-join on the spine would read the whole history, every night)
 tiers as (
     select as_of_date, customer_id, tier from marts.customer_value_tier
-    where as_of_date in (select as_of_date from as_of)
+    where as_of_date between {{ date_from }} and {{ date_to }}
 ),
 
 segments as (
     select as_of_date, customer_id, segment from marts.customer_rfm
-    where as_of_date in (select as_of_date from as_of)
+    where as_of_date between {{ date_from }} and {{ date_to }}
 ),
 
 -- the d-30 cohort's tier and segment: where each customer stood when the cohort was taken
 tiers_then as (
     select as_of_date, customer_id, tier from marts.customer_value_tier
-    where as_of_date in (select as_of_date - 30 from as_of)
+    where as_of_date between {{ date_from }} - 30 and {{ date_to }} - 30
 ),
 
 segments_then as (
     select as_of_date, customer_id, segment from marts.customer_rfm
-    where as_of_date in (select as_of_date - 30 from as_of)
+    where as_of_date between {{ date_from }} - 30 and {{ date_to }} - 30
 ),
 
 customer_versions as (

@@ -3,28 +3,32 @@ with as_of as (
     select as_of_date, as_of_date - 30 as before_date from as_of_dates
 ),
 
--- the days compared and the days 30 before them, not the whole history
-position_dates as (
-    select as_of_date from as_of
-    union
-    select before_date from as_of
-),
-
+-- the days compared and the days 30 before them, not the whole history: by bounds the
+-- scan can skip by (a semi-join on the spine would read every day built)
 positions as (
     select as_of_date, customer_id, 'segment' as dimension, segment as position
     from marts.customer_rfm
-    where as_of_date in (select as_of_date from position_dates)
+    where as_of_date between {{ date_from }} and {{ date_to }}
+        or as_of_date between {{ date_from }} - 30 and {{ date_to }} - 30
     union all
     select as_of_date, customer_id, 'tier', tier
     from marts.customer_value_tier
-    where as_of_date in (select as_of_date from position_dates)
+    where as_of_date between {{ date_from }} and {{ date_to }}
+        or as_of_date between {{ date_from }} - 30 and {{ date_to }} - 30
 ),
 
 -- a date is compared only when the snapshot 30 days before it was built
+built_before as (
+    select distinct as_of_date
+    from marts.customer_rfm
+    where as_of_date between {{ date_from }} - 30 and {{ date_to }} - 30
+),
+
 comparable as (
     select as_of.*
     from as_of
-    where exists (select 1 from marts.customer_rfm where as_of_date = as_of.before_date)
+    inner join built_before
+        on as_of.before_date = built_before.as_of_date
 ),
 
 now_positions as (
