@@ -354,7 +354,7 @@ def _record(scale: int, source_rows: int, warehouse: str, text: str) -> None:
     if marker in current:
         start = current.index(marker)
         end = current.find("\n## ", start + 1)
-        current = current[:start] + section + ("" if end < 0 else current[end + 1:])
+        current = current[:start] + section + ("" if end < 0 else "\n" + current[end + 1:])
     else:
         current = current.rstrip("\n") + "\n\n" + section
     doc.write_text(current)
