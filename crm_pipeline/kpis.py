@@ -7,9 +7,10 @@ replaced by delete-insert, each chunk of days in one transaction, so a rerun or 
 gives the same rows and a reader never sees half a day.
 
 First, once, the completed order versions valid somewhere in the range and each customer's
-first order among those valid all through it (`BUILD_INTERMEDIATE`); then per chunk of days, in one transaction each, intermediate temporary tables
-(`INTERMEDIATE`: the chunk's order versions, the period's purchases, each customer's
-purchase windows per day, customer attributes per day), then customer_rfm and
+first order among those valid all through it (`BUILD_INTERMEDIATE`); then per chunk of
+days, in one transaction each, intermediate temporary tables (`INTERMEDIATE`: the chunk's
+order versions, the period's purchases, each customer's purchase windows per day, customer
+attributes per day), then customer_rfm and
 customer_value_tier (the KPIs' tier and segment dimensions), then kpi_daily and
 segment_migration (which compares each day with 30 days before, so a history build reaches
 30 days further back for RFM and tiers). The purchase windows (`int_customer_days`) sum the
@@ -191,8 +192,7 @@ def build_snapshots(
                 _date_spine(wh, conn, lo, hi)
                 span = {**params, "date_from": lo, "date_to": hi}
                 for name in INTERMEDIATE:
-                    # the chunk's order versions are a view, a filter over the build's
-                    kind = "view" if name == "int_order_versions" else "table"
+                    kind = _kind(name)
                     conn.exec_driver_sql(f"drop {kind} if exists {name}")
                     conn.exec_driver_sql(
                         f"create temporary {kind} {name} as "
@@ -203,14 +203,18 @@ def build_snapshots(
                         conn, f"marts.{name}", wh.sql_file("marts", name), span
                     )
                 for name in reversed(INTERMEDIATE):
-                    kind = "view" if name == "int_order_versions" else "table"
-                    conn.exec_driver_sql(f"drop {kind} {name}")
+                    conn.exec_driver_sql(f"drop {_kind(name)} {name}")
             log.info("snapshots %s .. %s (%d of %d): %s in %.1f s", lo, hi, part, len(plan),
                      ", ".join(marts), time.perf_counter() - started)
         with conn.begin():
             _drop_temps(conn)
     log.info("snapshot marts rebuilt for %s .. %s: %s", date_from, date_to, counts)
     return counts
+
+
+def _kind(name: str) -> str:
+    """The chunk's order versions are a view, a filter over the build's; the rest tables."""
+    return "view" if name == "int_order_versions" else "table"
 
 
 def _drop_temps(conn: sa.Connection) -> None:
