@@ -165,7 +165,9 @@ def features_without_data(train: pd.DataFrame) -> dict[str, str]:
         if values.isna().all():
             out[col] = "no value for any customer at the training cut-off"
         elif values.nunique(dropna=False) == 1:
-            out[col] = f"the same value ({values.iloc[0]}) for every customer at the training cut-off"
+            out[col] = (
+                f"the same value ({values.iloc[0]}) for every customer at the training cut-off"
+            )
     return out
 
 
@@ -387,7 +389,9 @@ def risk_band(probability: np.ndarray, bands: Mapping[str, float]) -> np.ndarray
     """'high' at or above bands['high'], 'medium' at or above bands['medium'], else 'low'."""
     high, medium = float(bands["high"]), float(bands["medium"])
     if not 0.0 < medium < high <= 1.0:
-        raise ConfigError(f"churn.risk_bands must satisfy 0 < medium < high <= 1, got {dict(bands)}")
+        raise ConfigError(
+            f"churn.risk_bands must satisfy 0 < medium < high <= 1, got {dict(bands)}"
+        )
     p = np.asarray(probability, dtype=float)
     return np.where(p >= high, "high", np.where(p >= medium, "medium", "low")).astype(object)
 

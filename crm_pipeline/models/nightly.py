@@ -770,8 +770,17 @@ def _churn(
         metrics = {"n_train": len(y_train), "n_valid": len(y_valid), "n_active": n_scored}
         params = {"features": churn.feature_columns(train_x), "features_left_out": left_out}
         checks = {"trainable": _check(False, reason, False, True)}
-        return _Run("churn", "pending", False, params, metrics, checks, reason,
-                    time.perf_counter() - t0, n_scored), None
+        return _Run(
+            "churn",
+            "pending",
+            False,
+            params,
+            metrics,
+            checks,
+            reason,
+            time.perf_counter() - t0,
+            n_scored,
+        ), None
     fit_seconds = time.perf_counter() - t0
     m = model.metrics
     # the P(alive) feature needs finite parameters at every cut-off; a fit that stopped a

@@ -52,167 +52,314 @@ def _table(name: str, grain: str, temporary: bool = False, **columns: str) -> Ta
 # -- raw and extraction ---------------------------------------------------------------------
 META_COLUMNS = ("_row_hash", "_batch_id")
 
-RAW: Mapping[str, Table] = MappingProxyType({
-    spec.name: Table(
-        f"raw.{spec.name}",
-        MappingProxyType({
-            **{c: "varchar" for c in spec.columns},
-            "_row_hash": "varchar not null",
-            "_batch_id": "bigint not null",
-        }),
-        f"one row per version of a source {spec.name} row, every column as the source's text",
-    )
-    for spec in SOURCE_TABLES.values()
-})
+RAW: Mapping[str, Table] = MappingProxyType(
+    {
+        spec.name: Table(
+            f"raw.{spec.name}",
+            MappingProxyType(
+                {
+                    **{c: "varchar" for c in spec.columns},
+                    "_row_hash": "varchar not null",
+                    "_batch_id": "bigint not null",
+                }
+            ),
+            f"one row per version of a source {spec.name} row, every column as the source's text",
+        )
+        for spec in SOURCE_TABLES.values()
+    }
+)
 
 WATERMARKS = _table(
-    "ops.watermarks", "one row per source table: the highest updated_at pulled",
-    table_name="varchar primary key", watermark="varchar not null", batch_id="bigint not null",
+    "ops.watermarks",
+    "one row per source table: the highest updated_at pulled",
+    table_name="varchar primary key",
+    watermark="varchar not null",
+    batch_id="bigint not null",
 )
 EXTRACT_BATCHES = _table(
-    "ops.extract_batches", "one row per pull of one source table",
-    batch_id="bigint primary key", table_name="varchar not null", run_id="varchar not null",
-    as_of_date="date not null", watermark_from="varchar", watermark_to="varchar",
-    rows_read="bigint not null", new_versions="bigint not null",
-    source_columns="varchar not null", missing_columns="varchar not null",
+    "ops.extract_batches",
+    "one row per pull of one source table",
+    batch_id="bigint primary key",
+    table_name="varchar not null",
+    run_id="varchar not null",
+    as_of_date="date not null",
+    watermark_from="varchar",
+    watermark_to="varchar",
+    rows_read="bigint not null",
+    new_versions="bigint not null",
+    source_columns="varchar not null",
+    missing_columns="varchar not null",
 )
-
 
 
 def incoming(columns: tuple[str, ...] | list[str], hashed: bool = False) -> Table:
     """The rows of one pull, as the source gave them (text), with or without their hash."""
     return Table(
         "_incoming",
-        MappingProxyType({
-            **{c: "varchar" for c in columns}, **({"_row_hash": "varchar"} if hashed else {})
-        }),
-        "one row per source row pulled tonight", temporary=True,
+        MappingProxyType(
+            {**{c: "varchar" for c in columns}, **({"_row_hash": "varchar"} if hashed else {})}
+        ),
+        "one row per source row pulled tonight",
+        temporary=True,
     )
 
 
 # -- validation -----------------------------------------------------------------------------
 QUARANTINE_ROWS = _table(
-    "quarantine.rows", "one row per (version, rule) found bad; released_at set when it heals",
-    table_name="varchar not null", row_key="varchar not null", row_hash="varchar not null",
-    rule="varchar not null", column_name="varchar", value="varchar",
-    as_of_date="date not null", run_id="varchar not null",
-    released_at="timestamp", release_run_id="varchar",
+    "quarantine.rows",
+    "one row per (version, rule) found bad; released_at set when it heals",
+    table_name="varchar not null",
+    row_key="varchar not null",
+    row_hash="varchar not null",
+    rule="varchar not null",
+    column_name="varchar",
+    value="varchar",
+    as_of_date="date not null",
+    run_id="varchar not null",
+    released_at="timestamp",
+    release_run_id="varchar",
 )
 VALIDATED_BATCHES = _table(
-    "ops.validated_batches", "one row per extract batch validated (or stopped) by a run",
-    batch_id="bigint not null", table_name="varchar not null", run_id="varchar not null",
-    as_of_date="date not null", status="varchar not null", rows_validated="bigint",
-    quarantined="bigint", validated_at="timestamp",
+    "ops.validated_batches",
+    "one row per extract batch validated (or stopped) by a run",
+    batch_id="bigint not null",
+    table_name="varchar not null",
+    run_id="varchar not null",
+    as_of_date="date not null",
+    status="varchar not null",
+    rows_validated="bigint",
+    quarantined="bigint",
+    validated_at="timestamp",
 )
 DQ_RESULTS = _table(
-    "ops.dq_results", "one row per (run, table, expectation): GX's result in figures",
-    run_id="varchar not null", as_of_date="date not null", table_name="varchar not null",
-    expectation="varchar not null", column_name="varchar", level="varchar not null",
-    success="boolean not null", observed_value="varchar", unexpected_count="bigint",
-    element_count="bigint", rule="varchar not null", suite="varchar not null",
+    "ops.dq_results",
+    "one row per (run, table, expectation): GX's result in figures",
+    run_id="varchar not null",
+    as_of_date="date not null",
+    table_name="varchar not null",
+    expectation="varchar not null",
+    column_name="varchar",
+    level="varchar not null",
+    success="boolean not null",
+    observed_value="varchar",
+    unexpected_count="bigint",
+    element_count="bigint",
+    rule="varchar not null",
+    suite="varchar not null",
 )
 TABLE_STATUS = _table(
-    "ops.table_status", "one row per (day, source table): usable, quarantined, failed, stale",
-    as_of_date="date not null", table_name="varchar not null", status="varchar not null",
-    run_id="varchar not null", detail="varchar", rows_validated="bigint",
-    quarantined="bigint", validated_at="timestamp",
+    "ops.table_status",
+    "one row per (day, source table): usable, quarantined, failed, stale",
+    as_of_date="date not null",
+    table_name="varchar not null",
+    status="varchar not null",
+    run_id="varchar not null",
+    detail="varchar",
+    rows_validated="bigint",
+    quarantined="bigint",
+    validated_at="timestamp",
 )
 
 DQ_FINDINGS = _table(
-    "_dq_findings", "one row per (version, rule) GX flagged in this table tonight",
-    temporary=True, table_name="varchar", row_key="varchar", row_hash="varchar",
-    rule="varchar", column_name="varchar", value="varchar", level="varchar",
+    "_dq_findings",
+    "one row per (version, rule) GX flagged in this table tonight",
+    temporary=True,
+    table_name="varchar",
+    row_key="varchar",
+    row_hash="varchar",
+    rule="varchar",
+    column_name="varchar",
+    value="varchar",
+    level="varchar",
 )
 DQ_PROBE = _table(
-    "_dq_probe", "one row per held version re-checked", temporary=True, row_hash="varchar",
+    "_dq_probe",
+    "one row per held version re-checked",
+    temporary=True,
+    row_hash="varchar",
 )
 DQ_VALUES = _table(
-    "_dq_values", "one row per distinct foreign-key value looked up", temporary=True,
+    "_dq_values",
+    "one row per distinct foreign-key value looked up",
+    temporary=True,
     v="varchar",
 )
 
 # -- staging --------------------------------------------------------------------------------
 STAGING_STATE = _table(
-    "ops.staging_state", "one row per staging table: its SQL's digest and the last batch in it",
-    table_name="varchar not null", sql_md5="varchar not null", last_batch_id="bigint not null",
+    "ops.staging_state",
+    "one row per staging table: its SQL's digest and the last batch in it",
+    table_name="varchar not null",
+    sql_md5="varchar not null",
+    last_batch_id="bigint not null",
 )
 STAGING_HELD = _table(
-    "ops.staging_held", "one row per version held out of staging when it was last built",
-    table_name="varchar not null", row_hash="varchar not null",
+    "ops.staging_held",
+    "one row per version held out of staging when it was last built",
+    table_name="varchar not null",
+    row_hash="varchar not null",
 )
 
 # -- models ---------------------------------------------------------------------------------
 MODEL_RUNS = _table(
-    "ops.model_runs", "one row per (run, day, model): status, params, metrics, gate checks",
-    run_id="varchar", as_of_date="date", model="varchar", model_version="varchar",
-    status="varchar", passed="boolean", published="boolean", params="text", metrics="text",
-    checks="text", message="text", fit_seconds="double precision", n_customers="integer",
+    "ops.model_runs",
+    "one row per (run, day, model): status, params, metrics, gate checks",
+    run_id="varchar",
+    as_of_date="date",
+    model="varchar",
+    model_version="varchar",
+    status="varchar",
+    passed="boolean",
+    published="boolean",
+    params="text",
+    metrics="text",
+    checks="text",
+    message="text",
+    fit_seconds="double precision",
+    n_customers="integer",
     recorded_at="timestamp",
 )
 CUSTOMER_CLV = _table(
-    "marts.customer_clv", "one row per (day, buyer): BG/NBD + Gamma-Gamma value",
-    as_of_date="date", customer_id="varchar", frequency="integer", recency="integer",
-    t="integer", monetary_value="decimal(14, 2)", p_alive="double precision",
-    expected_purchases="double precision", expected_avg_value="decimal(14, 2)",
-    margin_ratio="double precision", clv="decimal(14, 2)", historic_value="decimal(14, 2)",
-    historic_margin="decimal(14, 2)", horizon_days="integer", model_version="varchar",
+    "marts.customer_clv",
+    "one row per (day, buyer): BG/NBD + Gamma-Gamma value",
+    as_of_date="date",
+    customer_id="varchar",
+    frequency="integer",
+    recency="integer",
+    t="integer",
+    monetary_value="decimal(14, 2)",
+    p_alive="double precision",
+    expected_purchases="double precision",
+    expected_avg_value="decimal(14, 2)",
+    margin_ratio="double precision",
+    clv="decimal(14, 2)",
+    historic_value="decimal(14, 2)",
+    historic_margin="decimal(14, 2)",
+    horizon_days="integer",
+    model_version="varchar",
     run_id="varchar",
 )
 CUSTOMER_CHURN_RISK = _table(
-    "marts.customer_churn_risk", "one row per (day, active customer): churn risk and reasons",
-    as_of_date="date", customer_id="varchar", churn_probability="double precision",
-    risk_band="varchar", top_reasons="varchar", model_version="varchar", run_id="varchar",
+    "marts.customer_churn_risk",
+    "one row per (day, active customer): churn risk and reasons",
+    as_of_date="date",
+    customer_id="varchar",
+    churn_probability="double precision",
+    risk_band="varchar",
+    top_reasons="varchar",
+    model_version="varchar",
+    run_id="varchar",
 )
 #: what the models stage writes; the marts exist (empty) before it first passes its gate
 MODEL_TABLES = (MODEL_RUNS, CUSTOMER_CLV, CUSTOMER_CHURN_RISK)
 #: the scores in Python, handed to include/sql/models/customer_clv.sql
 CLV_SCORES = _table(
-    "clv_scores_next", "one row per buyer scored tonight", temporary=True,
-    customer_id="varchar", frequency="integer", recency="integer", t="integer",
-    monetary_value="double precision", p_alive="double precision",
-    expected_purchases="double precision", expected_avg_value="double precision",
-    margin_ratio="double precision", clv="double precision", historic_value="double precision",
-    historic_margin="double precision", horizon_days="integer", model_version="varchar",
+    "clv_scores_next",
+    "one row per buyer scored tonight",
+    temporary=True,
+    customer_id="varchar",
+    frequency="integer",
+    recency="integer",
+    t="integer",
+    monetary_value="double precision",
+    p_alive="double precision",
+    expected_purchases="double precision",
+    expected_avg_value="double precision",
+    margin_ratio="double precision",
+    clv="double precision",
+    historic_value="double precision",
+    historic_margin="double precision",
+    horizon_days="integer",
+    model_version="varchar",
     run_id="varchar",
 )
 #: the scores in Python, handed to include/sql/models/customer_churn_risk.sql
 CHURN_SCORES = _table(
-    "churn_scores_next", "one row per active customer scored tonight", temporary=True,
-    customer_id="varchar", churn_probability="double precision", risk_band="varchar",
-    top_reasons="varchar", model_version="varchar", run_id="varchar",
+    "churn_scores_next",
+    "one row per active customer scored tonight",
+    temporary=True,
+    customer_id="varchar",
+    churn_probability="double precision",
+    risk_band="varchar",
+    top_reasons="varchar",
+    model_version="varchar",
+    run_id="varchar",
 )
 
 # -- evaluation and alerts ------------------------------------------------------------------
 KPI_EVALUATION = _table(
-    "marts.kpi_evaluation", "one row per (day, KPI, dimension, dimension value)",
-    as_of_date="date", kpi="varchar", dimension="varchar", dimension_value="varchar",
-    value="double precision", target="double precision", direction="varchar",
-    status="varchar", baseline="double precision", change_vs_baseline="double precision",
-    baseline_low="double precision", baseline_high="double precision",
-    baseline_days="integer", n="double precision", interval_low="double precision",
-    interval_high="double precision", target_breached="boolean", unusual_move="boolean",
-    flagged="boolean", reason="varchar", run_id="varchar",
+    "marts.kpi_evaluation",
+    "one row per (day, KPI, dimension, dimension value)",
+    as_of_date="date",
+    kpi="varchar",
+    dimension="varchar",
+    dimension_value="varchar",
+    value="double precision",
+    target="double precision",
+    direction="varchar",
+    status="varchar",
+    baseline="double precision",
+    change_vs_baseline="double precision",
+    baseline_low="double precision",
+    baseline_high="double precision",
+    baseline_days="integer",
+    n="double precision",
+    interval_low="double precision",
+    interval_high="double precision",
+    target_breached="boolean",
+    unusual_move="boolean",
+    flagged="boolean",
+    reason="varchar",
+    run_id="varchar",
 )
 ALERT_HISTORY = _table(
-    "ops.alert_history", "one row per (day, alert): its state and what was notified",
-    as_of_date="date", alert_id="varchar", kpi="varchar", dimension="varchar",
-    dimension_value="varchar", severity="varchar", state="varchar", event="varchar",
-    message="varchar", first_seen="date", last_seen="date", last_notified_at="timestamp",
-    last_notified_date="date", value="double precision", target="double precision",
-    baseline="double precision", change_vs_baseline="double precision",
-    last_value_notified="double precision", last_severity_notified="varchar",
-    message_id="varchar", run_id="varchar",
+    "ops.alert_history",
+    "one row per (day, alert): its state and what was notified",
+    as_of_date="date",
+    alert_id="varchar",
+    kpi="varchar",
+    dimension="varchar",
+    dimension_value="varchar",
+    severity="varchar",
+    state="varchar",
+    event="varchar",
+    message="varchar",
+    first_seen="date",
+    last_seen="date",
+    last_notified_at="timestamp",
+    last_notified_date="date",
+    value="double precision",
+    target="double precision",
+    baseline="double precision",
+    change_vs_baseline="double precision",
+    last_value_notified="double precision",
+    last_severity_notified="varchar",
+    message_id="varchar",
+    run_id="varchar",
 )
 ALERT_RUNS = _table(
-    "ops.alert_runs", "one row per (day, run) of the alert stage",
-    as_of_date="date", run_id="varchar", firing="integer", notified_items="integer",
+    "ops.alert_runs",
+    "one row per (day, run) of the alert stage",
+    as_of_date="date",
+    run_id="varchar",
+    firing="integer",
+    notified_items="integer",
     message_id="varchar",
 )
 ALERT_OUTBOX = _table(
-    "ops.alert_outbox", "one row per email composed: pending, sending, sent or held",
-    message_id="varchar", as_of_date="date", run_id="varchar", subject="varchar",
-    sender="varchar", recipients="varchar", mime_text="varchar", state="varchar",
-    attempts="integer", last_error="varchar", sent_at="timestamp",
+    "ops.alert_outbox",
+    "one row per email composed: pending, sending, sent or held",
+    message_id="varchar",
+    as_of_date="date",
+    run_id="varchar",
+    subject="varchar",
+    sender="varchar",
+    recipients="varchar",
+    mime_text="varchar",
+    state="varchar",
+    attempts="integer",
+    last_error="varchar",
+    sent_at="timestamp",
 )
 
 #: what every stage stands on: raw versions, the extraction ledger and the quarantine
