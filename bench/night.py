@@ -1,6 +1,7 @@
 """One night of crm_nightly's stages in the DAG's order, outside Airflow.
 
     python -m bench.night SOURCE_URL WAREHOUSE_URL DAY [--kill-at N] [--marks]
+        [--only models [--models-config JSON]]
 
 Each DAG task calls one `crm_pipeline.stages` function; this runs the same functions in
 the same order (a model gate failure does not stop the stages after it, as in the DAG), so
@@ -45,7 +46,7 @@ def _counter(kill_at: int) -> Callable[..., None]:
 
 
 def night(source_url: str, warehouse_url: str, day: dt.date, run_id: str, data_dir: Path,
-          marks: bool = False) -> None:
+          marks: bool = False, only: str = "", models_config: dict | None = None) -> None:
     run = stages.Run(day=day, run_id=run_id,
                      started=dt.datetime.combine(day + dt.timedelta(days=1), dt.time(2)),
                      warehouse_url=warehouse_url, source_url=source_url, data_dir=data_dir)
@@ -59,10 +60,16 @@ def night(source_url: str, warehouse_url: str, day: dt.date, run_id: str, data_d
         return result
 
     def models() -> None:
+        from crm_pipeline.models.nightly import run_models
+
         try:
-            stages.models(run)
+            run_models(run.warehouse, run.day, run.run_id, config=models_config)
         except ModelGateError:
             pass  # publish, KPIs and alerts still run, as in the DAG
+
+    if only == "models":  # the models stage alone, e.g. on a night that trains the week
+        step("models", models)
+        return
 
     step("check_run", lambda: stages.preflight(run, can_mail=False, engineers=""))
     step("extract", lambda: [stages.extract(run, table) for table in TABLE_ORDER])
@@ -85,6 +92,10 @@ def main() -> None:
     parser.add_argument("--kill-at", type=int, default=0)
     parser.add_argument("--run-id", default="bench")
     parser.add_argument("--marks", action="store_true")
+    parser.add_argument("--only", choices=["models"], default="",
+                        help="run this stage alone (on a warehouse built up to it)")
+    parser.add_argument("--models-config", type=json.loads, default=None,
+                        help="JSON merged over include/config/models.yaml for this run")
     args = parser.parse_args()
     event.listen(sa.engine.Engine, "before_cursor_execute", _counter(args.kill_at))
     if args.marks:  # the benchmark keeps the pipeline's own log lines beside the marks
@@ -92,7 +103,7 @@ def main() -> None:
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("crm_pipeline").setLevel(logging.INFO)
     night(args.source, args.warehouse, args.day, args.run_id, Path(tempfile.mkdtemp()),
-          marks=args.marks)
+          marks=args.marks, only=args.only, models_config=args.models_config)
     print(f"statements: {_count}")
 
 

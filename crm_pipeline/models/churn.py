@@ -14,10 +14,12 @@ Definitions (shared/contract.md: active = a completed order in the 90 days endin
 
 Time split, never a random one
 ------------------------------
-For a run on day d: train on cut-off c1 = d-180 (labels from (c1, c1+90] = (d-180, d-90]),
-validate and calibrate on c2 = d-90 (labels from (d-90, d]), score the customers active at
-d. Training labels end where validation features start, so nothing of the validation
-period reaches the classifier.
+For a training day t: train on cut-off c1 = t-180 (labels from (c1, c1+90] = (t-180, t-90]),
+validate and calibrate on c2 = t-90 (labels from (t-90, t]). Training labels end where
+validation features start, so nothing of the validation period reaches the classifier.
+The training day of a run on day d is the Monday of d's week (`training_day`,
+`churn.train_every_days`): the model is trained once a week and scores the customers
+active at d on every night of that week (crm_pipeline.models.nightly keeps it).
 
 Model
 -----
@@ -129,6 +131,22 @@ def read_labels(
 def label(features: pd.DataFrame, buyers: set[str]) -> np.ndarray:
     """1 = churned (no completed order in the label window), 0 = bought again."""
     return (~features["customer_id"].astype(str).isin(buyers)).to_numpy(dtype=np.int64)
+
+
+#: a Monday: with train_every_days = 7 every training day is a Monday
+TRAINING_EPOCH = dt.date(1970, 1, 5)
+
+
+def training_day(as_of_date: dt.date, every_days: int) -> dt.date:
+    """The day whose cut-offs train the classifier that scores `as_of_date`: the latest day
+    on or before it on a fixed calendar of one training day every `every_days` days from
+    TRAINING_EPOCH (7: the Monday of its week; 1: the day itself).
+
+    Fixed by the date alone, so a rerun or backfill of any day of the week uses the same
+    model whichever night of the week trained it first."""
+    if every_days < 1:
+        raise ConfigError(f"churn.train_every_days must be 1 or more, got {every_days}")
+    return as_of_date - dt.timedelta(days=(as_of_date - TRAINING_EPOCH).days % every_days)
 
 
 def time_split(as_of_date: dt.date, label_days: int = LABEL_DAYS) -> tuple[dt.date, dt.date]:
@@ -633,22 +651,49 @@ def _same(values: pd.Series, reference: Any) -> np.ndarray:
     return (values == reference).fillna(False).to_numpy(dtype=bool)
 
 
+class _Row(Mapping[str, Any]):
+    """One customer's values, read from per-column lists (floats, NaN for missing, or text)
+    only as a reason's words ask for them: a dict per customer cost most of the scoring
+    time at a million customers."""
+
+    __slots__ = ("_columns", "_i")
+
+    def __init__(self, columns: Mapping[str, list], i: int):
+        self._columns, self._i = columns, i
+
+    def __getitem__(self, key: str) -> Any:
+        return self._columns[key][self._i]
+
+    def __iter__(self):
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+
+def _plain_column(values: pd.Series) -> list:
+    """A column as plain Python values: numbers as float, missing as NaN, text as text
+    (the features are numbers or text, never numbers in a text column)."""
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        return values.to_numpy(dtype=float, na_value=np.nan).tolist()
+    values = values.astype(object)
+    return values.where(values.notna(), np.nan).tolist()
+
+
 def top_reasons(
     features: pd.DataFrame, contrib: pd.DataFrame, top_n: int = 3, min_log_odds: float = 0.05
 ) -> list[str]:
     """The top `top_n` groups raising each customer's risk, in words, joined by '; '."""
     groups = list(contrib.columns)
+    say = [REASON_GROUPS[g][1] for g in groups]
     values = contrib.to_numpy()
     order = np.argsort(-values, axis=1, kind="stable")[:, :top_n]
-    records = features.to_dict("records")
+    strong = np.take_along_axis(values, order, axis=1) > min_log_odds
+    columns = {c: _plain_column(features[c]) for c in features.columns}
     texts = []
-    for i, rec in enumerate(records):
-        rec = {
-            k: (float(v) if isinstance(v, int | float | np.number) and v is not None else v)
-            for k, v in rec.items()
-        }
-        rec = {k: (np.nan if v is None else v) for k, v in rec.items()}
-        words = [REASON_GROUPS[groups[j]][1](rec) for j in order[i] if values[i, j] > min_log_odds]
+    for i in range(len(values)):
+        row = _Row(columns, i)
+        words = [say[j](row) for j, ok in zip(order[i], strong[i], strict=True) if ok]
         texts.append("; ".join(words) if words else "no single factor stands out")
     return texts
 

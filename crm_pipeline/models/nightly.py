@@ -55,7 +55,7 @@ import yaml
 from crm_pipeline.config import CONFIG_DIR, settings
 from crm_pipeline.errors import ConfigError, PipelineStop
 from crm_pipeline.kpis import tier_params
-from crm_pipeline.models import churn
+from crm_pipeline.models import churn, store
 from crm_pipeline.models import clv as clv_model
 from crm_pipeline.warehouse import Warehouse, tables
 
@@ -379,34 +379,30 @@ def _round(value: Any, digits: int = 4) -> float | None:
 
 def holdout(
     summary_c2: pd.DataFrame, actuals: pd.DataFrame, penalizer: float, cfg: Mapping[str, Any]
-) -> tuple[clv_model.FitResult, pd.DataFrame, dict[str, Any], dict[str, Any]]:
-    """BG/NBD fitted on what was known at d-90, predicting repeat purchase days in (d-90, d].
+) -> tuple[clv_model.FitResult, pd.DataFrame, dict[str, Any]]:
+    """BG/NBD fitted on what was known at c2 = t-90, predicting repeat purchase days in
+    (t-90, t], t the training day.
 
-    Returns (fit at c2, purchase scores at c2, metrics, check)."""
-    gate = cfg["gate"]
-    limit = float(gate["holdout_max_relative_error"])
+    Returns (fit at c2, purchase scores at c2, outcome): the outcome holds the figures that
+    :func:`holdout_check` judges (kept for the week in ops.model_training) and the metrics."""
     bg = fit_bgnbd(summary_c2, penalizer, int(cfg["clv"]["maxiter"]))
     scores = purchase_scores(bg, summary_c2, HOLDOUT_DAYS)
+    outcome: dict[str, Any] = {
+        "n_customers": len(summary_c2),
+        "usable": _usable(bg),
+        "converged": bool(bg.converged),
+        "message": bg.message,
+        "actual": 0.0,
+        "predicted": None,
+        "metrics": {},
+    }
     if summary_c2.empty:
-        return bg, scores, {}, _check(None, "no buyers at d-90: nothing to hold out", None, limit)
+        return bg, scores, outcome
     joined = scores.merge(actuals, on="customer_id", how="left")
     actual = joined["actual_purchases"].fillna(0).to_numpy(float)
-    minimum = float(gate["holdout_min_actual_purchases"])
-    if actual.sum() < minimum:
-        return (
-            bg,
-            scores,
-            {"actual": _round(actual.sum(), 1)},
-            _check(
-                None,
-                f"only {actual.sum():.0f} actual repeat purchase days in the holdout, fewer than "
-                f"gate.holdout_min_actual_purchases = {minimum:g}: too little evidence",
-                None,
-                limit,
-            ),
-        )
-    if not _usable(bg):
-        return bg, scores, {}, _check(False, f"holdout fit failed: {bg.message}", None, limit)
+    outcome["actual"] = float(actual.sum())
+    if not outcome["usable"] or outcome["actual"] <= 0:
+        return bg, scores, outcome
     table = clv_model.holdout_comparison(
         joined["expected_purchases_90"].to_numpy(float), actual, 10
     )
@@ -414,6 +410,7 @@ def holdout(
         float(table.loc[0, "predicted_sum"]),
         float(table.loc[0, "actual_sum"]),
     )
+    outcome["predicted"] = predicted_sum
     deciles = [
         {
             "decile": int(r.group),
@@ -426,7 +423,7 @@ def holdout(
         }
         for r in table.iloc[1:].itertuples()
     ]
-    metrics = {
+    outcome["metrics"] = {
         "calibration_end": None,
         "holdout_days": HOLDOUT_DAYS,
         "n_customers": len(summary_c2),
@@ -437,18 +434,46 @@ def holdout(
         "deciles": deciles,
         "fit": _fit_summary(bg),
     }
+    return bg, scores, outcome
+
+
+def holdout_check(outcome: Mapping[str, Any], cfg: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(metrics, check) of a holdout outcome against tonight's gate thresholds."""
+    gate = cfg["gate"]
+    limit = float(gate["holdout_max_relative_error"])
+    if not outcome["n_customers"]:
+        return {}, _check(None, "no buyers at c2: nothing to hold out", None, limit)
+    minimum = float(gate["holdout_min_actual_purchases"])
+    actual = float(outcome["actual"])
+    if actual < minimum:
+        return (
+            {"actual": _round(actual, 1)},
+            _check(
+                None,
+                f"only {actual:.0f} actual repeat purchase days in the holdout, fewer than "
+                f"gate.holdout_min_actual_purchases = {minimum:g}: too little evidence",
+                None,
+                limit,
+            ),
+        )
+    if not outcome["usable"]:
+        return {}, _check(False, f"holdout fit failed: {outcome['message']}", None, limit)
+    if outcome["predicted"] is None or actual <= 0:
+        return {}, _check(None, "no repeat purchase day in the holdout", None, limit)
+    predicted = float(outcome["predicted"])
     # the holdout fit is judged by its predictions; whether its optimiser stopped cleanly
     # is recorded (metrics.fit) but only the published fit's convergence is a check
-    error = abs(predicted_sum / actual_sum - 1.0)
+    error = abs(predicted / actual - 1.0)
     check = _check(
         error <= limit,
-        f"predicted {predicted_sum:.0f} vs actual {actual_sum:.0f} repeat purchase days in "
-        f"the last {HOLDOUT_DAYS} days: |error| {error:.1%} {'<=' if error <= limit else '>'} "
-        f"{limit:.0%}" + ("" if bg.converged else f" (holdout fit: {bg.message})"),
+        f"predicted {predicted:.0f} vs actual {actual:.0f} repeat purchase days in "
+        f"the {HOLDOUT_DAYS} days to the training day: |error| {error:.1%} "
+        f"{'<=' if error <= limit else '>'} {limit:.0%}"
+        + ("" if outcome["converged"] else f" (holdout fit: {outcome['message']})"),
         round(error, 4),
         limit,
     )
-    return bg, scores, metrics, check
+    return dict(outcome["metrics"]), check
 
 
 def _fit_summary(fit: clv_model.FitResult) -> dict[str, Any]:
@@ -490,47 +515,48 @@ def run_models(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     tiers = tier_params(settings())
-    c1, c2 = churn.time_split(as_of_date)
+    day = churn.training_day(as_of_date, int(cfg["churn"]["train_every_days"]))
+    c1, c2 = churn.time_split(day)
 
-    # 1. read ----------------------------------------------------------------------------
+    # 1. read: the day's inputs; the training day's cut-offs only when its week has no
+    #    training kept yet (the first night of a week, a new model version)
     with wh.begin() as conn:
         if not wh.table_exists(conn, "staging.stg_orders"):
             raise RuntimeError("staging.stg_orders does not exist: run the staging step first")
+        trained = store.load(wh, conn, day, version)
+        inputs = None if trained is not None else _read_training(wh, conn, day, tiers)
         at_d = churn.read_cutoff(wh, conn, as_of_date, tiers)
-        actuals = wh.read_frame(
-            conn,
-            wh.render(
-                wh.sql_file("models", "holdout_actuals"),
-                {"as_of_date": as_of_date, "holdout_from": c2},
-            ),
-        )
-        at_c2 = churn.read_cutoff(wh, conn, c2, tiers)
-        buyers_c2 = churn.read_labels(wh, conn, c2)
-        at_c1 = churn.read_cutoff(wh, conn, c1, tiers)
-        buyers_c1 = churn.read_labels(wh, conn, c1)
         previous = _previous_fits(wh, conn, as_of_date, cfg)
     timings["read_seconds"] = time.perf_counter() - started
 
-    # 2. CLV ------------------------------------------------------------------------------
+    # 2. the week's training, when not kept yet: the CLV holdout and the churn classifier
+    if trained is None:
+        t0 = time.perf_counter()
+        trained = train_week(inputs, day, version, run_id, cfg)
+        # the night that trains reads the record as the later nights will (plain JSON)
+        record = json.loads(_json(trained.record()))
+        for key in ("holdout", "churn_params", "churn_metrics", "fits", "left_out"):
+            setattr(trained, key, record[key])
+        timings["train_seconds"] = time.perf_counter() - t0
+        del inputs
+
+    # 3. CLV ------------------------------------------------------------------------------
     runs: dict[str, _Run] = {}
     t0 = time.perf_counter()
     fitted = fit_clv(at_d.summary, cfg)
-    bg_c2, scores_c2, holdout_metrics, holdout_check = holdout(
-        at_c2.summary, actuals, fitted.penalizer, cfg
-    )
+    holdout_metrics, holdout_gate = holdout_check(trained.holdout, cfg)
     holdout_metrics["calibration_end"] = c2.isoformat()
+    holdout_metrics["training_day"] = day.isoformat()
     timings["clv_seconds"] = time.perf_counter() - t0
-    runs.update(_clv_runs(fitted, holdout_metrics, holdout_check, previous, cfg))
+    runs.update(_clv_runs(fitted, holdout_metrics, holdout_gate, previous, cfg))
 
-    # 3. churn ----------------------------------------------------------------------------
+    # 4. churn: the week's classifier scores the customers active at d --------------------
     t0 = time.perf_counter()
-    churn_run, churn_scores = _churn(
-        at_d, at_c2, at_c1, buyers_c2, buyers_c1, fitted, bg_c2, scores_c2, cfg
-    )
+    churn_run, churn_scores = _churn(at_d, fitted, trained, cfg)
     runs["churn"] = churn_run
     timings["churn_seconds"] = time.perf_counter() - t0
 
-    # 4. gate, record, publish: each model on its own checks ------------------------------
+    # 5. gate, record, publish: each model on its own checks ------------------------------
     # CLV needs both of its models; churn is judged apart, so a failing churn model never
     # withholds a healthy CLV, and the reverse
     failures = {
@@ -559,7 +585,9 @@ def run_models(
     if passed["churn"] and churn_scores is not None:
         churn_rows = churn_scores.assign(model_version=version, run_id=run_id)
     t0 = time.perf_counter()
-    published = _record_and_publish(wh, as_of_date, run_id, version, runs, clv_rows, churn_rows)
+    published = _record_and_publish(
+        wh, as_of_date, run_id, version, runs, clv_rows, churn_rows, trained
+    )
     timings["write_seconds"] = time.perf_counter() - t0
     timings["total_seconds"] = time.perf_counter() - started
     timings = {k: round(v, 3) for k, v in timings.items()}
@@ -571,7 +599,12 @@ def run_models(
         "passed": all(passed.values()),
         "gate": passed,
         "published": published,
-        "cutoffs": {"train": c1.isoformat(), "validation": c2.isoformat()},
+        "cutoffs": {
+            "training_day": day.isoformat(),
+            "train": c1.isoformat(),
+            "validation": c2.isoformat(),
+            "trained_by": trained.run_id,
+        },
         "models": {
             name: {
                 "status": run.status,
@@ -708,86 +741,192 @@ def _failed_text(checks: Mapping[str, Mapping[str, Any]]) -> str:
     return "; ".join(f"{k}: {c['detail']}" for k, c in checks.items() if c["passed"] is False)
 
 
-def _churn(
-    at_d: churn.CutoffData,
-    at_c2: churn.CutoffData,
-    at_c1: churn.CutoffData,
-    buyers_c2: set[str],
-    buyers_c1: set[str],
-    fitted: ClvFit,
-    bg_c2: clv_model.FitResult,
-    scores_c2: pd.DataFrame,
-    cfg: Mapping[str, Any],
-) -> tuple[_Run, pd.DataFrame | None]:
+@dataclass
+class _TrainingInputs:
+    """What the training day's cut-offs give: its buyers (for the penalizer), the actual
+    repeat purchases of the holdout, and the churn features and labels at c2 and c1."""
+
+    summary: pd.DataFrame
+    actuals: pd.DataFrame
+    at_c2: churn.CutoffData
+    at_c1: churn.CutoffData
+    buyers_c2: set[str]
+    buyers_c1: set[str]
+
+
+def _read_training(
+    wh: Warehouse, conn: sa.Connection, day: dt.date, tiers: Mapping[str, int]
+) -> _TrainingInputs:
+    c1, c2 = churn.time_split(day)
+    at_day = churn.read_cutoff(wh, conn, day, tiers, with_features=False)
+    actuals = wh.read_frame(
+        conn,
+        wh.render(
+            wh.sql_file("models", "holdout_actuals"), {"as_of_date": day, "holdout_from": c2}
+        ),
+    )
+    at_c2 = churn.read_cutoff(wh, conn, c2, tiers)
+    buyers_c2 = churn.read_labels(wh, conn, c2)
+    at_c1 = churn.read_cutoff(wh, conn, c1, tiers)
+    buyers_c1 = churn.read_labels(wh, conn, c1)
+    return _TrainingInputs(at_day.summary, actuals, at_c2, at_c1, buyers_c2, buyers_c1)
+
+
+def _fit_info(fit: clv_model.FitResult) -> dict[str, Any]:
+    return {
+        "usable": _usable(fit),
+        "converged": bool(fit.converged),
+        "message": fit.message,
+        "params": dict(fit.params),
+    }
+
+
+def train_week(
+    inputs: _TrainingInputs, day: dt.date, version: str, run_id: str, cfg: Mapping[str, Any]
+) -> store.Training:
+    """The training day's CLV holdout and churn classifier (trained, skipped or failed),
+    from what was known at its cut-offs only: the same whichever night trains it."""
+    _, penalizer = _penalizer(len(inputs.summary), cfg)
+    bg_c2, scores_c2, outcome = holdout(inputs.at_c2.summary, inputs.actuals, penalizer, cfg)
+    trained = store.Training(
+        training_day=day,
+        model_version=version,
+        run_id=run_id,
+        holdout=outcome,
+        churn_status="skipped",
+        trained_now=True,
+    )
     c = cfg["churn"]
-    gate = cfg["gate"]
-    y_train = churn.label(at_c1.features, buyers_c1)
-    y_valid = churn.label(at_c2.features, buyers_c2)
-    n_scored = len(at_d.features)
+    at_c1, at_c2 = inputs.at_c1, inputs.at_c2
+    y_train = churn.label(at_c1.features, inputs.buyers_c1)
+    y_valid = churn.label(at_c2.features, inputs.buyers_c2)
+    trained.churn_metrics = {
+        "n_train": len(y_train),
+        "n_valid": len(y_valid),
+        "train_cutoff": at_c1.cutoff.isoformat(),
+        "valid_cutoff": at_c2.cutoff.isoformat(),
+    }
     try:
-        if fitted.skipped:
-            raise churn.NotTrainable(
-                f"no purchase model for the P(alive) feature: {fitted.skipped}"
-            )
         churn.check_trainable(f"training cut-off {at_c1.cutoff}", y_train, c)
         churn.check_trainable(f"validation cut-off {at_c2.cutoff}", y_valid, c)
     except churn.NotTrainable as exc:
-        reason = f"churn model skipped: {exc}"
-        log.warning(reason)
-        metrics = {
-            "n_train": len(y_train),
-            "n_valid": len(y_valid),
-            "n_active": n_scored,
-            "train_cutoff": at_c1.cutoff.isoformat(),
-            "valid_cutoff": at_c2.cutoff.isoformat(),
-        }
-        checks = {"trainable": _check(None, str(exc))}
-        return _Run("churn", "skipped", None, {}, metrics, checks, reason, 0.0, n_scored), None
+        trained.churn_reason = str(exc)
+        log.warning("churn model skipped: %s", exc)
+        return trained
 
     t0 = time.perf_counter()
-    bg_c1 = fit_bgnbd(at_c1.summary, fitted.penalizer, int(cfg["clv"]["maxiter"]))
+    bg_c1 = fit_bgnbd(at_c1.summary, penalizer, int(cfg["clv"]["maxiter"]))
+    trained.fits = {"train": _fit_info(bg_c1), "validation": _fit_info(bg_c2)}
     scores_c1 = purchase_scores(bg_c1, at_c1.summary, HOLDOUT_DAYS)
     train_x = churn.with_purchase_model(at_c1.features, scores_c1)
     train_x, y_train = churn.subsample(train_x, y_train, int(c["max_train_customers"]))
     left_out = churn.features_without_data(train_x)
     if left_out:
         log.info("churn: features left out for want of data: %s", ", ".join(left_out))
-
-    def kept(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame.drop(columns=list(left_out))
-
-    train_x = kept(train_x)
-    valid_x = kept(churn.with_purchase_model(at_c2.features, scores_c2))
-    score_x = churn.with_purchase_model(at_d.features, fitted.scores)
+    trained.left_out = left_out
+    train_x = train_x.drop(columns=list(left_out))
+    valid_x = churn.with_purchase_model(at_c2.features, scores_c2).drop(columns=list(left_out))
     try:
         model = churn.train(train_x, y_train, valid_x, y_valid, at_c1.cutoff, at_c2.cutoff, c)
-        scores, info = churn.score_frame(model, kept(score_x), c, reason_features=score_x)
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
         # the data cannot train this classifier: a failed model (no retry would help),
         # recorded with the error; CLV is judged and published on its own
-        reason = f"the classifier could not be trained: {type(exc).__name__}: {exc}"
-        log.error("churn: %s", reason)
-        metrics = {"n_train": len(y_train), "n_valid": len(y_valid), "n_active": n_scored}
-        params = {"features": churn.feature_columns(train_x), "features_left_out": left_out}
-        checks = {"trainable": _check(False, reason, False, True)}
+        trained.churn_status = "failed"
+        trained.churn_reason = f"the classifier could not be trained: {type(exc).__name__}: {exc}"
+        trained.churn_metrics = {"n_train": len(y_train), "n_valid": len(y_valid)}
+        trained.churn_params = {
+            "features": churn.feature_columns(train_x),
+            "features_left_out": left_out,
+        }
+        trained.fit_seconds = time.perf_counter() - t0
+        log.error("churn: %s", trained.churn_reason)
+        return trained
+    trained.churn_status = "trained"
+    trained.model = model
+    trained.fit_seconds = time.perf_counter() - t0
+    trained.churn_metrics = {**model.metrics, "train_seconds": round(model.seconds, 3)}
+    trained.churn_params = {
+        "classifier": "HistGradientBoostingClassifier",
+        **model.params,
+        "calibration": model.method,
+        "features": churn.feature_columns(train_x),
+        "features_left_out": left_out,
+        "risk_bands": dict(c["risk_bands"]),
+        "purchase_model_at_train_cutoff": dict(bg_c1.params),
+    }
+    return trained
+
+
+def _churn(
+    at_d: churn.CutoffData,
+    fitted: ClvFit,
+    trained: store.Training,
+    cfg: Mapping[str, Any],
+) -> tuple[_Run, pd.DataFrame | None]:
+    """Score the customers active at d with the week's classifier, judged against tonight's
+    gate thresholds on its kept validation metrics."""
+    c = cfg["churn"]
+    gate = cfg["gate"]
+    n_scored = len(at_d.features)
+    week = {
+        "training_day": trained.training_day.isoformat(),
+        "trained_by": trained.run_id,
+        "trained_tonight": trained.trained_now,
+    }
+    skipped = trained.churn_reason if trained.churn_status == "skipped" else ""
+    if fitted.skipped:
+        skipped = f"no purchase model for the P(alive) feature: {fitted.skipped}"
+    if skipped:
+        reason = f"churn model skipped: {skipped}"
+        if trained.churn_status != "skipped":
+            log.warning(reason)
+        metrics = {**trained.churn_metrics, "n_active": n_scored, **week}
+        checks = {"trainable": _check(None, skipped)}
+        return _Run("churn", "skipped", None, {}, metrics, checks, reason, 0.0, n_scored), None
+    if trained.churn_status == "failed":
+        metrics = {**trained.churn_metrics, "n_active": n_scored, **week}
+        checks = {"trainable": _check(False, trained.churn_reason, False, True)}
         return _Run(
             "churn",
             "pending",
             False,
-            params,
+            dict(trained.churn_params),
+            metrics,
+            checks,
+            trained.churn_reason,
+            trained.fit_seconds,
+            n_scored,
+        ), None
+
+    t0 = time.perf_counter()
+    left_out = trained.left_out
+    score_x = churn.with_purchase_model(at_d.features, fitted.scores)
+    try:
+        scores, info = churn.score_frame(
+            trained.model, score_x.drop(columns=list(left_out)), c, reason_features=score_x
+        )
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+        reason = f"the classifier could not score the day: {type(exc).__name__}: {exc}"
+        log.error("churn: %s", reason)
+        checks = {"trainable": _check(False, reason, False, True)}
+        metrics = {**trained.churn_metrics, "n_active": n_scored, **week}
+        return _Run(
+            "churn",
+            "pending",
+            False,
+            dict(trained.churn_params),
             metrics,
             checks,
             reason,
-            time.perf_counter() - t0,
+            trained.fit_seconds,
             n_scored,
         ), None
-    fit_seconds = time.perf_counter() - t0
-    m = model.metrics
+    m = trained.churn_metrics
     # the P(alive) feature needs finite parameters at every cut-off; a fit that stopped a
     # little early still ranks customers, and the classifier is judged on its own metrics
-    fits = {"train": bg_c1, "validation": bg_c2, "scoring": fitted.bg}
-    usable = all(_usable(f) for f in fits.values())
-    stopped = [f"{k}: {f.message}" for k, f in fits.items() if not f.converged]
+    fits = {**trained.fits, "scoring": _fit_info(fitted.bg)}
+    usable = all(f["usable"] for f in fits.values())
+    stopped = [f"{k}: {f['message']}" for k, f in fits.items() if not f["converged"]]
     checks = {
         "purchase_model_fits": _check(
             usable,
@@ -821,16 +960,8 @@ def _churn(
             float(gate["churn_max_ece"]),
         )
     ok = _model_passed(checks)
-    params = {
-        "classifier": "HistGradientBoostingClassifier",
-        **model.params,
-        "calibration": model.method,
-        "features": churn.feature_columns(train_x),
-        "features_left_out": left_out,
-        "risk_bands": dict(c["risk_bands"]),
-        "purchase_model_at_train_cutoff": dict(bg_c1.params),
-    }
-    metrics = {**m, **info, "train_seconds": round(model.seconds, 3)}
+    params = {**trained.churn_params, "risk_bands": dict(c["risk_bands"])}
+    metrics = {**m, **info, **week}
     run = _Run(
         "churn",
         "pending",
@@ -839,7 +970,7 @@ def _churn(
         metrics,
         checks,
         _failed_text(checks) or "all checks passed",
-        fit_seconds,
+        (trained.fit_seconds if trained.trained_now else 0.0) + time.perf_counter() - t0,
         n_scored,
     )
     return run, scores
@@ -950,9 +1081,11 @@ def _record_and_publish(
     runs: Mapping[str, _Run],
     clv_rows: pd.DataFrame | None,
     churn_rows: pd.DataFrame | None,
+    trained: store.Training,
 ) -> dict[str, int]:
-    """One transaction: the model_runs rows of this run (replacing a rerun's), and, when the
-    gate passed, the day's partitions of the marts."""
+    """One transaction: the week's training when this run trained it, the model_runs rows of
+    this run (replacing a rerun's), and, when the gate passed, the day's partitions of the
+    marts."""
     recorded_at = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     frame = pd.DataFrame(
         [
@@ -980,6 +1113,8 @@ def _record_and_publish(
         # the marts exist (empty) from the first run on, published or not, so that queries
         # and dim_customer can join them before the first night passes the gate
         wh.ensure(conn, *tables.MODEL_TABLES)
+        if trained.trained_now:
+            store.save(wh, conn, trained, _json(trained.record()))
         conn.execute(
             sa.text(f"delete from {RUNS_TABLE} where run_id = :r and as_of_date = :d"),
             {"r": run_id, "d": as_of_date},

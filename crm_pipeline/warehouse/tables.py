@@ -250,8 +250,20 @@ CUSTOMER_CHURN_RISK = _table(
     model_version="varchar",
     run_id="varchar",
 )
+MODEL_TRAINING = _table(
+    "ops.model_training",
+    "one row per (training day, model version): the week's churn classifier and the CLV "
+    "holdout, trained once and used by every night of the week",
+    training_day="date",
+    model_version="varchar",
+    run_id="varchar",
+    status="varchar",
+    record="text",
+    model="text",
+    recorded_at="timestamp",
+)
 #: what the models stage writes; the marts exist (empty) before it first passes its gate
-MODEL_TABLES = (MODEL_RUNS, CUSTOMER_CLV, CUSTOMER_CHURN_RISK)
+MODEL_TABLES = (MODEL_RUNS, MODEL_TRAINING, CUSTOMER_CLV, CUSTOMER_CHURN_RISK)
 #: the scores in Python, handed to include/sql/models/customer_clv.sql
 CLV_SCORES = _table(
     "clv_scores_next",

@@ -18,5 +18,6 @@ def test_the_benchmark_runs_at_a_small_scale(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     for row in ("first build: extract", "**first build, total**", "night: snapshots",
-                "**night, total**", "floor: one pass over all orders"):
+                "**night, total**", "night that trains the week's churn model: models",
+                "floor: one pass over all orders"):
         assert row in out, row

@@ -19,6 +19,7 @@ from factories import (
     upsert,
 )
 
+from crm_pipeline.errors import ConfigError
 from crm_pipeline.extract import extract_table
 from crm_pipeline.models import churn
 from crm_pipeline.models.nightly import features_at, load_config
@@ -205,6 +206,18 @@ def test_the_split_is_in_time_order_and_refuses_anything_else():
         churn.train(x, y, x, y, c2, c1, CFG)  # validation before training
     with pytest.raises(ValueError, match="at least 90 days after"):
         churn.train(x, y, x, y, c1, c1 + dt.timedelta(days=30), CFG)  # overlapping labels
+
+
+def test_the_training_day_is_the_monday_of_the_week_whatever_the_day():
+    monday = dt.date(2026, 6, 29)
+    assert monday.weekday() == 0
+    week = [monday + dt.timedelta(days=n) for n in range(7)]
+    assert {churn.training_day(d, 7) for d in week} == {monday}
+    assert churn.training_day(monday - dt.timedelta(days=1), 7) == monday - dt.timedelta(days=7)
+    assert [churn.training_day(d, 1) for d in week] == week  # every night: the day itself
+    assert churn.training_day(dt.date(1997, 3, 5), 14).weekday() == 0  # any era, any period
+    with pytest.raises(ConfigError, match="train_every_days"):
+        churn.training_day(monday, 0)
 
 
 def test_too_few_customers_or_labels_is_not_trainable():

@@ -250,7 +250,9 @@ def test_a_generated_demo_passes_the_gate_with_sane_figures(tmp_path):
     churn, holdout = result["metrics"]["churn"], result["metrics"]["holdout"]
     assert churn["auc"] > 0.6 and churn["ece"] <= 0.05 and churn["brier_skill"] > 0.05
     assert abs(holdout["relative_error"]) <= 0.25 and holdout["actual"] > 1000
-    assert churn["n_train"] > 300 and churn["valid_cutoff"] == "2026-04-01"
+    # trained on the Monday of DEMO_DAY's week (a Tuesday): validation labels end there
+    assert result["cutoffs"]["training_day"] == "2026-06-29"
+    assert churn["n_train"] > 300 and churn["valid_cutoff"] == "2026-03-31"
     with wh.begin() as conn:
         high_share, mean_p_alive = conn.exec_driver_sql(
             "select avg(case when risk_band = 'high' then 1.0 else 0.0 end), "
@@ -294,3 +296,48 @@ def test_churn_scores_are_the_same_on_one_thread_or_two(small_demo, warehouse, t
     run_models(one, DEMO_DAY, "t", config={"churn": {"threads": 1}})
     run_models(two, DEMO_DAY, "t", config={"churn": {"threads": 2}})
     assert rows(one, CHURN_TABLE) == rows(two, CHURN_TABLE) != []
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
+def test_the_week_is_trained_once_and_scores_the_same_whichever_night_trains_it(
+    small_demo, warehouse, tmp_path
+):
+    """Monday trains the week's classifier and keeps it; Tuesday only scores with it, and
+    gives the rows a warehouse whose first night is that Tuesday gives (it trains the same
+    Monday model); a night of the next week trains again."""
+    monday, tuesday = dt.date(2026, 6, 29), DEMO_DAY
+    wh = load(small_demo, warehouse)
+    first = run_models(wh, monday, "mon")
+    assert first["models"]["churn"]["status"] == "published"
+    assert "train_seconds" in first["timings"]
+    assert first["metrics"]["churn"]["trained_tonight"] is True
+    second = run_models(wh, tuesday, "tue")
+    assert "train_seconds" not in second["timings"]  # nothing of the training read again
+    churn_tue = second["metrics"]["churn"]
+    assert churn_tue["trained_tonight"] is False and churn_tue["trained_by"] == "mon"
+    assert churn_tue["training_day"] == "2026-06-29" and churn_tue["valid_cutoff"] == "2026-03-31"
+    assert churn_tue["auc"] == first["metrics"]["churn"]["auc"]  # the kept validation
+    assert second["metrics"]["holdout"] == {**first["metrics"]["holdout"]}  # the kept holdout
+    assert second["models"]["churn"]["status"] == "published"
+
+    alone = load(small_demo, Warehouse(f"duckdb:///{tmp_path}/alone.duckdb"))
+    third = run_models(alone, tuesday, "tue")
+    assert third["metrics"]["churn"]["trained_tonight"] is True
+    assert rows(alone, CHURN_TABLE) == rows(wh, CHURN_TABLE, f"as_of_date = date '{tuesday}'")
+
+    with wh.begin() as conn:
+        kept = conn.exec_driver_sql(
+            "select training_day, run_id, status from ops.model_training order by training_day"
+        ).fetchall()
+    assert kept == [(monday, "mon", "trained")]
+    next_week = run_models(wh, monday + dt.timedelta(days=7), "next-mon")
+    assert next_week["metrics"]["churn"]["valid_cutoff"] == "2026-04-07"
+    assert "train_seconds" in next_week["timings"]
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
+def test_train_every_night_uses_the_days_own_cut_offs(small_demo, warehouse):
+    wh = load(small_demo, warehouse)
+    result = run_models(wh, DEMO_DAY, "n", config={"churn": {"train_every_days": 1}})
+    assert result["cutoffs"]["training_day"] == DEMO_DAY.isoformat()
+    assert result["metrics"]["churn"]["valid_cutoff"] == "2026-04-01"  # d - 90
