@@ -608,39 +608,109 @@ def reference_values(x: pd.DataFrame) -> dict[str, Any]:
     return ref
 
 
+def _tree_features(classifier: Any, columns: list[str]) -> list[set[str]] | None:
+    """The features each tree of a binary HistGradientBoostingClassifier splits on, by
+    name; None when the classifier's layout is not the one known here."""
+    try:
+        predictors = classifier._predictors
+        categorical = np.asarray(classifier.is_categorical_, dtype=bool)
+    except AttributeError:
+        return None
+    if classifier.n_trees_per_iteration_ != 1 or len(categorical) != len(columns):
+        return None
+    # the classifier's own column order: its encoder puts the categorical columns first
+    order = [c for c, cat in zip(columns, categorical, strict=True) if cat]
+    order += [c for c, cat in zip(columns, categorical, strict=True) if not cat]
+    out = []
+    for (tree,) in predictors:
+        nodes = tree.nodes
+        out.append(
+            {order[i] for i in np.unique(nodes["feature_idx"][~nodes["is_leaf"].astype(bool)])}
+        )
+    return out
+
+
+#: customers per block of the per-tree values (rows x trees x 8 bytes: 160 MB at 200 trees)
+CONTRIBUTION_BLOCK = 100_000
+
+
+def _replace(
+    x: pd.DataFrame, cols: list[str], ref: Mapping[str, Any]
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """(rows whose values differ from the reference in any of `cols`, x with `cols` set to
+    the reference)."""
+    differs = np.zeros(len(x), dtype=bool)
+    replaced = x.copy()
+    for c in cols:
+        if isinstance(replaced[c].dtype, pd.CategoricalDtype):
+            value = ref[c] if isinstance(ref[c], str) else None
+            differs |= ~_same(x[c].astype(object), value)
+            replaced[c] = pd.Categorical(
+                [value] * len(replaced), categories=replaced[c].cat.categories
+            )
+        else:
+            differs |= ~_same(x[c], ref[c])
+            replaced[c] = ref[c]
+    return differs, replaced
+
+
+def _tree_values(classifier: Any, x: pd.DataFrame, trees: list[int], threads: int) -> np.ndarray:
+    """Each given tree's value for each row (trees x rows), by the classifier's own code."""
+    bitsets, f_idx_map = classifier._bin_mapper.make_known_categories_bitsets()
+    pre = classifier._preprocess_X(x, reset=False)
+    out = np.empty((len(trees), len(x)))
+    for j, t in enumerate(trees):
+        (tree,) = classifier._predictors[t]
+        out[j] = tree.predict(
+            pre, known_cat_bitsets=bitsets, f_idx_map=f_idx_map, n_threads=threads
+        )
+    return out
+
+
 def contributions(model: ChurnModel, features: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
     """Per customer and reason group: classifier log-odds minus the log-odds with the group's
-    features set to the population's reference values (positive = raises the risk)."""
+    features set to the population's reference values (positive = raises the risk).
+
+    The log-odds is a sum over trees, and only the trees that split on one of the group's
+    features can differ between the two: each tree's value is computed once per customer,
+    and only those trees again on the replaced values (at a million customers, 60% of the
+    tree evaluations of scoring the whole classifier once per group). A test compares it
+    with the whole classifier's difference."""
     if features.empty:
         return pd.DataFrame(columns=list(REASON_GROUPS), index=features.index, dtype=float)
     x = model.encoder.transform(features)
     ref = reference_values(x)
-    out = {}
+    clf = model.classifier
+    per_tree = _tree_features(clf, list(x.columns))
+    groups = {
+        group: [c for c in cols if c in x.columns]
+        for group, (cols, _) in REASON_GROUPS.items()
+        if any(c in x.columns for c in cols)
+    }
+    out = {group: np.zeros(len(x)) for group in groups}
     with threadpool_limits(limits=threads):
-        base = model.classifier.decision_function(x)
-        for group, (cols, _) in REASON_GROUPS.items():
-            cols = [c for c in cols if c in x.columns]
-            if not cols:
-                continue
-            # a customer whose values already are the reference ones gets exactly 0: only
-            # the others are scored again (most have no complaint, survey or campaign)
-            differs = np.zeros(len(x), dtype=bool)
-            replaced = x.copy()
-            for c in cols:
-                if isinstance(replaced[c].dtype, pd.CategoricalDtype):
-                    value = ref[c] if isinstance(ref[c], str) else None
-                    differs |= ~_same(x[c].astype(object), value)
-                    replaced[c] = pd.Categorical(
-                        [value] * len(replaced), categories=replaced[c].cat.categories
-                    )
-                else:
-                    differs |= ~_same(x[c], ref[c])
-                    replaced[c] = ref[c]
-            contribution = np.zeros(len(x))
-            if differs.any():
-                rows = replaced[differs]
-                contribution[differs] = base[differs] - model.classifier.decision_function(rows)
-            out[group] = contribution
+        if per_tree is None:  # a classifier laid out otherwise: the whole of it, per group
+            base = clf.decision_function(x)
+            for group, cols in groups.items():
+                differs, replaced = _replace(x, cols, ref)
+                if differs.any():
+                    out[group][differs] = base[differs] - clf.decision_function(replaced[differs])
+            return pd.DataFrame(out, index=features.index)
+        every_tree = list(range(len(per_tree)))
+        for start in range(0, len(x), CONTRIBUTION_BLOCK):
+            block = x.iloc[start : start + CONTRIBUTION_BLOCK]
+            values = _tree_values(clf, block, every_tree, threads)
+            for group, cols in groups.items():
+                # a customer whose values already are the reference ones gets exactly 0:
+                # only the others are scored again (most have no complaint or survey)
+                differs, replaced = _replace(block, cols, ref)
+                trees = [t for t in every_tree if per_tree[t].intersection(cols)]
+                if differs.any() and trees:
+                    own = np.zeros(len(block))
+                    for t in trees:
+                        own += values[t]
+                    again = _tree_values(clf, replaced[differs], trees, threads).sum(axis=0)
+                    out[group][start : start + len(block)][differs] = own[differs] - again
     return pd.DataFrame(out, index=features.index)
 
 

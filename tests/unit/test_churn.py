@@ -286,6 +286,40 @@ def test_calibrated_model_and_reasons_that_follow_it():
     pd.testing.assert_frame_equal(scores, again)
 
 
+def test_contributions_from_the_trees_of_a_group_equal_the_whole_classifiers():
+    """contributions() evaluates only the trees that split on a group's features; the whole
+    classifier's log-odds difference is the definition it must meet."""
+    c1, c2 = churn.time_split(dt.date(2026, 6, 30))
+    x1, y1 = _synthetic(3000, 1)
+    x2, y2 = _synthetic(3000, 2)
+    model = churn.train(x1, y1, x2, y2, c1, c2, CFG)
+    people = x2.iloc[:400].reset_index(drop=True)
+    got = churn.contributions(model, people)
+
+    x = model.encoder.transform(people)
+    ref = churn.reference_values(x)
+    base = model.classifier.decision_function(x)
+    per_tree = churn._tree_features(model.classifier, list(x.columns))
+    assert per_tree is not None  # the classifier's layout is the one the fast path reads
+    subsets = 0
+    for group, (cols, _) in churn.REASON_GROUPS.items():
+        cols = [c for c in cols if c in x.columns]
+        if not cols:
+            continue
+        replaced = x.copy()
+        for c in cols:
+            if isinstance(x[c].dtype, pd.CategoricalDtype):
+                value = ref[c] if isinstance(ref[c], str) else None
+                replaced[c] = pd.Categorical([value] * len(x), categories=x[c].cat.categories)
+            else:
+                replaced[c] = ref[c]
+        expected = base - model.classifier.decision_function(replaced)
+        np.testing.assert_allclose(got[group].to_numpy(), expected, rtol=0, atol=1e-9)
+        subsets += sum(bool(used & set(cols)) for used in per_tree) < len(per_tree)
+    assert subsets >= 2  # some groups really skip trees, so the shortcut is exercised
+    assert (got["recency"].abs() > 0.05).any() and (got["channel"] == 0).any()
+
+
 def test_top_reasons_are_the_largest_positive_contributions_in_order():
     features = pd.DataFrame(
         {

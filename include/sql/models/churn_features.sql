@@ -1,5 +1,5 @@
 -- grain: one row per customer active at as_of_date (a completed purchase in the 90 days ending at as_of_date), with churn features from what was known at the end of as_of_date only
-with orders as (
+with orders as not materialized (
     select * from model_orders
 ),
 
@@ -49,24 +49,36 @@ interaction_versions as (
       and occurred_at >= {{ as_of_end }} - 90 * interval '1 day'
 ),
 
+-- same-day orders first: a purchase day is one row, so no distinct count is needed
+purchase_days as (
+    select
+        customer_id,
+        order_date,
+        count(*) as n_orders,
+        sum(net_amount) as net_amount,
+        sum(margin_amount) as margin_amount
+    from orders
+    group by customer_id, order_date
+),
+
 purchase_history as (
     select
         customer_id,
         min(order_date) as first_order_date,
         max(order_date) as last_order_date,
-        count(distinct order_date) as purchase_days,
-        count(*) as orders_total,
-        sum(case when order_date > {{ as_of_date }} - 30 then 1 else 0 end) as orders_30,
-        sum(case when order_date > {{ as_of_date }} - 90 then 1 else 0 end) as orders_90,
+        count(*) as purchase_days,
+        sum(n_orders) as orders_total,
+        sum(case when order_date > {{ as_of_date }} - 30 then n_orders else 0 end) as orders_30,
+        sum(case when order_date > {{ as_of_date }} - 90 then n_orders else 0 end) as orders_90,
         sum(case when order_date > {{ as_of_date }} - 180 and order_date <= {{ as_of_date }} - 90
-            then 1 else 0 end) as orders_prev_90,
-        sum(case when order_date > {{ as_of_date }} - 365 then 1 else 0 end) as orders_365,
+            then n_orders else 0 end) as orders_prev_90,
+        sum(case when order_date > {{ as_of_date }} - 365 then n_orders else 0 end) as orders_365,
         sum(case when order_date > {{ as_of_date }} - 90 then net_amount else 0 end) as spend_90,
         sum(case when order_date > {{ as_of_date }} - 180 and order_date <= {{ as_of_date }} - 90
             then net_amount else 0 end) as spend_prev_90,
         sum(case when order_date > {{ as_of_date }} - 365 then net_amount else 0 end) as spend_365,
         sum(case when order_date > {{ as_of_date }} - 365 then margin_amount else 0 end) as margin_365
-    from orders
+    from purchase_days
     group by customer_id
 ),
 
