@@ -2,22 +2,27 @@
 
 `run_models(wh, d, run_id)` does, in order:
 
-1. **Read** (one read transaction, set-based SQL in include/sql/models): for the day d and
-   the two earlier cut-offs c2 = d-90 and c1 = d-180, the purchases known at the end of
-   that cut-off, the per-customer CLV inputs (frequency, recency, T, mean repeat spend)
-   and the churn features of the customers active then; the churn labels of c1 and c2;
-   the actual repeat purchases in (c2, d]; the previous nights' fitted parameters.
-2. **Fit and score**: BG/NBD and Gamma-Gamma on the buyers known at d (distinct
-   (x, t_x, T) rows with weights) -> marts.customer_clv rows; BG/NBD at c2 for the
-   holdout check (and the churn features at c2); churn classifier trained at c1,
-   calibrated and validated at c2, scored at d (crm_pipeline.models.churn) ->
+1. **Read** (one read transaction, set-based SQL in include/sql/models): for the day d,
+   the purchases known at its end, the per-customer CLV inputs (frequency, recency, T,
+   mean repeat spend) and the churn features of the customers active then; the previous
+   nights' fitted parameters; the week's training from ops.model_training (models/store.py).
+   Only when the week has none yet (its first night, a new model version): the same inputs
+   at the training day t (the Monday of d's week, `churn.train_every_days`) and its cut-offs
+   c2 = t-90 and c1 = t-180, their churn labels, and the actual repeat purchases in (c2, t].
+2. **Fit and score**: when the week is trained tonight, BG/NBD at c2 (the holdout, and the
+   churn validation's P(alive)) and c1, the churn classifier trained at c1, calibrated and
+   validated at c2 (crm_pipeline.models.churn), kept; then every night BG/NBD and
+   Gamma-Gamma on the buyers known at d (distinct (x, t_x, T) rows with weights) ->
+   marts.customer_clv rows, and the week's classifier scores the customers active at d ->
    marts.customer_churn_risk rows.
 3. **Gate**, per model: every check of include/config/models.yaml `gate` (CLV: fit
    convergence, holdout error, parameter drift; churn: trainable, out-of-time AUC, Brier
-   skill over the base rate, ECE). CLV (BG/NBD with Gamma-Gamma) and churn are judged
-   apart: one failing never withholds the other.
-4. **Record and publish** (one write transaction): ops.model_runs gets one row per model
-   (bgnbd, gamma_gamma, churn) with params, metrics and checks as JSON text; the day's
+   skill over the base rate, ECE), the kept week's figures against tonight's thresholds.
+   CLV (BG/NBD with Gamma-Gamma) and churn are judged apart: one failing never withholds
+   the other.
+4. **Record and publish** (one write transaction): the week's training when trained
+   tonight; ops.model_runs gets one row per model (bgnbd, gamma_gamma, churn) with
+   params, metrics and checks as JSON text; the day's
    partition of each mart whose model passed is replaced (delete-insert), the other is not
    touched at all (readers keep its latest published as_of_date), and `ModelGateError` is
    raised after the commit when any model failed, so the DAG task fails and notifies.
