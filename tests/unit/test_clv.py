@@ -380,6 +380,31 @@ def test_weighted_fit_on_distinct_tuples_equals_unweighted(cdnow_summary):
         assert gg_w.params[name] == pytest.approx(gg_raw.params[name], rel=1e-8)
 
 
+def test_fit_on_two_threads_equals_the_fit_on_one(cdnow_summary, monkeypatch):
+    """Large fits sum the likelihood of two halves of the rows on two threads: the halves
+    must add up to the whole (same parameters, log-likelihood and standard errors)."""
+    x, tx, T, m = (cdnow_summary[c].to_numpy() for c in ("x", "t_x", "T", "zbar"))
+    buyers = x > 0
+    one = (M.fit_bgnbd(x, tx, T), M.fit_gamma_gamma(x[buyers], m[buyers]))
+    calls: list[int] = []
+    real = M._bgnbd_terms
+
+    def counted(theta, xs, *args):
+        calls.append(xs.size)
+        return real(theta, xs, *args)
+
+    monkeypatch.setattr(M, "_SHARD_MIN_ROWS", 100)
+    monkeypatch.setattr(M, "_bgnbd_terms", counted)
+    two = (M.fit_bgnbd(x, tx, T), M.fit_gamma_gamma(x[buyers], m[buyers]))
+    assert set(calls) == {one[0].n_distinct // 2, one[0].n_distinct - one[0].n_distinct // 2}
+    for a, b in zip(one, two, strict=True):
+        assert a.converged and b.converged
+        assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=1e-12)
+        for name, value in a.params.items():
+            assert b.params[name] == pytest.approx(value, rel=1e-6), name
+            assert b.std_errors[name] == pytest.approx(a.std_errors[name], rel=1e-4), name
+
+
 def test_analytic_gradients_match_finite_differences(cdnow_summary):
     x, tx, T, m = (cdnow_summary[c].to_numpy() for c in ("x", "t_x", "T", "zbar"))
     buyers = x > 0
