@@ -188,6 +188,42 @@ def load_alert_config(
     )
 
 
+def uncovered_targets(config: AlertConfig, targets: Targets) -> list[str]:
+    """Every target that no rule would alert on: a KPI with a target and no rule that fires
+    on its breach for the whole base (or, for a per-dimension target, for that value).
+
+    A target nobody hears about is a plan nobody watches (a complaints target breached for
+    months reached no email): the settings check refuses it. A rule with `notify: false`
+    counts, since it records the alert in marts.alerts on purpose.
+    """
+    missing = []
+    for kpi, spec in sorted(targets.kpis.items()):
+        wanted = set()
+        for version in spec.versions:
+            if version.target is not None:
+                wanted.add(("all", "all"))
+            wanted.update(
+                key for key, (target, _) in version.overrides.items() if target is not None
+            )
+        for dimension, value in sorted(wanted):
+            rule = config.rule_for(kpi, dimension, value)
+            if rule is None or "breach" not in rule.on:
+                missing.append(f"{kpi} ({dimension_text(dimension, value)})")
+    return missing
+
+
+def check_rules_cover_targets(config: AlertConfig, targets: Targets) -> None:
+    """Raise ConfigError naming each target that no alert rule fires on."""
+    missing = uncovered_targets(config, targets)
+    if missing:
+        raise ConfigError(
+            "targets.yaml sets targets that no rule in alerts.yaml alerts on: "
+            + ", ".join(missing)
+            + ". Add a rule for each (fire_on including breach; notify: false to record "
+            "the alert without emailing it) or remove the target."
+        )
+
+
 def parse_addresses(value: str | Iterable[str] | None) -> list[str]:
     """Addresses from a list or a comma/semicolon-separated string (an Airflow Variable)."""
     if value is None:

@@ -65,15 +65,18 @@ def preflight(run: Run, can_mail: bool, engineers: str) -> dict[str, Any]:
             "failed night would tell nobody. Set it (comma-separated addresses) in the "
             "environment of the Airflow workers."
         )
-    return {"day": run.day.isoformat(), "settings": checked,
-            "data_engineers": engineers.strip() or None}
+    return {
+        "day": run.day.isoformat(),
+        "settings": checked,
+        "data_engineers": engineers.strip() or None,
+    }
 
 
 def check_settings() -> list[str]:
     """Load every settings file as the stages will; a ConfigError names what is wrong."""
     import yaml
 
-    from crm_pipeline.alerts import load_alert_config
+    from crm_pipeline.alerts import check_rules_cover_targets, load_alert_config
     from crm_pipeline.config import CONFIG_DIR, settings
     from crm_pipeline.dq_rules import load_config as load_validation
     from crm_pipeline.errors import ConfigError
@@ -86,7 +89,7 @@ def check_settings() -> list[str]:
         "models.yaml": load_models,
         "validation.yaml": load_validation,
         "targets.yaml": load_targets,
-        "alerts.yaml": load_alert_config,
+        "alerts.yaml": lambda: check_rules_cover_targets(load_alert_config(), load_targets()),
     }
     for name, load in checks.items():
         try:
@@ -100,16 +103,18 @@ def check_settings() -> list[str]:
 def extract(run: Run, table: str) -> dict[str, str]:
     from crm_pipeline.extract import extract_table
 
-    stats = extract_table(run.source_url, run.warehouse, table, run.day, run.run_id,
-                          now=run.started)
+    stats = extract_table(
+        run.source_url, run.warehouse, table, run.day, run.run_id, now=run.started
+    )
     return {k: str(v) for k, v in stats.items()}
 
 
 def validate(run: Run) -> dict[str, Any]:
     from crm_pipeline.validate import validate_run
 
-    return validate_run(run.warehouse, run.day, run.run_id, now=run.started,
-                        docs_dir=run.data_dir / "dq_docs")
+    return validate_run(
+        run.warehouse, run.day, run.run_id, now=run.started, docs_dir=run.data_dir / "dq_docs"
+    )
 
 
 def stage(run: Run) -> dict[str, int]:
@@ -168,10 +173,17 @@ def send_alerts(run: Run, smtp_connection: Any | None) -> dict[str, Any]:
     if smtp_connection is None:
         wh = run.warehouse
         with wh.begin() as conn:
-            pending = conn.exec_driver_sql(
-                "select count(*) from ops.alert_outbox where state = 'pending'"
-            ).scalar_one() if wh.table_exists(conn, "ops.alert_outbox") else 0
-        log.warning("no smtp_default connection: %d alert email(s) stay pending in "
-                    "ops.alert_outbox until one is configured", pending)
+            pending = (
+                conn.exec_driver_sql(
+                    "select count(*) from ops.alert_outbox where state = 'pending'"
+                ).scalar_one()
+                if wh.table_exists(conn, "ops.alert_outbox")
+                else 0
+            )
+        log.warning(
+            "no smtp_default connection: %d alert email(s) stay pending in "
+            "ops.alert_outbox until one is configured",
+            pending,
+        )
         return {"sent": [], "pending": pending, "reason": "no smtp_default connection"}
     return send_pending(run.warehouse, smtp_settings_from_connection(smtp_connection))

@@ -11,38 +11,40 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from crm_pipeline import alerts as alerts_module
 from crm_pipeline.alerts import (
     HISTORY_COLUMNS,
     AlertDeliveryError,
     SmtpSettings,
+    check_rules_cover_targets,
     load_alert_config,
     process_alerts,
     resolve_recipients,
     send_pending,
     smtp_settings_from_connection,
     transitions,
+    uncovered_targets,
 )
+from crm_pipeline.errors import ConfigError
 from crm_pipeline.evaluate import evaluate_day, load_targets
 from crm_pipeline.smtp_sink import SmtpSink, free_port, is_listening, read_messages
+from crm_pipeline.stages import check_settings
 
 D = dt.date(2026, 11, 22)
-TARGETS = load_targets(
-    {
-        "kpis": {
-            "churn_rate": {
-                "direction": "lower_is_better",
-                "unit": "share",
-                "min_band_width": 0.01,
-                "targets": [{"effective_from": "2025-01-01", "target": 0.10}],
-            },
-            "csat": {
-                "direction": "higher_is_better",
-                "unit": "percent",
-                "targets": [{"effective_from": "2025-01-01", "target": 80}],
-            },
-        }
-    }
-)
+TARGETS_RAW = {
+    "churn_rate": {
+        "direction": "lower_is_better",
+        "unit": "share",
+        "min_band_width": 0.01,
+        "targets": [{"effective_from": "2025-01-01", "target": 0.10}],
+    },
+    "csat": {
+        "direction": "higher_is_better",
+        "unit": "percent",
+        "targets": [{"effective_from": "2025-01-01", "target": 80}],
+    },
+}
+TARGETS = load_targets({"kpis": TARGETS_RAW})
 ALERTS = {
     "recipients": {"to": ["crm-managers@example.com"]},
     "sender": "CRM pipeline <crm@example.com>",
@@ -161,6 +163,48 @@ def test_renotified_only_when_materially_worse_escalated_or_after_the_quiet_peri
     assert one([ev(value=0.148)], [before(recent)], config).event == "worse"
 
 
+BOTH_WAYS = {
+    **ALERTS,
+    "rules": [
+        {"kpi": "churn_rate", "dimensions": {"tier": "*"}},
+        {"kpi": "csat", "dimensions": {"tier": "*"}},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "kpi, target, bad",
+    [("churn_rate", 0.10, +1.0), ("csat", 80.0, -1.0)],  # lower and higher is better
+)
+def test_every_rule_works_for_a_kpi_of_either_direction(kpi, target, bad):
+    """new, worse (and not worse when it moved the good way), the quiet period and its
+    reminder, resolution: the same for a KPI that must stay low and one that must stay high."""
+    last = target * (1 + bad * 0.4)  # notified at 40% past the target, the bad way
+
+    def row(value, breached=True):
+        status = "breach" if breached else "ok"
+        return {**ev(kpi=kpi, value=value, status=status, breached=breached), "target": target}
+
+    def prior(days_ago):
+        return before(D - dt.timedelta(days=days_ago), last_value=last, kpi=kpi)
+
+    assert one([row(last)], config=BOTH_WAYS).event == "new"
+    further = last * (1 + bad * 0.15)  # 15% further the bad way: materially worse
+    item = one([row(further)], [prior(2)], BOTH_WAYS)
+    assert (item.event, item.notify, item.state["last_value_notified"]) == ("worse", True, further)
+    back = last * (1 - bad * 0.15)  # 15% back the good way, still past the target
+    assert (back - target) * bad > 0
+    item = one([row(back)], [prior(2)], BOTH_WAYS)
+    assert (item.event, item.notify) == ("ongoing", False)
+    assert one([row(last * (1 + bad * 0.05))], [prior(2)], BOTH_WAYS).event == "ongoing"
+    assert one([row(last)], [prior(6)], BOTH_WAYS).event == "ongoing"
+    item = one([row(last)], [prior(7)], BOTH_WAYS)
+    assert (item.event, item.notify, item.state["last_notified_date"]) == ("reminder", True, D)
+    good = target * (1 - bad * 0.2)
+    item = one([row(good, breached=False)], [prior(2)], BOTH_WAYS)
+    assert (item.event, item.notify, item.state["state"]) == ("resolved", True, "resolved")
+
+
 def test_recovery_resolves_and_an_unjudged_day_changes_nothing():
     recent = D - dt.timedelta(days=2)
     item = one([ev(value=0.05, status="ok", breached=False)], [before(recent)])
@@ -220,6 +264,42 @@ def test_configuration_and_recipient_override():
     assert resolve_recipients(config, "") == (["crm-managers@example.com"], [])
     with pytest.raises(ValueError, match="not an email address"):
         resolve_recipients(config, "managers")
+
+
+def test_a_target_without_a_rule_is_a_configuration_error(monkeypatch, tmp_path):
+    targets = load_targets(
+        {
+            "kpis": {
+                **TARGETS_RAW,
+                "complaints_per_1000_orders": {
+                    "direction": "lower_is_better",
+                    "targets": [
+                        {
+                            "effective_from": "2025-01-01",
+                            "target": 5,
+                            "by_dimension": {"tier": {"vip": 3}},
+                        }
+                    ],
+                },
+            }
+        }
+    )
+    covered = {"kpi": "complaints_per_1000_orders", "dimensions": {"all": "*"}}
+    config = load_alert_config({**ALERTS, "rules": [*ALERTS["rules"], covered]})
+    # the vip override is a target of its own; a rule firing on unusual moves only is no cover
+    assert uncovered_targets(config, targets) == ["complaints_per_1000_orders (vip tier)"]
+    unusual_only = {**covered, "dimensions": {"tier": "*"}, "fire_on": ["unusual"]}
+    config = load_alert_config({**ALERTS, "rules": [unusual_only, covered]})
+    with pytest.raises(ConfigError, match=r"complaints_per_1000_orders \(vip tier\)"):
+        check_rules_cover_targets(config, targets)
+    # the settings check of every run refuses it too; the shipped settings pass
+    assert "alerts.yaml" in check_settings()
+    monkeypatch.setattr(alerts_module, "ALERTS_FILE", tmp_path / "alerts.yaml")
+    (tmp_path / "alerts.yaml").write_text(
+        "recipients: {to: [m@example.com]}\nrules:\n  - kpi: churn_rate\n"
+    )
+    with pytest.raises(ConfigError, match=r"alerts.yaml: .*retention_rate \(all customers\)"):
+        check_settings()
 
 
 def test_smtp_settings_read_the_airflow_connection_like_the_provider():

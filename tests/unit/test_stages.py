@@ -7,17 +7,36 @@ from business import D
 
 from crm_pipeline import stages
 from crm_pipeline.alerts import process_alerts
+from crm_pipeline.evaluate import evaluate_day
 
 
 @pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
 def test_without_an_smtp_connection_the_email_waits_in_the_outbox(built):
     run = stages.Run(day=D, run_id="r", started=dt.datetime(2025, 7, 1, 2), warehouse_url=built.url)
-    process_alerts(built, D, "r", recipients="manager@example.com")
+    # a target no business meets, so that the day has something to tell
+    targets = {
+        "kpis": {
+            "active_customers": {
+                "direction": "higher_is_better",
+                "unit": "count",
+                "targets": [{"effective_from": "2020-01-01", "target": 1e9}],
+            }
+        }
+    }
+    rules = {
+        "recipients": {"to": ["manager@example.com"]},
+        "rules": [{"kpi": "active_customers", "dimensions": {"all": "*"}}],
+    }
+    evaluate_day(built, D, "r", targets=targets)
+    prepared = process_alerts(built, D, "r", config=rules, targets=targets)
+    assert prepared["message_id"], prepared  # the day has something to tell
     result = stages.send_alerts(run, None)
-    assert result["sent"] == [] and result["reason"] == "no smtp_default connection"
+    assert result == {"sent": [], "pending": 1, "reason": "no smtp_default connection"}
     with built.begin() as conn:
-        states = conn.exec_driver_sql("select state from ops.alert_outbox").fetchall()
-    assert all(s == ("pending",) for s in states)
+        waiting = conn.exec_driver_sql(
+            "select message_id, state, attempts from ops.alert_outbox"
+        ).fetchall()
+    assert [tuple(r) for r in waiting] == [(prepared["message_id"], "pending", 0)]
 
 
 @pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
