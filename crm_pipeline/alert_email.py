@@ -278,7 +278,7 @@ def _alert_card_html(ctx: EmailContext, item: Item, cid: str | None) -> str:
         + _metric(
             "Baseline",
             fmt(base),
-            f"normal {fmt(low)}–{fmt(high)}"
+            f"normal {spec.fmt_range(low, high)}"
             if low is not None and high is not None
             else "too little history",
         )
@@ -624,9 +624,7 @@ def email_text(ctx: EmailContext) -> str:
         out.append(f"  target   {_target_text(spec, _f(s.get('target')))}")
         low, high = _f(row.get("baseline_low")), _f(row.get("baseline_high"))
         band = (
-            f" (normal {spec.fmt(low)}–{spec.fmt(high)})"
-            if low is not None and high is not None
-            else ""
+            f" (normal {spec.fmt_range(low, high)})" if low is not None and high is not None else ""
         )
         out.append(f"  baseline {spec.fmt(_f(s.get('baseline')))}{band}")
         out.append(f"  change   {spec.fmt_change(_f(s.get('change_vs_baseline')))} vs baseline")
@@ -986,7 +984,9 @@ def _latest_published(
 ) -> dt.date | None:
     """The latest as_of_date of a model mart on or before the day, at most max_age_days old."""
     latest = conn.execute(
-        sa.text(f"select max(as_of_date) from {table} where as_of_date <= :d and as_of_date >= :lo"),
+        sa.text(
+            f"select max(as_of_date) from {table} where as_of_date <= :d and as_of_date >= :lo"
+        ),
         {"d": day, "lo": day - dt.timedelta(days=max_age_days)},
     ).scalar()
     if latest is None:

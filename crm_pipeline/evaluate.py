@@ -104,6 +104,21 @@ class TargetVersion:
     overrides: Mapping[tuple[str, str], tuple[float | None, float]] = field(default_factory=dict)
 
 
+# The values a KPI can take, by unit, unless targets.yaml gives a `range`: a normal band or
+# an evidence interval is never drawn outside them (no "churn between -0.9% and 11.2%").
+UNIT_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "share": (0.0, 1.0),
+    "percent": (0.0, 100.0),
+    "score": (-100.0, 100.0),
+    "count": (0.0, None),
+    "hours": (0.0, None),
+}
+# Fewer observations than this behind a share or an NPS and it is not judged at all, unless
+# targets.yaml sets `min_n`: 30 is the usual floor for a survey result (below it a Wilson
+# interval at 95% is wider than +/-15 points: a single response says nothing).
+DEFAULT_MIN_N = {"proportion": 30.0, "nps": 30.0, "none": 0.0}
+
+
 @dataclass(frozen=True)
 class KpiSpec:
     kpi: str
@@ -114,6 +129,27 @@ class KpiSpec:
     min_n: float = 0.0
     min_band_width: float = 0.0
     versions: tuple[TargetVersion, ...] = ()
+    valid_range: tuple[float | None, float | None] = (None, None)
+    # a different minimum for some breakdowns, for example {"segment": 50}
+    min_n_by_dimension: Mapping[str, float] = field(default_factory=dict)
+
+    def min_n_for(self, dimension: str) -> float:
+        return self.min_n_by_dimension.get(dimension, self.min_n)
+
+    def clip(self, v: float | None) -> float | None:
+        """v moved inside the KPI's range (None stays None)."""
+        if v is None:
+            return None
+        lo, hi = self.valid_range
+        if lo is not None and v < lo:
+            return lo
+        if hi is not None and v > hi:
+            return hi
+        return v
+
+    def fmt_range(self, lo: float | None, hi: float | None) -> str:
+        """A range as words: '3.5% to 5.5%', '−32.6 to −11.0' (never '-32.6–-11.0')."""
+        return f"{self.fmt(lo)} to {self.fmt(hi)}".replace("-", "−")
 
     @property
     def title(self) -> str:
@@ -219,15 +255,30 @@ def _kpi_spec(kpi: str, spec: Mapping[str, Any]) -> KpiSpec:
     versions.sort(key=lambda v: v.effective_from)
     if len({v.effective_from for v in versions}) != len(versions):
         raise ConfigError(f"targets: {kpi}: two targets take effect on the same day")
+    unit = str(spec.get("unit", "number"))
+    valid_range = UNIT_RANGES.get(unit, (None, None))
+    if "range" in spec:
+        bounds = spec["range"]
+        if not (isinstance(bounds, list | tuple) and len(bounds) == 2):
+            raise ConfigError(f"targets: {kpi}: range must be [low, high] (null: unbounded)")
+        valid_range = (_opt_float(bounds[0]), _opt_float(bounds[1]))
+        if None not in valid_range and valid_range[0] >= valid_range[1]:
+            raise ConfigError(f"targets: {kpi}: range {bounds} is empty")
+    min_n = spec.get("min_n")
+    by_dimension = spec.get("min_n_by_dimension") or {}
+    if not isinstance(by_dimension, Mapping):
+        raise ConfigError(f"targets: {kpi}: min_n_by_dimension must map a dimension to a number")
     return KpiSpec(
         kpi=kpi,
         direction=direction,
-        unit=str(spec.get("unit", "number")),
+        unit=unit,
         label=str(spec.get("label", "")),
         evidence=evidence,
-        min_n=float(spec.get("min_n", 0) or 0),
+        min_n=DEFAULT_MIN_N[evidence] if min_n is None else float(min_n),
         min_band_width=float(spec.get("min_band_width", 0) or 0),
         versions=tuple(versions),
+        valid_range=valid_range,
+        min_n_by_dimension={str(k): float(v) for k, v in by_dimension.items()},
     )
 
 
@@ -328,12 +379,16 @@ def evidence_interval(
 
 
 def baseline_frame(
-    series: pd.Series, settings: EvaluationSettings, min_width: float = 0.0
+    series: pd.Series,
+    settings: EvaluationSettings,
+    min_width: float = 0.0,
+    valid_range: tuple[float | None, float | None] = (None, None),
 ) -> pd.DataFrame:
     """Baseline, band and history count for every day of a daily series (d excluded).
 
     `series` is indexed by consecutive days (missing days NaN). For day d the window is
-    the `baseline_days` days before it; the baseline needs `min_history_days` values.
+    the `baseline_days` days before it; the baseline needs `min_history_days` values. The
+    band is clipped to the KPI's `valid_range` (a share's band ends at 0% and 100%).
     """
     prev = series.astype(float).shift(1)
     window = prev.rolling(settings.baseline_days, min_periods=1)
@@ -342,11 +397,16 @@ def baseline_frame(
     mad = window.apply(_mad, raw=True)
     half = np.maximum(settings.band_k * 1.4826 * mad, min_width)
     enough = count >= settings.min_history_days
+    low, high = median - half, median + half
+    if valid_range[0] is not None:
+        low = low.clip(lower=valid_range[0])
+    if valid_range[1] is not None:
+        high = high.clip(upper=valid_range[1])
     out = pd.DataFrame(
         {
             "baseline": median.where(enough),
-            "baseline_low": (median - half).where(enough),
-            "baseline_high": (median + half).where(enough),
+            "baseline_low": low.where(enough),
+            "baseline_high": high.where(enough),
             "baseline_days": count,
         }
     )
@@ -378,8 +438,14 @@ def judge(
     base: Mapping[str, Any],
     settings: EvaluationSettings,
     failed_inputs: Iterable[str] = (),
+    dimension: str = "all",
 ) -> dict[str, Any]:
-    """Status, flags and reason for one KPI value (see the module docstring)."""
+    """Status, flags and reason for one KPI value (see the module docstring).
+
+    A move out of the normal band counts only when the whole evidence interval is out of
+    it (not just the point value), and nothing is judged on fewer than the KPI's `min_n`
+    observations for the dimension.
+    """
     out: dict[str, Any] = {
         "target": target,
         "direction": spec.direction if spec else None,
@@ -412,21 +478,23 @@ def judge(
         }
     if value is None:
         return {**out, "status": "not_evaluated", "reason": "no value (nothing to measure)"}
-    if n is not None and n < spec.min_n:
+    min_n = spec.min_n_for(dimension)
+    if n is not None and n < min_n:
         return {
             **out,
             "status": "not_evaluated",
-            "reason": f"too few to judge (n={n:g}, needs {spec.min_n:g})",
+            "reason": f"too few to judge (n={n:g}, needs {min_n:g})",
         }
 
     lo, hi = evidence_interval(spec, value, n, settings.z)
+    lo, hi = spec.clip(lo), spec.clip(hi)
     if spec.evidence != "none":
         out["interval_low"], out["interval_high"] = lo, hi
     higher = spec.direction == HIGHER
     # the most favourable reading the evidence allows, and the least favourable
     kind = "responses" if spec.kpi in ("csat", "nps") else "observations"
     evidence_note = (
-        f" ({settings.confidence:.0%} interval {spec.fmt(lo)}–{spec.fmt(hi)} on {n:g} {kind})"
+        f" ({settings.confidence:.0%} interval {spec.fmt_range(lo, hi)} on {n:g} {kind})"
         if spec.evidence != "none" and n is not None
         else ""
     )
@@ -469,11 +537,12 @@ def judge(
             f"no baseline yet ({out['baseline_days']} of {settings.min_history_days} days of history)"
         )
     elif low is not None and high is not None:
-        band = f"{spec.fmt(low)}–{spec.fmt(high)}"
+        band = spec.fmt_range(low, high)
         worse = value < low if higher else value > high
         better = value > high if higher else value < low
         if worse:
-            beyond = favourable < baseline if higher else favourable > baseline
+            # the most favourable reading the evidence allows is out of the band too
+            beyond = favourable < low if higher else favourable > high
             if beyond:
                 out["unusual_move"] = True
                 if status == "ok":
@@ -610,7 +679,12 @@ def compute_evaluation(
             continue
         spec = targets.spec(kpi)
         values = group["value"].astype(float).reindex(calendar)
-        base = baseline_frame(values, settings, spec.min_band_width if spec else 0.0)
+        base = baseline_frame(
+            values,
+            settings,
+            spec.min_band_width if spec else 0.0,
+            spec.valid_range if spec else (None, None),
+        )
         inputs = set(KPI_INPUTS.get(kpi, ())) | set(DIMENSION_INPUTS.get(dimension, ()))
         # plain dicts: row-wise pandas access would dominate the time of a long range
         day_values = group["value"].to_dict()
@@ -631,6 +705,7 @@ def compute_evaluation(
                 bases[ts],
                 settings,
                 [f"{t} {bad[t]}" for t in sorted(inputs & set(bad))],
+                dimension,
             )
             rows.append(
                 {

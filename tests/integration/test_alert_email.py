@@ -252,7 +252,7 @@ def test_a_vip_churn_breach_sends_one_email_with_everything_a_manager_needs(ware
         "14.2%",
         "≤ 10%",
         "4.5%",
-        "normal 3.5%–5.5%",
+        "normal 3.5% to 5.5%",
         "+9.7 pts",
         ">breach<",
         "210 customers active 30 days earlier",
@@ -305,7 +305,8 @@ def test_without_the_customer_models_the_email_says_so(warehouse, tmp_path):
 
 
 def test_a_night_whose_churn_scores_were_held_uses_the_last_published_and_says_so(
-        warehouse, tmp_path):
+    warehouse, tmp_path
+):
     kpi_daily(warehouse, churn_business({D: 0.142}))
     customer_models(warehouse)
     with warehouse.begin() as conn:  # the model gate held D's churn scores: D-1's stand
@@ -450,4 +451,4 @@ def test_a_drop_on_a_handful_of_responses_does_not_alert_the_same_drop_on_many_d
         ).fetchone()
     assert few[0] == "warn" and few[1] is False
     assert "below target 80% but not significantly" in few[2]
-    assert "outside its normal band 86.0%–90.0% but not significantly" in few[2]
+    assert "outside its normal band 86.0% to 90.0% but not significantly" in few[2]

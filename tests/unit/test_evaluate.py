@@ -9,12 +9,14 @@ import pytest
 from factories import kpi_history
 
 from crm_pipeline.alerts import load_alert_config
+from crm_pipeline.errors import ConfigError
 from crm_pipeline.evaluate import (
     KPI_INPUTS,
     EvaluationSettings,
     baseline_frame,
     evaluate_day,
     evaluate_range,
+    judge,
     load_targets,
     nps_interval,
     wilson_interval,
@@ -153,7 +155,9 @@ def test_the_shipped_configuration_covers_every_kpi_and_loads():
     churn_spec = targets.spec("churn_rate")
     assert churn_spec.target_for(dt.date(2026, 11, 22)) == (0.10, 0.02)
     assert churn_spec.target_for(dt.date(2025, 6, 1)) == (0.12, 0.02)
-    assert targets.spec("csat").target_for(D)[0] == 65 and targets.spec("nps").target_for(D)[0] == 10
+    assert (
+        targets.spec("csat").target_for(D)[0] == 65 and targets.spec("nps").target_for(D)[0] == 10
+    )
     assert targets.spec("csat").target_for(dt.date(2027, 1, 1)) == (70, 3)  # the plan's next step
     alerts = load_alert_config()
     assert alerts.to and alerts.quiet_period_days > 0
@@ -213,13 +217,14 @@ def test_a_past_day_is_judged_against_the_targets_then_in_force(warehouse):
     assert out.loc[(D, "vip"), ["target", "status"]].tolist() == [0.05, "ok"]
     assert out.loc[(D, "key"), ["target", "status"]].tolist() == [0.06, "warn"]
     assert out.loc[(D, "all"), "direction"] == "lower_is_better"
-    assert out.loc[(D, "all"), "reason"].startswith("above target 8% (95% interval 9.3%–10.7%")
+    assert out.loc[(D, "all"), "reason"].startswith("above target 8% (95% interval 9.3% to 10.7%")
 
 
 def test_evaluation_is_a_replaced_partition_and_a_rerun_gives_the_same_rows(warehouse):
     kpi_daily(
         warehouse,
-        rows("churn_rate", "all", "all", 0.06, 4000, {D: 0.075})
+        # 8% on 4,000: the whole 95% interval (7.3% to 8.7%) is above the band 5% to 7%
+        rows("churn_rate", "all", "all", 0.06, 4000, {D: 0.08})
         + rows("aov", "all", "all", 42.0, 900, {D: None}),
     )
     summary = evaluate_range(warehouse, D - dt.timedelta(days=9), D, "history", targets=TARGETS)
@@ -229,7 +234,7 @@ def test_evaluation_is_a_replaced_partition_and_a_rerun_gives_the_same_rows(ware
     assert again["rows"] == 2 and again["flagged"] == 1
     assert again["flagged_rows"] == [
         "churn_rate all=all warn: within 1.0 pts of target; "
-        "above its normal band 5.0%–7.0% (+1.5 pts vs baseline 6.0%)"
+        "above its normal band 5.0% to 7.0% (+2.0 pts vs baseline 6.0%)"
     ]
     pd.testing.assert_frame_equal(evaluation(warehouse), first)
     today = first[first["as_of_date"] == D].set_index("kpi")
@@ -240,8 +245,8 @@ def test_evaluation_is_a_replaced_partition_and_a_rerun_gives_the_same_rows(ware
         row["baseline_low"],
         row["baseline_high"],
         row["n"],
-    ) == pytest.approx((0.075, 0.06, 0.05, 0.07, 4000))
-    assert row["change_vs_baseline"] == pytest.approx(0.015)
+    ) == pytest.approx((0.08, 0.06, 0.05, 0.07, 4000))
+    assert row["change_vs_baseline"] == pytest.approx(0.02)
     assert (row["status"], row["unusual_move"], row["target_breached"], row["flagged"]) == (
         "warn",
         True,
@@ -318,22 +323,68 @@ def test_kpis_whose_inputs_failed_or_are_stale_are_not_evaluated(warehouse):
 
 def test_few_responses_need_a_bigger_move_than_many(warehouse):
     data = []
-    for n in (8, 80, 800):
+    for n in (8, 40, 80, 800):
         data += rows("csat", "segment", f"n{n}", 88, n, {D: 75.0})
         data += rows("nps", "segment", f"n{n}", 40, n, {D: 20.0})
+    data += rows("csat", "tier", "n200", 88, 200, {D: 83.0})
     data += rows("churn_rate", "tier", "vip", 0.04, 10, {D: 0.30})  # fewer than min_n 20
     kpi_daily(warehouse, data)
-    evaluate_day(warehouse, D, "r", targets=TARGETS)
+    targets = {**TARGETS, "kpis": {**TARGETS["kpis"]}}
+    targets["kpis"]["nps"] = {**TARGETS["kpis"]["nps"], "min_n_by_dimension": {"segment": 50}}
+    evaluate_day(warehouse, D, "r", targets=targets)
     out = evaluation(warehouse).set_index(["kpi", "dimension_value"])
     flags = out[["status", "target_breached", "unusual_move", "flagged"]]
-    # csat 75% vs target 80% and baseline 88%: on 8 responses neither is shown; on 80 the
-    # drop from the baseline is, not the breach; on 800 both
-    assert flags.loc[("csat", "n8")].tolist() == ["warn", False, False, False]
+    # csat 75% vs target 80% and baseline 88%: on 8 responses nothing is judged (fewer than
+    # the 30 a share needs by default); on 40 and 80 the drop from the baseline is shown,
+    # not the breach; on 800 both
+    assert flags.loc[("csat", "n8")].tolist() == ["not_evaluated", False, False, False]
+    assert out.loc[("csat", "n8"), "reason"] == "too few to judge (n=8, needs 30)"
+    assert flags.loc[("csat", "n40")].tolist() == ["warn", False, True, True]
     assert flags.loc[("csat", "n80")].tolist() == ["warn", False, True, True]
     assert flags.loc[("csat", "n800")].tolist() == ["breach", True, True, True]
-    assert flags.loc[("nps", "n8")].tolist() == ["warn", False, False, False]
+    # a minimum per dimension: NPS of a segment needs 50 responses here
+    assert flags.loc[("nps", "n40")].tolist() == ["not_evaluated", False, False, False]
+    assert flags.loc[("nps", "n80")].tolist() == ["warn", False, False, False]  # 38 in band
     assert flags.loc[("nps", "n800")].tolist() == ["breach", True, True, True]
-    lo, hi = out.loc[("csat", "n8"), ["interval_low", "interval_high"]]
-    assert lo < 75 < hi and hi > 88
+    lo, hi = out.loc[("csat", "n40"), ["interval_low", "interval_high"]]
+    assert lo < 75 < hi < 86
+    # 83% on 200 responses: below the band 86%-90%, but the interval reaches 86.9%, inside
+    # it: the band rule reads the interval, not the point
+    row = out.loc[("csat", "n200")]
+    assert row["interval_high"] == pytest.approx(86.92, abs=0.01)
+    assert (row["status"], row["unusual_move"]) == ("ok", False)
+    assert row["reason"].startswith("outside its normal band 86.0% to 90.0% but not significantly")
     assert out.loc[("churn_rate", "vip"), "status"] == "not_evaluated"
     assert out.loc[("churn_rate", "vip"), "reason"] == "too few to judge (n=10, needs 20)"
+
+
+def test_bands_and_intervals_stay_inside_the_kpi_range_and_print_as_words():
+    settings = EvaluationSettings(baseline_days=28, min_history_days=14, band_k=3)
+    flat = pd.Series([0.004] * 40, index=pd.date_range("2026-01-01", periods=40))
+    base = baseline_frame(flat, settings, 0.01, (0.0, 1.0))
+    assert base["baseline_low"].iloc[-1] == 0.0  # not -0.6%
+    assert base["baseline_high"].iloc[-1] == pytest.approx(0.014)
+    full = pd.Series([0.995] * 40, index=pd.date_range("2026-01-01", periods=40))
+    assert baseline_frame(full, settings, 0.01, (0.0, 1.0))["baseline_high"].iloc[-1] == 1.0
+    targets = load_targets(TARGETS)
+    churn_spec, nps_spec = targets.spec("churn_rate"), targets.spec("nps")
+    assert churn_spec.valid_range == (0.0, 1.0) and nps_spec.valid_range == (-100.0, 100.0)
+    assert nps_spec.fmt_range(-32.6, -11.0) == "−32.6 to −11.0"
+    # a churn of 0 on 25 customers: the interval is 0% to 10.3%, never below 0
+    verdict = judge(churn_spec, 0.0, 25, 0.12, 0.0, {}, targets.settings)
+    assert verdict["interval_low"] == 0.0
+    # a range of its own, or none
+    spec = load_targets(
+        {
+            "kpis": {
+                "retention_rate": {
+                    "direction": "higher_is_better",
+                    "unit": "share",
+                    "range": [0, None],
+                }
+            }
+        }
+    )
+    assert spec.spec("retention_rate").valid_range == (0.0, None)
+    with pytest.raises(ConfigError, match="range"):
+        load_targets({"kpis": {"x": {"direction": "higher_is_better", "range": [1, 0]}}})
