@@ -52,6 +52,7 @@ from crm_pipeline.alerts import (
 from crm_pipeline.dates import end_of_day
 from crm_pipeline.evaluate import (
     EVALUATION_TABLE,
+    HIGHER,
     KpiSpec,
     Targets,
     baseline_frame,
@@ -200,12 +201,40 @@ def email_subject(ctx: EmailContext) -> str:
     return f"{ctx.config.subject_prefix} {text} — {ctx.day.isoformat()}".strip()
 
 
-def _why(item: Item) -> str:
+def _standing(item: Item, day: dt.date) -> str:
+    """How long the KPI has been where it is, from its history (not from the alert's state,
+    which starts with the first night that alerted): 'Below target since 2026-08-01 (128
+    days).', or out of its normal band since, and how far it moved from 8 to 12 weeks ago."""
+    spec, row = item.spec, item.row or {}
+    if spec is None:
+        return ""
+    higher = spec.direction == HIGHER
+    out = []
+    for key, words in (
+        ("past_target_since", "Below target" if higher else "Above target"),
+        ("outside_band_since", "Out of its normal band"),
+    ):
+        since = _d(row.get(key))
+        if since is not None and since < day:
+            out.append(f"{words} since {since.isoformat()} ({(day - since).days + 1} days).")
+            break
+    reference, change = _f(row.get("reference")), _f(row.get("change_vs_reference"))
+    if row.get("slow_move") and reference is not None and change is not None:
+        word = "Down" if change < 0 else "Up"
+        out.append(
+            f"{word} {spec.fmt_change(change).lstrip('+−')} from {spec.fmt(reference)} "
+            "8 to 12 weeks ago."
+        )
+    return " ".join(out)
+
+
+def _why(item: Item, day: dt.date | None = None) -> str:
     spec, s, before = item.spec, item.state, item.previous or {}
     fmt = spec.fmt if spec else str
     last_date = _d(before.get("last_notified_date"))
+    standing = _standing(item, day or _d(s.get("as_of_date")) or dt.date.max)
     if item.event == "new":
-        return f"New today (first seen {s['first_seen']})."
+        return f"{standing} First alert today." if standing else "New today."
     if item.event == "escalated":
         return f"Escalated from warning to breach since the notice of {last_date}."
     if item.event == "worse":
@@ -283,6 +312,13 @@ def _alert_card_html(ctx: EmailContext, item: Item, cid: str | None) -> str:
             else "too little history",
         )
         + _metric("Change", spec.fmt_change(_f(s.get("change_vs_baseline"))), "vs baseline")
+        + _metric(
+            "8–12 weeks ago",
+            fmt(_f(row.get("reference"))),
+            f"{spec.fmt_change(_f(row.get('change_vs_reference')))} since"
+            if _f(row.get("reference")) is not None
+            else "too little history",
+        )
     )
     chart = (
         f'<div style="font-size:11px;color:{COLORS["muted"]};margin-top:12px">Last '
@@ -302,7 +338,7 @@ def _alert_card_html(ctx: EmailContext, item: Item, cid: str | None) -> str:
    <div>{_badge(sev, color)} {_badge(item.event, COLORS["muted"])} <span style="font-size:12px;color:{COLORS["muted"]}">{E(item.kpi)}</span></div>
    <div style="font-size:18px;font-weight:bold;margin:8px 0 4px 0;color:{COLORS["ink"]}">{E(title)}</div>
    <table role="presentation" cellpadding="0" cellspacing="0"><tr>{metrics}</tr></table>
-   <div style="font-size:13px;color:{COLORS["ink"]};margin-top:6px">{E(_why(item))}</div>
+   <div style="font-size:13px;color:{COLORS["ink"]};margin-top:6px">{E(_why(item, ctx.day))}</div>
    <div style="font-size:12px;color:{COLORS["muted"]};margin-top:4px">Why it fired: {E(str(row.get("reason") or ""))}</div>
    {chart}
   </td></tr>
@@ -628,7 +664,12 @@ def email_text(ctx: EmailContext) -> str:
         )
         out.append(f"  baseline {spec.fmt(_f(s.get('baseline')))}{band}")
         out.append(f"  change   {spec.fmt_change(_f(s.get('change_vs_baseline')))} vs baseline")
-        out.append(f"  {_why(item)}")
+        if _f(row.get("reference")) is not None:
+            out.append(
+                f"  8-12 weeks ago {spec.fmt(_f(row.get('reference')))} "
+                f"({spec.fmt_change(_f(row.get('change_vs_reference')))} since)"
+            )
+        out.append(f"  {_why(item, ctx.day)}")
         out.append(f"  why it fired: {row.get('reason') or ''}")
         out.append("")
     for kpi in dict.fromkeys(i.kpi for i in open_items):

@@ -86,7 +86,7 @@ class AlertDeliveryError(RuntimeError):
 class Rule:
     kpi: str
     dimensions: Mapping[str, tuple[str, ...] | None]  # None: every value
-    on: tuple[str, ...] = ("breach", "unusual")
+    on: tuple[str, ...] = ("breach", "unusual", "slow")
     worsen_by: float | None = None
     notify: bool = True
 
@@ -100,11 +100,14 @@ class Rule:
         """The severity of the alert this rule raises on the row, or None if it does not fire.
 
         `fire_on` decides whether the rule fires; the severity tells the KPI's state:
-        breach when its target is breached, warning when it only left its normal band.
+        breach when its target is breached, warning when it only left its normal band (a
+        sudden move) or the level of 8 to 12 weeks before (a slow one).
         """
         breached = bool(row.get("target_breached"))
-        fired = ("breach" in self.on and breached) or (
-            "unusual" in self.on and bool(row.get("unusual_move"))
+        fired = (
+            ("breach" in self.on and breached)
+            or ("unusual" in self.on and bool(row.get("unusual_move")))
+            or ("slow" in self.on and bool(row.get("slow_move")))
         )
         if not fired:
             return None
@@ -152,10 +155,10 @@ def load_alert_config(
             dims[str(dim)] = None if values in ("*", None) else tuple(str(v) for v in values)
         if True in item or "on" in item:  # YAML 1.1 reads a bare `on:` key as true
             raise ConfigError(f"alerts: rule for {item.get('kpi')}: write fire_on, not on")
-        on = tuple(item.get("fire_on") or ("breach", "unusual"))
-        if not set(on) <= {"breach", "unusual"}:
+        on = tuple(item.get("fire_on") or Rule.on)
+        if not set(on) <= set(Rule.on):
             raise ConfigError(
-                f"alerts: rule for {item.get('kpi')}: fire_on takes breach and/or unusual"
+                f"alerts: rule for {item.get('kpi')}: fire_on takes breach, unusual and/or slow"
             )
         rules.append(
             Rule(

@@ -184,6 +184,19 @@ class EvaluationSettings:
     min_history_days: int = 14
     band_k: float = 3.0
     confidence: float = 0.95
+    # the longer reference: the level of the baseline window this many days earlier (56:
+    # the median of days d-84..d-57, "8 to 12 weeks ago"), so a fall the 28-day baseline
+    # has followed down is still seen as a fall
+    reference_lag_days: int = 56
+    # how far back "past its target since" and "outside its band since" look
+    since_lookback_days: int = 365
+
+    @property
+    def history_days(self) -> int:
+        """Days of kpi_daily before the first evaluated day that an evaluation reads: every
+        window a day's row rests on is complete, so a day evaluated alone and the same day
+        inside a range give the same row."""
+        return self.baseline_days + max(self.reference_lag_days, self.since_lookback_days)
 
     @property
     def z(self) -> float:
@@ -215,9 +228,20 @@ def load_targets(source: str | Path | Mapping[str, Any] | Targets | None = None)
         min_history_days=int(ev.get("min_history_days", 14)),
         band_k=float(ev.get("band_k", 3.0)),
         confidence=float(ev.get("confidence", 0.95)),
+        reference_lag_days=int(ev.get("reference_lag_days", 56)),
+        since_lookback_days=int(ev.get("since_lookback_days", 365)),
     )
-    if not 0.5 < settings.confidence < 1 or settings.baseline_days < 1 or settings.band_k <= 0:
-        raise ConfigError(f"targets: bad evaluation settings {ev!r}")
+    if (
+        not 0.5 < settings.confidence < 1
+        or settings.baseline_days < 1
+        or settings.band_k <= 0
+        or settings.reference_lag_days < settings.baseline_days
+        or settings.since_lookback_days < 1
+    ):
+        raise ConfigError(
+            f"targets: bad evaluation settings {ev!r} (reference_lag_days must be at least "
+            "baseline_days, so that the reference does not overlap the baseline)"
+        )
     kpis = {}
     for kpi, spec in (raw.get("kpis") or {}).items():
         kpis[kpi] = _kpi_spec(kpi, spec or {})
@@ -439,6 +463,7 @@ def judge(
     settings: EvaluationSettings,
     failed_inputs: Iterable[str] = (),
     dimension: str = "all",
+    day: dt.date | None = None,
 ) -> dict[str, Any]:
     """Status, flags and reason for one KPI value (see the module docstring).
 
@@ -454,15 +479,36 @@ def judge(
         "baseline_high": base.get("baseline_high"),
         "baseline_days": int(base.get("baseline_days") or 0),
         "change_vs_baseline": None,
+        "reference": finite_or_none(base.get("reference")),
+        "reference_low": finite_or_none(base.get("reference_low")),
+        "reference_high": finite_or_none(base.get("reference_high")),
+        "change_vs_reference": None,
+        "past_target_since": _date_or_none(base.get("past_target_since")),
+        "outside_band_since": _date_or_none(base.get("outside_band_since")),
         "interval_low": None,
         "interval_high": None,
         "target_breached": False,
         "unusual_move": False,
+        "slow_move": False,
         "flagged": False,
     }
     baseline = finite_or_none(out["baseline"])
     if value is not None and baseline is not None:
         out["change_vs_baseline"] = value - baseline
+    reference = out["reference"]
+    if value is not None and reference is not None:
+        out["change_vs_reference"] = value - reference
+    lookback = settings.since_lookback_days
+
+    def since(key: str) -> str:
+        start = out[key]
+        if start is None or day is None or start >= day:
+            return ""
+        days = (day - start).days + 1
+        if start <= day - dt.timedelta(days=lookback):
+            return f" for more than {lookback} days"
+        return f" since {start.isoformat()} ({days} days)"
+
     failed = sorted(set(failed_inputs))
     if spec is None:
         return {
@@ -519,11 +565,15 @@ def judge(
             if surely:
                 out["target_breached"] = True
                 status = "breach"
-                reasons.append(f"{word} target {spec.fmt(target, True)}{evidence()}")
+                reasons.append(
+                    f"{word} target {spec.fmt(target, True)}{since('past_target_since')}"
+                    f"{evidence()}"
+                )
             else:
                 status = "warn"
                 reasons.append(
-                    f"{word} target {spec.fmt(target, True)} but not significantly{evidence()}"
+                    f"{word} target {spec.fmt(target, True)}{since('past_target_since')} "
+                    f"but not significantly{evidence()}"
                 )
         elif warn_margin and (
             value < target + warn_margin if higher else value > target - warn_margin
@@ -550,18 +600,52 @@ def judge(
                 reasons.append(
                     f"{'below' if higher else 'above'} its normal band {band} "
                     f"({spec.fmt_change(value - baseline)} vs baseline {spec.fmt(baseline)})"
+                    f"{since('outside_band_since')}"
                 )
             else:
                 reasons.append(f"outside its normal band {band} but not significantly{evidence()}")
         elif better:
             reasons.append(f"better than its normal band {band}")
 
-    out["flagged"] = bool(out["target_breached"] or out["unusual_move"])
+    # the slow move: against the level of 8 to 12 weeks ago, which a fall of weeks has not
+    # dragged along as it drags the 28-day baseline
+    r_low, r_high = out["reference_low"], out["reference_high"]
+    if reference is not None and r_low is not None and r_high is not None:
+        worse = value < r_low if higher else value > r_high
+        beyond = favourable < r_low if higher else favourable > r_high
+        if worse and beyond:
+            out["slow_move"] = True
+            if status == "ok":
+                status = "warn"
+            weeks = settings.reference_lag_days // 7
+            span = (settings.reference_lag_days + settings.baseline_days) // 7
+            reasons.append(
+                f"{'down' if higher else 'up'} {spec.fmt_change(value - reference).lstrip('+−')} "
+                f"from {spec.fmt(reference)} {weeks} to {span} weeks ago "
+                f"(its band then {spec.fmt_range(r_low, r_high)})"
+            )
+
+    out["flagged"] = bool(out["target_breached"] or out["unusual_move"] or out["slow_move"])
     return {
         **out,
         "status": status,
         "reason": "; ".join(reasons) or "within target and normal band",
     }
+
+
+def _date_or_none(v: Any) -> dt.date | None:
+    if v is None or v is pd.NaT or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return _as_date(v)
+
+
+def _run_starts(mask: np.ndarray, index: pd.DatetimeIndex) -> pd.Series:
+    """For each day where `mask` holds, the first day of the unbroken run of such days that
+    it ends (NaT elsewhere): "past its target since"."""
+    pos = np.arange(mask.size)
+    last_off = np.maximum.accumulate(np.where(mask, -1, pos))
+    start = np.minimum(last_off + 1, max(mask.size - 1, 0))
+    return pd.Series(index[start], index=index).where(mask)
 
 
 def finite_or_none(v: Any) -> float | None:
@@ -667,7 +751,7 @@ def compute_evaluation(
     daily = daily.copy()
     daily["as_of_date"] = pd.to_datetime(daily["as_of_date"].map(_as_date))
     calendar = pd.date_range(
-        min(days) - dt.timedelta(days=settings.baseline_days), max(days), freq="D"
+        min(days) - dt.timedelta(days=settings.history_days), max(days), freq="D"
     )
     wanted = pd.to_datetime(pd.Series(days))
     for (kpi, dimension, dim_value), group in daily.groupby(
@@ -679,12 +763,7 @@ def compute_evaluation(
             continue
         spec = targets.spec(kpi)
         values = group["value"].astype(float).reindex(calendar)
-        base = baseline_frame(
-            values,
-            settings,
-            spec.min_band_width if spec else 0.0,
-            spec.valid_range if spec else (None, None),
-        )
+        base = _history_frame(values, spec, settings, dimension, dim_value)
         inputs = set(KPI_INPUTS.get(kpi, ())) | set(DIMENSION_INPUTS.get(dimension, ()))
         # plain dicts: row-wise pandas access would dominate the time of a long range
         day_values = group["value"].to_dict()
@@ -706,6 +785,7 @@ def compute_evaluation(
                 settings,
                 [f"{t} {bad[t]}" for t in sorted(inputs & set(bad))],
                 dimension,
+                day,
             )
             rows.append(
                 {
@@ -722,11 +802,50 @@ def compute_evaluation(
     return _evaluation_frame(rows)
 
 
+def _history_frame(
+    values: pd.Series,
+    spec: KpiSpec | None,
+    settings: EvaluationSettings,
+    dimension: str,
+    dim_value: str,
+) -> pd.DataFrame:
+    """Per day of a KPI's daily series: its baseline and band, the reference of 8 to 12
+    weeks before, and since when it has been past its target or out of its band the bad
+    way (point values; at most `since_lookback_days` back, so that a day evaluated alone
+    and inside a range read the same)."""
+    width = spec.min_band_width if spec else 0.0
+    valid = spec.valid_range if spec else (None, None)
+    base = baseline_frame(values, settings, width, valid)
+    ref = baseline_frame(values.shift(settings.reference_lag_days), settings, width, valid)
+    base["reference"] = ref["baseline"]
+    base["reference_low"] = ref["baseline_low"]
+    base["reference_high"] = ref["baseline_high"]
+    if spec is None:
+        return base
+    v = values.to_numpy()
+    higher = spec.direction == HIGHER
+    targets = np.array(
+        [spec.target_for(ts.date(), dimension, dim_value)[0] for ts in values.index],
+        dtype=float,
+    )
+    with np.errstate(invalid="ignore"):
+        past = (v < targets) if higher else (v > targets)
+        low, high = base["baseline_low"].to_numpy(), base["baseline_high"].to_numpy()
+        outside = (v < low) if higher else (v > high)
+    floor = values.index - pd.Timedelta(days=settings.since_lookback_days)
+    for column, mask in (("past_target_since", past), ("outside_band_since", outside)):
+        starts = _run_starts(np.nan_to_num(mask, nan=0).astype(bool), values.index)
+        base[column] = starts.where(starts.isna() | (starts > floor), floor)
+    return base
+
+
 def _evaluation_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(EVALUATION_COLUMNS))
     for col, kind in EVALUATION_COLUMNS.items():
         if kind == "double precision":
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        elif kind == "date":
+            frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
         elif kind == "boolean":
             frame[col] = frame[col].fillna(False).astype(bool)
         elif kind == "integer":
@@ -763,7 +882,7 @@ def evaluate_range(
 ) -> dict[str, Any]:
     """Evaluate every day from date_from to date_to (inclusive) in one read and one write."""
     spec = load_targets(targets)
-    history_from = date_from - dt.timedelta(days=spec.settings.baseline_days)
+    history_from = date_from - dt.timedelta(days=spec.settings.history_days)
     daily = read_kpi_daily(wh, history_from, date_to)
     days = list(pd.date_range(date_from, date_to).date)
     unusable = unusable_tables(wh, date_from, date_to)

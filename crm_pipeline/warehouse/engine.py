@@ -232,6 +232,9 @@ class Warehouse:
                 self.create_temp(conn, table)
             else:
                 conn.exec_driver_sql(table.ddl())
+        for table in declared:
+            if not table.temporary and table not in tables.FOUNDATION:
+                self._add_missing_columns(conn, table)
         conn.exec_driver_sql(
             "create or replace view quarantine.held_rows as select distinct table_name, "
             "row_hash from quarantine.rows where released_at is null"
@@ -242,6 +245,22 @@ class Warehouse:
                 conn.exec_driver_sql(
                     f"create index if not exists {name}_row_hash_idx on {raw.name} (_row_hash)"
                 )
+
+    def _add_missing_columns(self, conn: sa.Connection, table: Table) -> None:
+        """Additive schema change: a nullable column declared in warehouse.tables that a
+        table made by an earlier version lacks is added (null in the rows already there).
+        Anything else (a column dropped, renamed, retyped or not null) is not done silently."""
+        have = set(self.columns(conn, table.name))
+        for name, kind in table.columns.items():
+            if name in have:
+                continue
+            if "not null" in kind or "primary key" in kind:
+                raise RuntimeError(
+                    f"{table.name} lacks column {name} ({kind}), which cannot be added to "
+                    "rows already there: migrate the table by hand (docs/data_dictionary.md)"
+                )
+            log.info("warehouse: adding column %s %s to %s", name, kind, table.name)
+            conn.exec_driver_sql(f"alter table {table.name} add column {name} {kind}")
 
     def create_temp(self, conn: sa.Connection, table: Table) -> None:
         """A declared temporary table, new and empty (a previous one of the name dropped)."""

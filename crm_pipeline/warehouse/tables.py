@@ -8,8 +8,10 @@ evaluation marts, the alert state and outbox. They are declared here, once, with
 grain, and every stage creates what it writes with `Warehouse.ensure(conn, *tables)`.
 
 Types are the common subset of DuckDB and PostgreSQL, so one declaration serves both.
-A table is only ever created if missing: a column added here needs a migration note in
-the README's upgrade section, not an `alter` hidden in a stage.
+A table is only ever created if missing; a nullable column added here is added to a
+table an earlier version made by `Warehouse.ensure` (null in the rows already there),
+in the one place, not by an `alter` hidden in a stage. Any other change is a migration
+by hand.
 """
 
 from __future__ import annotations
@@ -315,11 +317,18 @@ KPI_EVALUATION = _table(
     baseline_low="double precision",
     baseline_high="double precision",
     baseline_days="integer",
+    reference="double precision",
+    reference_low="double precision",
+    reference_high="double precision",
+    change_vs_reference="double precision",
+    past_target_since="date",
+    outside_band_since="date",
     n="double precision",
     interval_low="double precision",
     interval_high="double precision",
     target_breached="boolean",
     unusual_move="boolean",
+    slow_move="boolean",
     flagged="boolean",
     reason="varchar",
     run_id="varchar",

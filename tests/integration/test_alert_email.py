@@ -452,3 +452,28 @@ def test_a_drop_on_a_handful_of_responses_does_not_alert_the_same_drop_on_many_d
     assert few[0] == "warn" and few[1] is False
     assert "below target 80% but not significantly" in few[2]
     assert "outside its normal band 86.0% to 90.0% but not significantly" in few[2]
+
+
+def test_a_slow_fall_below_target_reads_as_a_fall_and_says_since_when(warehouse, tmp_path):
+    """CSAT of a segment slides from 88% to 70% over six weeks, below its 80% target for
+    the last three of them: the first email (the alert state starts today) says how long
+    it has been below target and how far it fell from 8 to 12 weeks ago, not "new"."""
+    start, fall = D - dt.timedelta(days=150), 42
+    slide = {D - dt.timedelta(days=fall - i): 88.0 - 18.0 * i / fall for i in range(fall + 1)}
+    data = rows("csat", "all", "all", 88, 5000, start=start)
+    data += rows("csat", "segment", "Loyal", 88, 600, slide, start=start)
+    kpi_daily(warehouse, data)
+    with SmtpSink(tmp_path / "sink") as sink:
+        summary, _ = night(warehouse, D, sink)
+        (msg,) = sink.messages()
+    assert summary["new"] == 1
+    html, text, _ = parts(msg)
+    below = min(day for day, v in slide.items() if v < 80)  # 88 - 18 i / 42 < 80 from i = 19
+    assert below == D - dt.timedelta(days=fall - 19)
+    for body in (html, text):
+        assert (
+            f"Below target since {below} (24 days). Down 18.0 pts from 88.0% 8 to 12 weeks ago. First alert today."
+            in body
+        )
+        assert "New today" not in body
+    assert "8–12 weeks ago" in html and "−18.0 pts since" in html

@@ -170,7 +170,7 @@ def test_the_shipped_configuration_covers_every_kpi_and_loads():
     }
     assert all(r.kpi in targets.kpis for r in alerts.rules)
     segment_churn = alerts.rule_for("churn_rate", "segment", "At risk")
-    assert segment_churn.on == ("unusual",)
+    assert segment_churn.on == ("unusual", "slow")
 
 
 def test_bad_configuration_is_refused():
@@ -217,7 +217,10 @@ def test_a_past_day_is_judged_against_the_targets_then_in_force(warehouse):
     assert out.loc[(D, "vip"), ["target", "status"]].tolist() == [0.05, "ok"]
     assert out.loc[(D, "key"), ["target", "status"]].tolist() == [0.06, "warn"]
     assert out.loc[(D, "all"), "direction"] == "lower_is_better"
-    assert out.loc[(D, "all"), "reason"].startswith("above target 8% (95% interval 9.3% to 10.7%")
+    assert out.loc[(D, "all"), "reason"].startswith(
+        # its data start 30 days before: above the 8% (effective 2026-06-01) all along
+        "above target 8% since 2026-10-23 (31 days) (95% interval 9.3% to 10.7%"
+    )
 
 
 def test_evaluation_is_a_replaced_partition_and_a_rerun_gives_the_same_rows(warehouse):
@@ -388,3 +391,39 @@ def test_bands_and_intervals_stay_inside_the_kpi_range_and_print_as_words():
     assert spec.spec("retention_rate").valid_range == (0.0, None)
     with pytest.raises(ConfigError, match="range"):
         load_targets({"kpis": {"x": {"direction": "higher_is_better", "range": [1, 0]}}})
+
+
+def test_a_slow_fall_is_reported_as_a_fall_with_since_when(warehouse):
+    """NPS of a tier falls from +5 to -20 over six weeks: the 28-day baseline follows it
+    down (the change against it is small), the level of 8 to 12 weeks ago does not."""
+    start, fall = D - dt.timedelta(days=200), 42
+    level = {}
+    for i in range(fall + 1):  # +5 on D-42, -20 on D
+        level[D - dt.timedelta(days=fall - i)] = 5.0 - 25.0 * i / fall
+    targets = {**TARGETS, "kpis": {**TARGETS["kpis"]}}
+    targets["kpis"]["nps"] = {
+        **TARGETS["kpis"]["nps"],
+        "targets": [{"effective_from": "2025-01-01", "target": 0}],
+    }
+    kpi_daily(warehouse, rows("nps", "tier", "key", 5.0, 2000, level, start=start))
+    evaluate_range(warehouse, D - dt.timedelta(days=2), D, "r", targets=targets)
+    row = evaluation(warehouse, f"as_of_date = '{D}'").iloc[0]
+    assert row["change_vs_baseline"] == pytest.approx(-8.6, abs=0.1)  # what the email showed
+    assert row["reference"] == pytest.approx(5.0)
+    assert row["change_vs_reference"] == pytest.approx(-25.0)
+    assert row["slow_move"] and row["flagged"] and row["status"] == "breach"
+    # below 0 since the first day of the fall under it: 5 - 25 i / 42 < 0 from i = 9
+    crossed = D - dt.timedelta(days=fall - 9)
+    assert row["past_target_since"] == crossed
+    assert f"below target 0 since {crossed} (34 days)" in row["reason"]
+    assert "down 25.0 from 5.0 8 to 12 weeks ago (its band then 1.0 to 9.0)" in row["reason"]
+    # the same day alone gives the same row (every window it rests on was read)
+    evaluate_day(warehouse, D, "r", targets=targets)
+    alone = evaluation(warehouse, f"as_of_date = '{D}'").iloc[0]
+    pd.testing.assert_series_equal(alone.drop("run_id"), row.drop("run_id"))
+    # steady at +5: nothing slow, nothing since
+    kpi_daily(warehouse, rows("nps", "tier", "vip", 5.0, 2000, start=start))
+    evaluate_day(warehouse, D, "r", targets=targets)
+    steady = evaluation(warehouse, f"as_of_date = '{D}' and dimension_value = 'vip'").iloc[0]
+    assert not steady["slow_move"] and steady["past_target_since"] is None
+    assert steady["change_vs_reference"] == 0.0

@@ -25,11 +25,35 @@ def test_ensure_creates_every_declared_table_with_its_columns(warehouse):
     assert held == 0
 
 
+def test_a_column_added_to_a_declaration_is_added_to_an_older_table(warehouse):
+    """A warehouse made by an earlier version keeps its rows; the new nullable columns
+    arrive null, and a column that cannot be added that way stops with its name."""
+    old = Table("marts.t_old", {"as_of_date": "date", "value": "double precision"}, "a day")
+    new = Table("marts.t_old", {**old.columns, "since": "date", "slow": "boolean"}, "a day")
+    with warehouse.begin() as conn:
+        warehouse.ensure(conn, old)
+        conn.exec_driver_sql("insert into marts.t_old values (date '2026-12-01', 1.5)")
+    with warehouse.begin() as conn:
+        warehouse.ensure(conn, new)
+        assert warehouse.columns(conn, "marts.t_old") == new.column_names
+        row = conn.exec_driver_sql("select * from marts.t_old").fetchone()
+    assert tuple(row) == (dt.date(2026, 12, 1), 1.5, None, None)
+    strict = Table("marts.t_old", {**new.columns, "key": "varchar not null"}, "a day")
+    with warehouse.begin() as conn:
+        try:
+            warehouse.ensure(conn, strict)
+        except RuntimeError as exc:
+            assert "marts.t_old lacks column key (varchar not null)" in str(exc)
+        else:
+            raise AssertionError("a not null column was added to existing rows")
+
+
 def test_no_stage_declares_a_table_of_its_own():
     """Column lists are declared in crm_pipeline/warehouse/tables.py only; a stage creates
     tables from SQL (`create ... as select`) or through Warehouse.ensure/create_temp."""
-    ddl = re.compile(r"create\s+(temporary\s+)?table\s+(if\s+not\s+exists\s+)?[\w.{}]+\s*\(",
-                     re.IGNORECASE)
+    ddl = re.compile(
+        r"create\s+(temporary\s+)?table\s+(if\s+not\s+exists\s+)?[\w.{}]+\s*\(", re.IGNORECASE
+    )
     offenders = [
         str(path.relative_to(PACKAGE))
         for path in PACKAGE.rglob("*.py")
@@ -54,13 +78,15 @@ def test_read_frame_keeps_types_on_both_engines(warehouse):
 
 
 def test_load_declared_round_trip_on_both_engines(warehouse):
-    frame = pd.DataFrame({
-        "as_of_date": [dt.date(2026, 1, 2), dt.date(2026, 1, 2)],
-        "run_id": ["r1", "r,2"],
-        "firing": [3, 0],
-        "notified_items": [1, 0],
-        "message_id": ["<a@b>", None],
-    })
+    frame = pd.DataFrame(
+        {
+            "as_of_date": [dt.date(2026, 1, 2), dt.date(2026, 1, 2)],
+            "run_id": ["r1", "r,2"],
+            "firing": [3, 0],
+            "notified_items": [1, 0],
+            "message_id": ["<a@b>", None],
+        }
+    )
     with warehouse.begin() as conn:
         assert warehouse.load_declared(conn, tables.ALERT_RUNS, frame) == 2
         back = warehouse.read_frame(conn, "select * from ops.alert_runs order by run_id")
