@@ -176,25 +176,30 @@ def _target_text(spec: KpiSpec, target: float | None) -> str:
 
 
 def email_subject(ctx: EmailContext) -> str:
-    """'[CRM] churn_rate breach: vip tier 14.2% (target 10%) — 2026-11-22' and variants."""
+    """'[CRM] Churn rate (30 days) breach: vip tier 14.2% (target ≤ 10%) — 2026-11-22': the
+    first item (the most severe news, headline KPIs first) in the KPI's own words."""
     head = ctx.items[0]
     spec = head.spec
     value = _f(head.state.get("value"))
     target = _f(head.state.get("target"))
     where = dimension_text(*head.key[1:])
     fmt = spec.fmt if spec else (lambda v, compact=False: f"{v}")
-    ref = (
-        f"target {fmt(target, True)}"
-        if target is not None
-        else f"baseline {fmt(_f(head.state.get('baseline')))}"
-    )
+    title = spec.title if spec else head.kpi
+    row = head.row or {}
+    low, high = _f(row.get("baseline_low")), _f(row.get("baseline_high"))
+    if target is not None and (head.state.get("severity") == "breach" or head.event == "resolved"):
+        ref = f"target {spec.op() if spec else ''} {fmt(target, True)}"
+    elif spec is not None and low is not None and high is not None:
+        ref = f"normal {spec.fmt_range(low, high)}"
+    else:
+        ref = f"baseline {fmt(_f(head.state.get('baseline')))}"
     if head.event == "resolved":
-        text = f"resolved: {head.kpi} {where} back to {fmt(value)} ({ref})"
+        text = f"resolved: {title}, {where} back to {fmt(value)} ({ref})"
     else:
         qualifier = {"worse": ", worse", "escalated": ", escalated", "reminder": ", still"}.get(
             head.event, ""
         )
-        text = f"{head.kpi} {head.state['severity']}{qualifier}: {where} {fmt(value)} ({ref})"
+        text = f"{title} {head.state['severity']}{qualifier}: {where} {fmt(value)} ({ref})"
     more = len(ctx.items) - 1
     if more:
         text += f" +{more} more"

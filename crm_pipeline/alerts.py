@@ -478,10 +478,13 @@ def transitions(
 
 
 def _sort_key(item: Item) -> tuple:
+    """The email's order: news before reminders and recoveries, then by severity, then the
+    plan's headline KPIs (targets.yaml `headline`) before the operational ones."""
     change = _f(item.state.get("change_vs_baseline")) or 0.0
     return (
-        EVENT_ORDER.get(item.event, 9) if item.event == "resolved" else 0,
+        EVENT_ORDER.get(item.event, 9) if item.event in ("reminder", "resolved") else 0,
         -SEVERITY_RANK.get(item.state.get("severity") or "", 0),
+        0 if item.spec is not None and item.spec.headline else 1,
         EVENT_ORDER.get(item.event, 9),
         item.kpi,
         DIMENSION_ORDER.get(item.key[1], 9),

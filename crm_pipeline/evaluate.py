@@ -79,6 +79,7 @@ KPI_INPUTS: dict[str, tuple[str, ...]] = {
     "cac": ("marketing_spend", "orders"),
     "loyalty_member_share": ("customers", "orders"),
     "points_redemption_rate": ("loyalty_events",),
+    "overdue_regulars": ("orders", "customers"),
 }
 # The breakdowns add their own inputs: a tier or segment comes from the orders, a region
 # from the customer record, a channel from the order.
@@ -132,6 +133,9 @@ class KpiSpec:
     valid_range: tuple[float | None, float | None] = (None, None)
     # a different minimum for some breakdowns, for example {"segment": 50}
     min_n_by_dimension: Mapping[str, float] = field(default_factory=dict)
+    # one of the plan's headline KPIs (customers staying, buying, satisfied): in the email
+    # it comes before the operational ones of the same severity
+    headline: bool = False
 
     def min_n_for(self, dimension: str) -> float:
         return self.min_n_by_dimension.get(dimension, self.min_n)
@@ -303,6 +307,7 @@ def _kpi_spec(kpi: str, spec: Mapping[str, Any]) -> KpiSpec:
         versions=tuple(versions),
         valid_range=valid_range,
         min_n_by_dimension={str(k): float(v) for k, v in by_dimension.items()},
+        headline=bool(spec.get("headline", False)),
     )
 
 
@@ -608,12 +613,14 @@ def judge(
             reasons.append(f"better than its normal band {band}")
 
     # the slow move: against the level of 8 to 12 weeks ago, which a fall of weeks has not
-    # dragged along as it drags the 28-day baseline
+    # dragged along as it drags the 28-day baseline. The recent level (the baseline) must
+    # have left that band too, so that one noisy day of a small group is not a "fall"
     r_low, r_high = out["reference_low"], out["reference_high"]
     if reference is not None and r_low is not None and r_high is not None:
         worse = value < r_low if higher else value > r_high
         beyond = favourable < r_low if higher else favourable > r_high
-        if worse and beyond:
+        level_moved = baseline is not None and (baseline < r_low if higher else baseline > r_high)
+        if worse and beyond and level_moved:
             out["slow_move"] = True
             if status == "ok":
                 status = "warn"

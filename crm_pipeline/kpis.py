@@ -129,6 +129,14 @@ def tier_params(config: dict[str, Any]) -> dict[str, int]:
     return {f"{n}_cum_pct": c for n, c in zip(names[:3], cumulative[:3], strict=True)}
 
 
+def overdue_factor(config: dict[str, Any]) -> float:
+    """How many usual gaps without an order make a regular buyer overdue (overdue_regulars)."""
+    factor = float(config["kpis"].get("overdue_factor", 1.5))
+    if not 1.0 <= factor <= 10.0:
+        raise ConfigError(f"kpis.overdue_factor must be 1..10, got {factor}")
+    return factor
+
+
 def sql_params(config: dict[str, Any]) -> dict[str, Any]:
     lookback = int(config["rfm"]["lookback_days"])
     if not 1 <= lookback <= 365:
@@ -140,6 +148,7 @@ def sql_params(config: dict[str, Any]) -> dict[str, Any]:
         "rfm_first_order_cap": first_order_cap(config),
         "sla_hours": int(config["kpis"]["complaint_sla_hours"]),
         "response_days": int(config["kpis"]["campaign_response_days"]),
+        "overdue_factor": overdue_factor(config),
         **tier_params(config),
     }
 

@@ -232,7 +232,7 @@ def test_a_vip_churn_breach_sends_one_email_with_everything_a_manager_needs(ware
     assert summary["new"] == 1 and len(sent["sent"]) == 1
     assert len(messages) == 1
     msg = messages[0]
-    assert msg["Subject"] == "[CRM] churn_rate breach: vip tier 14.2% (target 10%) — 2026-11-22"
+    assert msg["Subject"] == "[CRM] Churn rate (30 days) breach: vip tier 14.2% (target ≤ 10%) — 2026-11-22"
     assert msg["Message-ID"] == "<crm-alerts.2026-11-22@example.com>"
     assert msg["X-Sink-Envelope-To"] == "crm-managers@example.com, ops@example.com"
     # multipart/alternative (plain + html) inside multipart/related, with the chart inline
@@ -338,7 +338,7 @@ def test_next_nights_quiet_then_worse_then_resolved(warehouse, tmp_path):
         update = sink.messages()[-1]
         assert (
             update["Subject"]
-            == "[CRM] churn_rate breach, worse: vip tier 17.0% (target 10%) — 2026-11-24"
+            == "[CRM] Churn rate (30 days) breach, worse: vip tier 17.0% (target ≤ 10%) — 2026-11-24"
         )
         html, _, _ = parts(update)
         assert "Worse since the notice of 2026-11-22: 14.2% → 17.0%." in html
@@ -348,7 +348,7 @@ def test_next_nights_quiet_then_worse_then_resolved(warehouse, tmp_path):
         resolved = sink.messages()[-1]
         assert (
             resolved["Subject"]
-            == "[CRM] resolved: churn_rate vip tier back to 4.5% (target 10%) — 2026-11-25"
+            == "[CRM] resolved: Churn rate (30 days), vip tier back to 4.5% (target ≤ 10%) — 2026-11-25"
         )
         html, _, images = parts(resolved)
         assert "Recovered" in html and "alert open since 2026-11-22" in html and not images
@@ -444,7 +444,7 @@ def test_a_drop_on_a_handful_of_responses_does_not_alert_the_same_drop_on_many_d
         summary, _ = night(warehouse, D, sink)
         (msg,) = sink.messages()
     assert summary["new"] == 1
-    assert msg["Subject"] == "[CRM] csat breach: Many segment 75.0% (target 80%) — 2026-11-22"
+    assert msg["Subject"] == "[CRM] CSAT breach: Many segment 75.0% (target ≥ 80%) — 2026-11-22"
     with warehouse.begin() as conn:
         few = conn.exec_driver_sql(
             "select status, flagged, reason from marts.kpi_evaluation where dimension_value = 'Few'"

@@ -375,7 +375,7 @@ def test_smtp_down_then_up_delivers_exactly_once(warehouse, tmp_path):
     mid = summary["message_id"]
     assert (
         summary["subject"]
-        == "[CRM] churn_rate breach: all customers 13.0% (target 10%) — 2026-11-22"
+        == "[CRM] churn_rate breach: all customers 13.0% (target ≤ 10%) — 2026-11-22"
     )
     port = free_port()
     smtp = {"host": "127.0.0.1", "port": port}

@@ -19,19 +19,35 @@ def kpis(wh, day=D, dimension="all", value="all"):
         rows = conn.exec_driver_sql(
             "select kpi, value, numerator, denominator from marts.kpi_daily "
             f"where as_of_date = date '{day}' and dimension = '{dimension}' "
-            f"and dimension_value = '{value}'").fetchall()
+            f"and dimension_value = '{value}'"
+        ).fetchall()
     return {kpi: (v, n, d) for kpi, v, n, d in rows}
 
 
 def test_every_kpi_for_the_whole_base(built):
     k = kpis(built)
     assert set(k) == {
-        "active_customers", "churn_rate", "retention_rate", "new_customers",
-        "repeat_purchase_rate", "purchase_frequency", "aov", "csat", "nps", "cac",
-        "complaints_per_1000_orders", "complaint_first_response_hours",
-        "complaint_resolution_hours", "complaint_sla_rate", "campaign_response_rate",
-        "loyalty_member_share", "points_redemption_rate", "reactivated_customers",
-        "completed_orders", "net_revenue",
+        "active_customers",
+        "churn_rate",
+        "retention_rate",
+        "new_customers",
+        "repeat_purchase_rate",
+        "purchase_frequency",
+        "aov",
+        "csat",
+        "nps",
+        "cac",
+        "complaints_per_1000_orders",
+        "complaint_first_response_hours",
+        "complaint_resolution_hours",
+        "complaint_sla_rate",
+        "campaign_response_rate",
+        "loyalty_member_share",
+        "points_redemption_rate",
+        "reactivated_customers",
+        "completed_orders",
+        "net_revenue",
+        "overdue_regulars",
     }
     # active at d (04-02..06-30): C01 (04-02), C05, C06, C07, C11; not C08 (06-12 refunded)
     assert k["active_customers"] == (5, 5, None)
@@ -80,13 +96,23 @@ def test_every_kpi_for_the_whole_base(built):
 def test_dimensions(built):
     # region: north = C01, C02, C03 (S = 3, churned C02, C03); south S = C07, C08, C11
     assert kpis(built, dimension="region", value="north")["churn_rate"] == (
-        pytest.approx(2 / 3), 2, 3)
+        pytest.approx(2 / 3),
+        2,
+        3,
+    )
     assert kpis(built, dimension="region", value="south")["churn_rate"] == (
-        pytest.approx(1 / 3), 1, 3)
+        pytest.approx(1 / 3),
+        1,
+        3,
+    )
     # channel: the order's channel, for order KPIs only
     online = kpis(built, dimension="channel", value="online")
-    assert online == {"purchase_frequency": (1.0, 1, 1), "aov": (50.0, 50, 1),
-                      "completed_orders": (1, 1, None), "net_revenue": (50.0, 50.0, None)}
+    assert online == {
+        "purchase_frequency": (1.0, 1, 1),
+        "aov": (50.0, 50, 1),
+        "completed_orders": (1, 1, None),
+        "net_revenue": (50.0, 50.0, None),
+    }
     staff = kpis(built, dimension="channel", value="delivery_staff")
     assert staff["purchase_frequency"] == (pytest.approx(4 / 3), 4, 3)
     assert staff["aov"] == (28.75, 115.0, 4)
@@ -119,31 +145,41 @@ def test_churn_by_segment_follows_the_cohort_at_d_minus_30(built):
     with built.begin() as conn:
         cohort = conn.exec_driver_sql(
             "select sum(denominator) from marts.kpi_daily where kpi = 'churn_rate' "
-            f"and dimension = 'segment' and as_of_date = date '{D}'").scalar_one()
+            f"and dimension = 'segment' and as_of_date = date '{D}'"
+        ).scalar_one()
     assert cohort == 6  # every cohort member once, under their d-30 segment
 
 
 def test_rfm_scores_at_d_minus_30(built):
     with built.begin() as conn:
-        rows = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(
-            "select customer_id, recency_days, r_score, f_score, segment from marts.customer_rfm "
-            "where as_of_date = date '2025-05-31'").fetchall()}
+        rows = {
+            r[0]: tuple(r[1:])
+            for r in conn.exec_driver_sql(
+                "select customer_id, recency_days, r_score, f_score, segment from marts.customer_rfm "
+                "where as_of_date = date '2025-05-31'"
+            ).fetchall()
+        }
     # 9 buyers in 2024-06-01..05-31; r = 1 + floor(5 (rank - 1) / 9) by recency, oldest first:
     # C10 334, C09 303 -> 1; C04 90, C03 89 -> 2; C08 72, C02 60 -> 3; C01 59, C11 30 -> 4;
     # C07 0 -> 5. F: C01 and C10 have 2 orders (rank 8 -> 4), the others 1 (-> 1).
     # C11 (first order 05-01, 30 days before) is not New (the 30 days are 05-02..05-31) but
     # Promising (within 90); C07 (first order 2024-01-15) is Occasional
     assert rows == {
-        "C10": (334, 1, 4, "At risk"), "C09": (303, 1, 1, "Lost"),
-        "C04": (90, 2, 1, "Hibernating"), "C03": (89, 2, 1, "Hibernating"),
-        "C08": (72, 3, 1, "About to sleep"), "C02": (60, 3, 1, "About to sleep"),
-        "C01": (59, 4, 4, "Loyal"), "C11": (30, 4, 1, "Promising"),
+        "C10": (334, 1, 4, "At risk"),
+        "C09": (303, 1, 1, "Lost"),
+        "C04": (90, 2, 1, "Hibernating"),
+        "C03": (89, 2, 1, "Hibernating"),
+        "C08": (72, 3, 1, "About to sleep"),
+        "C02": (60, 3, 1, "About to sleep"),
+        "C01": (59, 4, 4, "Loyal"),
+        "C11": (30, 4, 1, "Promising"),
         "C07": (0, 5, 1, "Occasional"),
     }
 
 
 def test_retention_is_the_cohort_still_active_and_a_return_after_a_lapse_is_reactivation(
-        tmp_path, warehouse):
+    tmp_path, warehouse
+):
     from factories import build_source, customer, order
 
     from crm_pipeline.extract import extract_table
@@ -151,13 +187,20 @@ def test_retention_is_the_cohort_still_active_and_a_return_after_a_lapse_is_reac
     from crm_pipeline.transform import build_staging
 
     # A bought in November, lapsed, and is back on 06-15; N is new; K stays; L leaves
-    src = build_source(f"sqlite:///{tmp_path}/lapse.db", {
-        "customers": [customer(c) for c in ("A", "N", "K", "L")],
-        "orders": [order("A1", "A", "2024-11-01"), order("A2", "A", "2025-06-15"),
-                   order("N1", "N", "2025-06-20"),
-                   order("K1", "K", "2025-05-10"), order("K2", "K", "2025-06-10"),
-                   order("L1", "L", "2025-03-20")],
-    })
+    src = build_source(
+        f"sqlite:///{tmp_path}/lapse.db",
+        {
+            "customers": [customer(c) for c in ("A", "N", "K", "L")],
+            "orders": [
+                order("A1", "A", "2024-11-01"),
+                order("A2", "A", "2025-06-15"),
+                order("N1", "N", "2025-06-20"),
+                order("K1", "K", "2025-05-10"),
+                order("K2", "K", "2025-06-10"),
+                order("L1", "L", "2025-03-20"),
+            ],
+        },
+    )
     for table in TABLE_ORDER:
         extract_table(src, warehouse, table, D, "lapse")
     build_staging(warehouse)
@@ -170,17 +213,23 @@ def test_retention_is_the_cohort_still_active_and_a_return_after_a_lapse_is_reac
     assert k["reactivated_customers"] == (1, 1, None)  # A; E = |S and E| + N + reactivated
     # (E - N) / S, the old definition, would have said 1.0: A counted as retained
     with warehouse.begin() as conn:
-        segments = dict(conn.exec_driver_sql(
-            f"select customer_id, segment from marts.customer_rfm where as_of_date = date '{D}'"
-        ).fetchall())
+        segments = dict(
+            conn.exec_driver_sql(
+                f"select customer_id, segment from marts.customer_rfm where as_of_date = date '{D}'"
+            ).fetchall()
+        )
     assert segments["N"] == "New" and segments["A"] != "New"  # A's first order is 8 months old
 
 
 def test_rfm_scores_and_segments_at_ties(built):
     with built.begin() as conn:
-        rows = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(
-            "select customer_id, recency_days, frequency, r_score, f_score, m_score, segment "
-            f"from marts.customer_rfm where as_of_date = date '{D}'").fetchall()}
+        rows = {
+            r[0]: tuple(r[1:])
+            for r in conn.exec_driver_sql(
+                "select customer_id, recency_days, frequency, r_score, f_score, m_score, segment "
+                f"from marts.customer_rfm where as_of_date = date '{D}'"
+            ).fetchall()
+        }
     # 11 buyers; score = 1 + floor(5 * (rank - 1) / 11), ties share the lowest rank.
     # recency ranks (oldest first): C10 364, C09 333, C04 120 -> 1; C03 119, C08 102 -> 2;
     # C02 90, C01 89 -> 3; C07 29, C06 15 -> 4; C05 10, C11 0 -> 5.
@@ -188,11 +237,16 @@ def test_rfm_scores_and_segments_at_ties(built):
     # monetary: six at 20 -> 1; C06 25 rank 7 -> 3; C01, C07 40 rank 8 -> 4; C05, C11 70 rank 10 -> 5
     # C06 (R4 F1, first completed order 06-15, in the 30 days ending at d) is New
     assert rows == {
-        "C10": (364, 1, 1, 1, 1, "Lost"), "C09": (333, 1, 1, 1, 1, "Lost"),
-        "C04": (120, 1, 1, 1, 1, "Lost"), "C03": (119, 1, 2, 1, 1, "Hibernating"),
-        "C08": (102, 1, 2, 1, 1, "Hibernating"), "C02": (90, 1, 3, 1, 1, "About to sleep"),
-        "C01": (89, 2, 3, 4, 4, "Loyal"), "C07": (29, 2, 4, 4, 4, "Loyal"),
-        "C06": (15, 1, 4, 1, 3, "New"), "C05": (10, 2, 5, 4, 5, "Champions"),
+        "C10": (364, 1, 1, 1, 1, "Lost"),
+        "C09": (333, 1, 1, 1, 1, "Lost"),
+        "C04": (120, 1, 1, 1, 1, "Lost"),
+        "C03": (119, 1, 2, 1, 1, "Hibernating"),
+        "C08": (102, 1, 2, 1, 1, "Hibernating"),
+        "C02": (90, 1, 3, 1, 1, "About to sleep"),
+        "C01": (89, 2, 3, 4, 4, "Loyal"),
+        "C07": (29, 2, 4, 4, 4, "Loyal"),
+        "C06": (15, 1, 4, 1, 3, "New"),
+        "C05": (10, 2, 5, 4, 5, "Champions"),
         "C11": (0, 2, 5, 4, 5, "Champions"),
     }
 
@@ -201,12 +255,16 @@ def test_value_tiers_rank_by_margin_with_deterministic_ties(built):
     with built.begin() as conn:
         rows = conn.exec_driver_sql(
             "select customer_id, revenue_12m, rank, tier from marts.customer_value_tier "
-            f"where as_of_date = date '{D}' order by rank").fetchall()
+            f"where as_of_date = date '{D}' order by rank"
+        ).fetchall()
     # C05 and C11 tie at 70 (margin 28): customer_id breaks it. n = 11: vip while
     # 100 (rank - 1) < 1 * 11 -> rank 1; key < 5 * 11 -> none more; regular < 20 * 11 -> ranks 2, 3
     assert [(r[0], float(r[1]), r[2], r[3]) for r in rows[:4]] == [
-        ("C05", 70.0, 1, "vip"), ("C11", 70.0, 2, "regular"),
-        ("C01", 40.0, 3, "regular"), ("C07", 40.0, 4, "small")]
+        ("C05", 70.0, 1, "vip"),
+        ("C11", 70.0, 2, "regular"),
+        ("C01", 40.0, 3, "regular"),
+        ("C07", 40.0, 4, "small"),
+    ]
     assert len(rows) == 11 and {r[3] for r in rows[4:]} == {"small"}
 
 
@@ -229,9 +287,16 @@ def snapshot(wh, first, last):
     out = {}
     with wh.begin() as conn:
         for table in ("kpi_daily", "customer_rfm", "customer_value_tier", "segment_migration"):
-            out[table] = sorted(map(tuple, conn.exec_driver_sql(
-                f"select * from marts.{table} where as_of_date between date '{first}' "
-                f"and date '{last}'").fetchall()), key=repr)
+            out[table] = sorted(
+                map(
+                    tuple,
+                    conn.exec_driver_sql(
+                        f"select * from marts.{table} where as_of_date between date '{first}' "
+                        f"and date '{last}'"
+                    ).fetchall(),
+                ),
+                key=repr,
+            )
     return out
 
 
@@ -311,10 +376,13 @@ def test_a_customer_who_bought_counts_whatever_created_at_says(tmp_path, warehou
     from crm_pipeline.transform import build_marts, build_staging
 
     # a CRM that back-fills created_at later than the customer's first order
-    src = build_source(f"sqlite:///{tmp_path}/late.db", {
-        "customers": [customer("L1", "2025-12-01", updated_at="2025-06-01")],
-        "orders": [order("LO1", "L1", "2025-06-20")],
-    })
+    src = build_source(
+        f"sqlite:///{tmp_path}/late.db",
+        {
+            "customers": [customer("L1", "2025-12-01", updated_at="2025-06-01")],
+            "orders": [order("LO1", "L1", "2025-06-20")],
+        },
+    )
     for table in TABLE_ORDER:
         extract_table(src, warehouse, table, D, "late")
     build_staging(warehouse)
@@ -324,7 +392,9 @@ def test_a_customer_who_bought_counts_whatever_created_at_says(tmp_path, warehou
     assert k["active_customers"] == (1, 1, None) and k["new_customers"] == (1, 1, None)
     build_marts(warehouse, ("dim_customer",), D)
     with warehouse.begin() as conn:
-        assert conn.exec_driver_sql("select customer_id from marts.dim_customer").fetchall() == [("L1",)]
+        assert conn.exec_driver_sql("select customer_id from marts.dim_customer").fetchall() == [
+            ("L1",)
+        ]
 
 
 def test_the_segment_lookup_gives_each_cell_and_first_order_age_its_first_matching_rule():
@@ -341,6 +411,54 @@ def test_the_segment_lookup_gives_each_cell_and_first_order_age_its_first_matchi
     assert cell.segment[90] == "Occasional"
     champions = lookup[(lookup.r_score == 5) & (lookup.f_score == 5)]
     assert set(champions.segment) == {"Champions"}
-    plain = {**config, "rfm": {**config["rfm"], "segments": [
-        {**rule, "first_order_within_days": None} for rule in config["rfm"]["segments"]]}}
+    plain = {
+        **config,
+        "rfm": {
+            **config["rfm"],
+            "segments": [
+                {**rule, "first_order_within_days": None} for rule in config["rfm"]["segments"]
+            ],
+        },
+    }
     assert first_order_cap(plain) == 0 and len(segment_lookup(plain)) == 25
+
+
+def test_overdue_regulars_counts_regular_buyers_past_one_and_a_half_usual_gaps(tmp_path, warehouse):
+    """The leading churn signal on hand-made buyers (d = 2025-06-30; usual gap = days known
+    in the 365-day window, from the first purchase if later, per completed order)."""
+    from factories import build_source, customer, order
+
+    from crm_pipeline.extract import extract_table
+    from crm_pipeline.source_schema import TABLE_ORDER
+    from crm_pipeline.transform import build_staging
+
+    def every(cid, first, n, step):
+        start = dt.date.fromisoformat(first)
+        return [
+            order(f"{cid}-{i}", cid, str(start + dt.timedelta(days=step * i))) for i in range(n)
+        ]
+
+    rows = {
+        "customers": [customer(c, "2024-01-01") for c in ("W1", "W2", "T1", "F1", "L1")],
+        "orders": (
+            # weekly all year, last order 2025-06-27 (3 days; gap 365/52 = 7.0): on time
+            every("W1", "2024-07-05", 52, 7)
+            # weekly until 2025-06-06 (24 days > 1.5 x 365/49 = 11.2): overdue
+            + every("W2", "2024-07-05", 49, 7)
+            # three orders only: not a regular buyer
+            + every("T1", "2025-05-01", 3, 10)
+            # first purchase 2025-03-22 (101 days known), 7 orders every 10 days until
+            # 2025-05-21: 40 days > 1.5 x 101 / 7 = 21.6: overdue
+            + every("F1", "2025-03-22", 7, 10)
+            # regular once, no order in the 90 days: churned already, not counted
+            + every("L1", "2024-07-05", 20, 7)
+        ),
+    }
+    src = build_source(f"sqlite:///{tmp_path}/regulars.db", rows)
+    for table in TABLE_ORDER:
+        extract_table(src, warehouse, table, D, "night-1")
+    build_staging(warehouse)
+    build_snapshots(warehouse, D, D)
+    k = kpis(warehouse)
+    assert k["overdue_regulars"] == (pytest.approx(2 / 3), 2, 3)
+    assert k["active_customers"][0] == 4  # W1, W2, T1, F1

@@ -70,7 +70,8 @@ purchase_windows as (
         customer_id,
         active_at_start,
         active_at_end,
-        purchases_365d
+        purchases_365d,
+        last_order_date_rfm
     from int_customer_days
 ),
 
@@ -91,6 +92,19 @@ customer_activity as (
         case when purchase_windows.purchases_365d >= 2 then 1 else 0 end as repeat_buyer_365d,
         case when purchase_windows.active_at_end = 1 and customers.loyalty_member
             then 1 else 0 end as active_member,
+        -- the leading churn signal (docs/kpis.md): a regular buyer (4+ completed orders in
+        -- the 365 days, one in the last 90) is overdue when the days since the last order
+        -- pass overdue_factor times the usual gap (the days of the 365 known, from the
+        -- first purchase if later, per order)
+        case when purchase_windows.purchases_365d >= 4 and purchase_windows.active_at_end = 1
+            then 1 else 0 end as regular_buyer,
+        case when purchase_windows.purchases_365d >= 4 and purchase_windows.active_at_end = 1
+            and (customers.as_of_date - purchase_windows.last_order_date_rfm)
+            > {{ overdue_factor }} * (
+                customers.as_of_date
+                - greatest(customers.first_purchase_date, customers.as_of_date - 364) + 1
+            ) / purchase_windows.purchases_365d
+            then 1 else 0 end as overdue_regular,
         coalesce(tiers.tier, 'unassigned') as tier,
         coalesce(segments.segment, 'unassigned') as segment,
         coalesce(customers.region, 'unknown') as region
@@ -287,7 +301,9 @@ combinations as (
         0 as contacts_responded,
         0 as points_earned,
         0 as points_redeemed,
-        0 as acquisition_spend
+        0 as acquisition_spend,
+        sum(regular_buyer) as regular_buyers,
+        sum(overdue_regular) as overdue_regulars
     from customer_activity
     group by as_of_date, tier, segment, region
 
@@ -314,14 +330,16 @@ combinations as (
         sum(case when kind = 'contact' then flag_a else 0 end),
         sum(case when kind = 'points_earn' then amount else 0 end),
         sum(case when kind = 'points_redeem' then amount else 0 end),
-        sum(case when kind = 'acquisition_spend' then amount else 0 end)
+        sum(case when kind = 'acquisition_spend' then amount else 0 end),
+        0,
+        0
     from fact_dimensions
     group by as_of_date, customer_id is not null, tier, segment, region
 
     union all
     select
         as_of_date, true, tier, segment, region, count(*), sum(retained),
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     from cohort_members
     group by as_of_date, tier, segment, region
 ),
@@ -385,7 +403,9 @@ summed as (
         sum(contacts_responded) as contacts_responded,
         sum(points_earned) as points_earned,
         sum(points_redeemed) as points_redeemed,
-        sum(acquisition_spend) as acquisition_spend
+        sum(acquisition_spend) as acquisition_spend,
+        sum(regular_buyers) as regular_buyers,
+        sum(overdue_regulars) as overdue_regulars
     from combinations
     cross join dimensions
     where dimensions.dimension = 'all' or combinations.has_customer
@@ -395,7 +415,7 @@ summed as (
     select
         as_of_date, 'channel', channel, 0, 0, 0, 0, 0, 0, 0, 0,
         count(*), count(distinct customer_id), sum(amount),
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     from facts
     where kind = 'purchase'
     group by as_of_date, channel
@@ -521,6 +541,10 @@ kpi_rows as (
     union all
     select as_of_date, dimension, dimension_value, 'points_redemption_rate',
         points_redeemed, points_earned, points_redeemed / nullif(points_earned, 0)
+    from aggregated where dimension <> 'channel'
+    union all
+    select as_of_date, dimension, dimension_value, 'overdue_regulars',
+        overdue_regulars, regular_buyers, overdue_regulars * 1.0 / nullif(regular_buyers, 0)
     from aggregated where dimension <> 'channel'
 ),
 
