@@ -12,7 +12,8 @@ breakdown table per alerted KPI (its evaluation rows for all customers and the b
 dimensions); one chart per alert, up to `email.max_charts`, lead alert of each KPI first;
 one row per high-value customer at risk, up to `at_risk.max_customers`, by CLV. It reads
 the warehouse (KPI history, customer models) and writes nothing; every date shown comes
-from the covered day (the Date header is the end of that day, UTC), never from the clock.
+from the covered day, never from the clock (the stored Date header is the end of that day;
+crm_pipeline.alerts.send_pending dates the message when it sends it).
 
 It imports Item, AlertConfig and the shared orderings from crm_pipeline.alerts at module
 level; alerts imports this module only inside process_alerts, so there is no cycle.
@@ -537,11 +538,10 @@ def _money(v: float | None) -> str:
 
 
 def _footer_text(ctx: EmailContext) -> list[str]:
+    """What a manager reads at the bottom: the day covered and who to ask. Where the figures
+    live in the warehouse is for the data team: in the X-CRM-* headers, not here."""
     return [
-        f"Covered day {ctx.day.isoformat()} (UTC), run {ctx.run_id}.",
-        f"In the warehouse: select * from {EVALUATION_TABLE} where as_of_date = date "
-        f"'{ctx.day.isoformat()}' and flagged; {ALERTS_TABLE} (alert states); "
-        f"marts.kpi_daily (every KPI by day and breakdown); {OUTBOX_TABLE} (this email).",
+        f"Figures as of the end of {ctx.day:%A %-d %B %Y} (UTC).",
         ctx.config.footer_note,
     ]
 
@@ -747,6 +747,10 @@ def build_email(ctx: EmailContext) -> str:
     root["Message-ID"] = ctx.message_id
     root["X-CRM-As-Of-Date"] = ctx.day.isoformat()
     root["X-CRM-Run-Id"] = ctx.run_id
+    root["X-CRM-Tables"] = (
+        f"{EVALUATION_TABLE} (where as_of_date = '{ctx.day.isoformat()}' and flagged), "
+        f"{ALERTS_TABLE}, marts.kpi_daily, {OUTBOX_TABLE}"
+    )
     alt = MIMEMultipart("alternative", boundary=f"=_crm_alt_{seed}", policy=pol)
     alt.attach(MIMEText(email_text(ctx), "plain", qp, policy=pol))
     alt.attach(MIMEText(email_html(ctx), "html", qp, policy=pol))

@@ -37,7 +37,7 @@ import smtplib
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from email.utils import getaddresses, parseaddr
+from email.utils import formatdate, getaddresses, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -793,6 +793,24 @@ def _set_outbox(wh: Warehouse, message_id: str, **values: Any) -> None:
         )
 
 
+def _dated(mime_text: str, when: dt.datetime) -> str:
+    """The stored message with its Date header set to the moment it is handed to SMTP.
+
+    The message is rendered from the covered day alone (a rerun renders the same bytes and
+    the same Message-ID); the Date a reader sees is the send time, as mail clients expect,
+    not the end of the covered day."""
+    head, sep, body = mime_text.partition("\r\n\r\n")
+    if not sep:
+        head, sep, body = mime_text.partition("\n\n")
+    newline = "\r\n" if sep == "\r\n\r\n" else "\n"
+    stamp = f"Date: {formatdate(when.timestamp(), usegmt=True)}"
+    lines = head.split(newline)
+    dated = [stamp if line.lower().startswith("date:") else line for line in lines]
+    if stamp not in dated:
+        dated.insert(0, stamp)
+    return newline.join(dated) + sep + body
+
+
 def send_pending(
     wh: Warehouse,
     smtp: SmtpSettings | Mapping[str, Any],
@@ -870,8 +888,11 @@ def send_pending(
             recipients = parse_addresses(row.recipients)
             envelope_from = settings.from_email or parseaddr(row.sender)[1]
             _set_outbox(wh, row.message_id, state="sending", attempts_plus=True)
+            now = dt.datetime.now(dt.UTC)
             try:
-                refused = client.sendmail(envelope_from, recipients, row.mime_text.encode("ascii"))
+                refused = client.sendmail(
+                    envelope_from, recipients, _dated(row.mime_text, now).encode("ascii")
+                )
             except (OSError, smtplib.SMTPException) as exc:
                 error = f"SMTP {settings.describe()} did not take {row.message_id}: {type(exc).__name__}: {exc}"
                 _set_outbox(wh, row.message_id, state="pending", last_error=error[:1000])

@@ -275,7 +275,13 @@ def test_a_vip_churn_breach_sends_one_email_with_everything_a_manager_needs(ware
     )
     assert "Old name" not in html
     assert NAME in text  # the plain-text part shows it as typed
-    assert "as_of_date = date &#x27;2026-11-22&#x27;" in html and "marts.alerts" in html
+    # the managers' footer says the day and whom to ask; the tables are for the data team,
+    # in a header
+    assert "Figures as of the end of Sunday 22 November 2026 (UTC)." in html
+    assert "select " not in html and "include/config" not in html and "marts." not in text
+    assert "marts.kpi_evaluation (where as_of_date = '2026-11-22' and flagged)" in msg[
+        "X-CRM-Tables"
+    ]
     with warehouse.begin() as conn:
         alert = conn.exec_driver_sql(
             "select alert_id, state, severity, first_seen, last_notified_at, value, target "

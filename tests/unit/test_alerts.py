@@ -6,6 +6,7 @@ import smtplib
 import subprocess
 import sys
 from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
 
 import pandas as pd
@@ -399,6 +400,10 @@ def test_smtp_down_then_up_delivers_exactly_once(warehouse, tmp_path):
         assert send_pending(warehouse, smtp, config=ALERTS)["sent"] == []
         (msg,) = sink.messages()
     assert msg["Message-ID"] == mid and msg["To"] == "a@example.com, b@example.com"
+    # dated when it was sent, not at the end of the covered day
+    sent = parsedate_to_datetime(msg["Date"])
+    assert abs((sent - dt.datetime.now(dt.UTC)).total_seconds()) < 300
+    assert len([k for k in msg.keys() if k.lower() == "date"]) == 1
     assert msg["X-Sink-Envelope-To"] == "a@example.com, b@example.com"
     assert outbox(warehouse) == [(mid, "sent", 2, "a@example.com, b@example.com", False, True)]
 
