@@ -57,6 +57,7 @@ from crm_pipeline.evaluate import (
     KpiSpec,
     Targets,
     baseline_frame,
+    money_text,
     read_frame,
     read_kpi_daily,
 )
@@ -383,6 +384,13 @@ def breakdown_rows(ctx: EmailContext, kpi: str) -> list[dict[str, Any]]:
     return records
 
 
+def _status_word(row: Mapping[str, Any], alerted: bool) -> str:
+    """Only an alerted row is called a breach; a row past its target that no rule alerts on
+    (a segment judged against its own level, say) is 'past target'."""
+    status = str(row.get("status") or "").replace("_", " ")
+    return "past target" if status == "breach" and not alerted else status
+
+
 def _breakdown_html(ctx: EmailContext, kpi: str, alerted: set[tuple[str, str, str]]) -> str:
     spec = ctx.targets.spec(kpi)
     records = breakdown_rows(ctx, kpi)
@@ -442,8 +450,9 @@ def _breakdown_html(ctx: EmailContext, kpi: str, alerted: set[tuple[str, str, st
             )
         n = _f(r.get("n"))
         cells.append(f"<td {td}>{E(f'{n:,.0f}' if n is not None else '')}</td>")
+        word = _status_word(r, key in alerted)
         cells.append(
-            f'<td {td}><span style="color:{scolor};font-weight:bold">{E(status.replace("_", " "))}</span></td>'
+            f'<td {td}><span style="color:{scolor};font-weight:bold">{E(word)}</span></td>'
         )
         body.append(f'<tr style="background:{bg}">{"".join(cells)}</tr>')
     note = (
@@ -521,7 +530,7 @@ def _at_risk_html(ctx: EmailContext) -> str:
             "<tr>"
             f"<td {td}>{who}</td><td {td}>{E(str(r.get('tier') or ''))}</td>"
             f"<td {td}>{E(str(r.get('region') or ''))}</td>"
-            f"<td {td}>{E(_money(_f(r.get('clv'))))}</td>"
+            f"<td {td}>{E(_money(ctx, _f(r.get('clv'))))}</td>"
             f"<td {td}>{E('' if churn is None else f'{churn:.0%}')}</td>"
             f"<td {td}>{E(alive)}</td><td {td}>{E(str(r.get('why') or ''))}</td></tr>"
         )
@@ -530,11 +539,21 @@ def _at_risk_html(ctx: EmailContext) -> str:
 <tr><td style="padding:4px 24px 18px 24px">{title}
  <div style="font-size:12px;color:{COLORS["muted"]};margin-bottom:6px">{E(ctx.at_risk_note)}</div>
  <table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="border-collapse:collapse"><tr>{head}</tr>{"".join(rows)}</table>
+ <div style="font-size:11px;color:{COLORS["muted"]};margin-top:4px">{E(RISK_MEASURES)}</div>
 </td></tr>"""
 
 
-def _money(v: float | None) -> str:
-    return "" if v is None else f"{v:,.0f}"
+RISK_MEASURES = (
+    "Churn risk and P(alive) answer different questions: churn risk is the chance of no "
+    "order in the next 90 days, from the customer's recent behaviour (orders, complaints, "
+    "surveys); P(alive) is the chance the customer has not left for good, from the rhythm "
+    "of their orders alone. A regular customer who has slowed down can still be alive "
+    "(0.98) and at risk of a quiet quarter (57%)."
+)
+
+
+def _money(ctx: EmailContext, v: float | None) -> str:
+    return "" if v is None else money_text(v, ctx.targets.currency, 0)
 
 
 def _footer_text(ctx: EmailContext) -> list[str]:
@@ -677,6 +696,7 @@ def email_text(ctx: EmailContext) -> str:
         out.append(f"  {_why(item, ctx.day)}")
         out.append(f"  why it fired: {row.get('reason') or ''}")
         out.append("")
+    alerted = {i.key for i in open_items}
     for kpi in dict.fromkeys(i.kpi for i in open_items):
         spec = ctx.targets.spec(kpi)
         records = breakdown_rows(ctx, kpi)
@@ -698,7 +718,8 @@ def email_text(ctx: EmailContext) -> str:
                 f"  {label[:24]:<24}{spec.fmt(_f(r.get('value'))):>10}{spec.fmt(_f(r.get('baseline'))):>10}"
                 f"{spec.fmt_change(_f(r.get('change_vs_baseline'))):>12}"
                 f"{(spec.fmt_change(contribution) if contribution is not None else ''):>12}"
-                f"{(f'{n:,.0f}' if n is not None else ''):>9}  {r.get('status')}"
+                f"{(f'{n:,.0f}' if n is not None else ''):>9}  "
+                f"{_status_word(r, (kpi, r['dimension'], r['dimension_value']) in alerted)}"
             )
         out.append("")
     resolved = [i for i in ctx.items if i.event == "resolved"]
@@ -720,10 +741,11 @@ def email_text(ctx: EmailContext) -> str:
             churn = _f(r.get("churn_probability"))
             out.append(
                 f"  - {r['customer_id']} {r.get('name') or ''} ({r.get('tier')}, {r.get('region') or '-'}): "
-                f"CLV {_money(_f(r.get('clv')))}"
+                f"CLV {_money(ctx, _f(r.get('clv')))}"
                 + (f", churn risk {churn:.0%}" if churn is not None else "")
                 + f"; {r.get('why') or ''}"
             )
+        out.append(f"  {RISK_MEASURES}")
     out.append("")
     out.append("-- ")
     out.extend(line for line in _footer_text(ctx) if line)

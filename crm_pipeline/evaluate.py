@@ -34,7 +34,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -136,6 +136,8 @@ class KpiSpec:
     # one of the plan's headline KPIs (customers staying, buying, satisfied): in the email
     # it comes before the operational ones of the same severity
     headline: bool = False
+    # the business's currency (targets.yaml `currency`), shown on money
+    currency: str = ""
 
     def min_n_for(self, dimension: str) -> float:
         return self.min_n_by_dimension.get(dimension, self.min_n)
@@ -173,10 +175,10 @@ class KpiSpec:
 
     # formatting, shared with the alert email
     def fmt(self, v: float | None, compact: bool = False) -> str:
-        return format_value(self.unit, v, compact)
+        return format_value(self.unit, v, compact, self.currency)
 
     def fmt_change(self, v: float | None) -> str:
-        return format_change(self.unit, v)
+        return format_change(self.unit, v, self.currency)
 
     def op(self) -> str:
         return "≥" if self.direction == HIGHER else "≤"
@@ -211,6 +213,7 @@ class EvaluationSettings:
 class Targets:
     kpis: Mapping[str, KpiSpec]
     settings: EvaluationSettings = EvaluationSettings()
+    currency: str = ""  # ISO code of the business's money (EUR): shown on money
 
     def spec(self, kpi: str) -> KpiSpec | None:
         return self.kpis.get(kpi)
@@ -246,10 +249,11 @@ def load_targets(source: str | Path | Mapping[str, Any] | Targets | None = None)
             f"targets: bad evaluation settings {ev!r} (reference_lag_days must be at least "
             "baseline_days, so that the reference does not overlap the baseline)"
         )
+    currency = str(raw.get("currency") or "")
     kpis = {}
     for kpi, spec in (raw.get("kpis") or {}).items():
-        kpis[kpi] = _kpi_spec(kpi, spec or {})
-    return Targets(kpis=kpis, settings=settings)
+        kpis[kpi] = replace(_kpi_spec(kpi, spec or {}), currency=currency)
+    return Targets(kpis=kpis, settings=settings, currency=currency)
 
 
 def _kpi_spec(kpi: str, spec: Mapping[str, Any]) -> KpiSpec:
@@ -323,9 +327,24 @@ def _num(v: float, decimals: int, compact: bool) -> str:
     return text
 
 
-def format_value(unit: str, v: float | None, compact: bool = False) -> str:
+CURRENCY_SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥"}
+
+
+def money_text(v: float, currency: str = "", decimals: int = 2) -> str:
+    """'€1,234.56', 'CHF 1,234.56', or the bare number without a currency."""
+    text = f"{abs(v):,.{decimals}f}"
+    sign = "−" if v < 0 and any(ch in "123456789" for ch in text) else ""
+    if not currency:
+        return sign + text
+    symbol = CURRENCY_SYMBOLS.get(currency.upper())
+    return f"{sign}{symbol}{text}" if symbol else f"{sign}{currency.upper()} {text}"
+
+
+def format_value(unit: str, v: float | None, compact: bool = False, currency: str = "") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
+    if unit == "money" and currency:
+        return money_text(v, currency, 2)
     if unit == "share":
         return _num(100 * v, 1, compact) + "%"
     if unit == "percent":
@@ -341,10 +360,15 @@ def format_value(unit: str, v: float | None, compact: bool = False) -> str:
     return _num(v, 2, compact)
 
 
-def format_change(unit: str, v: float | None) -> str:
+def format_change(unit: str, v: float | None, currency: str = "") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     a = abs(v)
+    if unit == "money" and currency:
+        text = money_text(a, currency, 2)
+        if not any(ch in "123456789" for ch in text):
+            return text
+        return ("+" if v > 0 else "−") + text
     if unit == "share":
         text = f"{100 * a:.1f} pts"
     elif unit == "percent":

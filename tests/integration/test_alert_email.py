@@ -232,7 +232,10 @@ def test_a_vip_churn_breach_sends_one_email_with_everything_a_manager_needs(ware
     assert summary["new"] == 1 and len(sent["sent"]) == 1
     assert len(messages) == 1
     msg = messages[0]
-    assert msg["Subject"] == "[CRM] Churn rate (30 days) breach: vip tier 14.2% (target ≤ 10%) — 2026-11-22"
+    assert (
+        msg["Subject"]
+        == "[CRM] Churn rate (30 days) breach: vip tier 14.2% (target ≤ 10%) — 2026-11-22"
+    )
     assert msg["Message-ID"] == "<crm-alerts.2026-11-22@example.com>"
     assert msg["X-Sink-Envelope-To"] == "crm-managers@example.com, ops@example.com"
     # multipart/alternative (plain + html) inside multipart/related, with the chart inline
@@ -275,13 +278,17 @@ def test_a_vip_churn_breach_sends_one_email_with_everything_a_manager_needs(ware
     )
     assert "Old name" not in html
     assert NAME in text  # the plain-text part shows it as typed
+    # the "At risk" segment is above the churn target by design and has no rule for it: it
+    # is shown as past target, not as a breach; the two risk measures are told apart
+    assert "past target" in html and "past target" in text
+    assert "Churn risk and P(alive) answer different questions" in html
     # the managers' footer says the day and whom to ask; the tables are for the data team,
     # in a header
     assert "Figures as of the end of Sunday 22 November 2026 (UTC)." in html
     assert "select " not in html and "include/config" not in html and "marts." not in text
-    assert "marts.kpi_evaluation (where as_of_date = '2026-11-22' and flagged)" in msg[
-        "X-CRM-Tables"
-    ]
+    assert (
+        "marts.kpi_evaluation (where as_of_date = '2026-11-22' and flagged)" in msg["X-CRM-Tables"]
+    )
     with warehouse.begin() as conn:
         alert = conn.exec_driver_sql(
             "select alert_id, state, severity, first_seen, last_notified_at, value, target "

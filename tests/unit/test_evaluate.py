@@ -427,3 +427,17 @@ def test_a_slow_fall_is_reported_as_a_fall_with_since_when(warehouse):
     steady = evaluation(warehouse, f"as_of_date = '{D}' and dimension_value = 'vip'").iloc[0]
     assert not steady["slow_move"] and steady["past_target_since"] is None
     assert steady["change_vs_reference"] == 0.0
+
+
+def test_money_carries_the_currency_of_the_business():
+    targets = load_targets(
+        {"currency": "EUR", "kpis": {"aov": {"direction": "higher_is_better", "unit": "money"}}}
+    )
+    aov = targets.spec("aov")
+    assert aov.fmt(1234.5) == "€1,234.50" and aov.fmt_change(-2.1) == "−€2.10"
+    assert aov.fmt_change(0.001) == "€0.00"
+    chf = load_targets(
+        {"currency": "chf", "kpis": {"aov": {"direction": "higher_is_better", "unit": "money"}}}
+    )
+    assert chf.spec("aov").fmt(10) == "CHF 10.00"
+    assert load_targets().currency == "EUR"  # the demo's
