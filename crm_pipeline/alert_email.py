@@ -71,34 +71,6 @@ EVENT_WORDS = {
     "reminder": "still firing (reminder)",
     "resolved": "recovered",
 }
-N_LABEL = {
-    "churn_rate": "customers active 30 days earlier",
-    "retention_rate": "customers active 30 days earlier",
-    "csat": "responses",
-    "nps": "responses",
-    "complaint_sla_rate": "complaints closed",
-    "complaint_first_response_hours": "complaints",
-    "complaint_resolution_hours": "complaints",
-    "campaign_response_rate": "contacts",
-    "repeat_purchase_rate": "buyers",
-    "loyalty_member_share": "active customers",
-    "purchase_frequency": "ordering customers",
-    "aov": "orders",
-    "complaints_per_1000_orders": "orders",
-    "cac": "new customers",
-}
-# KPIs whose overall value is the denominator-weighted mean of its tier and segment
-# values: for these the email shows each group's contribution to the overall change
-WEIGHTED_KPIS = {
-    "churn_rate",
-    "retention_rate",
-    "csat",
-    "nps",
-    "complaint_sla_rate",
-    "campaign_response_rate",
-    "repeat_purchase_rate",
-    "loyalty_member_share",
-}
 
 
 # -- the email -----------------------------------------------------------------------------
@@ -170,7 +142,7 @@ def _n_text(item: Item) -> str:
     n = _f((item.row or {}).get("n"))
     if n is None:
         return ""
-    return f"{n:,.0f} {N_LABEL.get(item.kpi, 'observations')}"
+    return f"{n:,.0f} {item.spec.n_label if item.spec else 'observations'}"
 
 
 def _target_text(spec: KpiSpec, target: float | None) -> str:
@@ -356,6 +328,7 @@ def _alert_card_html(ctx: EmailContext, item: Item, cid: str | None) -> str:
 def breakdown_rows(ctx: EmailContext, kpi: str) -> list[dict[str, Any]]:
     """The day's evaluation rows of a KPI for 'all' and the breakdown dimensions, with
     each group's contribution to the overall change (weighted KPIs only)."""
+    spec = ctx.targets.spec(kpi)
     ev = ctx.evaluation
     if ev.empty:
         return []
@@ -366,7 +339,8 @@ def breakdown_rows(ctx: EmailContext, kpi: str) -> list[dict[str, Any]]:
         r["contribution"] = None
         n, change = _f(r.get("n")), _f(r.get("change_vs_baseline"))
         if (
-            kpi in WEIGHTED_KPIS
+            spec is not None
+            and spec.weighted
             and r["dimension"] != "all"
             and overall_n
             and n is not None
@@ -396,7 +370,7 @@ def _breakdown_html(ctx: EmailContext, kpi: str, alerted: set[tuple[str, str, st
     records = breakdown_rows(ctx, kpi)
     if spec is None or not records:
         return ""
-    weighted = kpi in WEIGHTED_KPIS
+    weighted = spec.weighted
     th = (
         f'style="text-align:right;padding:5px 8px;font-size:11px;color:{COLORS["muted"]};'
         f'text-transform:uppercase;border-bottom:2px solid {COLORS["line"]}"'

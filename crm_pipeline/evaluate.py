@@ -138,6 +138,14 @@ class KpiSpec:
     headline: bool = False
     # the business's currency (targets.yaml `currency`), shown on money
     currency: str = ""
+    # what the n behind a value counts, in words ("responses")
+    n_label: str = "observations"
+
+    @property
+    def weighted(self) -> bool:
+        """A share of a count (judged on evidence): its overall value is the n-weighted mean
+        of its groups', so each group's contribution to an overall change can be shown."""
+        return self.evidence != "none"
 
     def min_n_for(self, dimension: str) -> float:
         return self.min_n_by_dimension.get(dimension, self.min_n)
@@ -312,6 +320,7 @@ def _kpi_spec(kpi: str, spec: Mapping[str, Any]) -> KpiSpec:
         valid_range=valid_range,
         min_n_by_dimension={str(k): float(v) for k, v in by_dimension.items()},
         headline=bool(spec.get("headline", False)),
+        n_label=str(spec.get("n_label") or "observations"),
     )
 
 

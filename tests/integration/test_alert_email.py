@@ -21,6 +21,7 @@ TARGETS = {
     "kpis": {
         "churn_rate": {
             "label": "Churn rate (30 days)",
+            "n_label": "customers active 30 days earlier",
             "direction": "lower_is_better",
             "unit": "share",
             "evidence": "proportion",
