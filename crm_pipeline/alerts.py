@@ -781,6 +781,19 @@ def _open_smtp(s: SmtpSettings) -> smtplib.SMTP:
     return client
 
 
+def send_now(smtp: SmtpSettings, msg: Any) -> None:
+    """Send one message at once, without the outbox: the data engineers' failure notice,
+    which concerns a night that has already failed (SMTP errors propagate)."""
+    client = _open_smtp(smtp)
+    try:
+        client.send_message(msg, from_addr=smtp.from_email or parseaddr(str(msg["From"]))[1])
+    finally:
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            client.close()
+
+
 def _set_outbox(wh: Warehouse, message_id: str, **values: Any) -> None:
     sets = ", ".join(f"{k} = :{k}" for k in values if k != "attempts_plus")
     if "attempts_plus" in values:

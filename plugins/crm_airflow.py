@@ -11,7 +11,6 @@ import logging
 import os
 from datetime import timedelta
 
-from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from crm_pipeline import config, stages
@@ -23,20 +22,36 @@ ENGINEERS_VAR = "CRM_DATA_ENGINEERS"
 
 def notify_data_engineers(context) -> None:
     """Failure callback of every task: email CRM_DATA_ENGINEERS (comma-separated, read when
-    it fires) through `smtp_default`, with the error itself, using the SMTP provider's
-    notifier. The preflight task refuses a run that could mail but has nobody to tell, so
-    an unset variable here means no SMTP connection either: said loudly in the log."""
-    to = os.environ.get(ENGINEERS_VAR, "")
-    if not to:
-        log.error("%s is not set: nobody is told that %s failed", ENGINEERS_VAR,
-                  context["ti"].task_id)
+    it fires) through `smtp_default` with the whole error (crm_pipeline.failure_email: text
+    and HTML, a Message-ID, the send time). The preflight task refuses a run that could
+    mail but has nobody to tell, so an unset variable here means no SMTP connection either:
+    said loudly in the log."""
+    from crm_pipeline.alerts import load_alert_config, parse_addresses, send_now
+    from crm_pipeline.alerts import smtp_settings_from_connection as smtp_settings
+    from crm_pipeline.dates import covered_day
+    from crm_pipeline.errors import PipelineStop
+    from crm_pipeline.failure_email import failure_message
+
+    ti = context["ti"]
+    to = parse_addresses(os.environ.get(ENGINEERS_VAR, ""))
+    conn = smtp_connection()
+    if not to or conn is None:
+        log.error("%s: nobody is told that %s failed",
+                  f"{ENGINEERS_VAR} is not set" if not to else "no smtp_default connection",
+                  ti.task_id)
         return
-    SmtpNotifier(
-        to=to, smtp_conn_id=config.SMTP_CONN_ID,
-        subject="[crm_nightly] {{ ti.task_id }} failed for {{ ds }}",
-        html_content="<p>{{ ti.task_id }} failed for {{ ds }}:</p><pre style='white-space: pre-wrap'>{{ exception | e }}</pre>"
-                     "<p>Log: {{ ti.log_url }}</p>",
-    )(context)
+    exc = context.get("exception")
+    dag_run = context["dag_run"]
+    msg = failure_message(
+        dag_id=ti.dag_id, task_id=ti.task_id,
+        day=covered_day(context.get("logical_date"), dag_run.run_after),
+        run_id=ti.run_id, try_number=int(ti.try_number or 1),
+        stopped=isinstance(exc, PipelineStop),
+        error=f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc),
+        log_url=str(getattr(ti, "log_url", "") or ""),
+        sender=load_alert_config().sender, to=to,
+    )
+    send_now(smtp_settings(conn), msg)
 
 
 NOTIFY = [notify_data_engineers]
