@@ -71,9 +71,26 @@ def summary(day: dt.date) -> None:
     wh = Warehouse(env_url("AIRFLOW_CONN_CRM_WAREHOUSE"), lock_wait_seconds=60)
     where = wh.engine.url.database if wh.dialect == "duckdb" else wh.engine.url.render_as_string()
     print(f"\nWarehouse ({wh.dialect}): {where}")
-    print(f"Tables (snapshots for as_of_date {day}):")
-    for table, count in wh.row_counts(("marts", "ops", "quarantine")).items():
-        print(f"  {table:<40} {count:>12,} rows")
+    print(f"Tables (rows for {day} where a table is kept by day; rows in all):")
+    with wh.begin() as conn:
+        dated = {
+            f"{schema}.{name}"
+            for schema in ("marts", "ops", "quarantine")
+            for name in wh.tables(conn, schema)
+            if "as_of_date" in wh.columns(conn, f"{schema}.{name}")
+        }
+        for table, count in wh.row_counts(("marts", "ops", "quarantine")).items():
+            on_day = (
+                conn.exec_driver_sql(
+                    wh.render(
+                        f"select count(*) from {table} where as_of_date = {{{{ d }}}}", {"d": day}
+                    )
+                ).scalar_one()
+                if table in dated
+                else None
+            )
+            day_text = f"{on_day:>12,} on {day}" if on_day is not None else " " * 26
+            print(f"  {table:<36}{day_text} {count:>14,} in all")
     with wh.begin() as conn:
         existing = set(wh.tables(conn, "marts"))
 
@@ -107,6 +124,31 @@ def summary(day: dt.date) -> None:
             rows = query("select status, count(*) from marts.kpi_evaluation where as_of_date = "
                          "{{ as_of_date }} group by status order by status")
             print("KPI evaluation: " + ", ".join(f"{s} {n:,}" for s, n in rows))
+        print(alert_email_line(wh, conn, day))
+
+
+def alert_email_line(wh: Warehouse, conn, day: dt.date) -> str:
+    """Whether the day's run has an alert email, and the true reason when it has none."""
+    ops = set(wh.tables(conn, "ops"))
+    if "alert_runs" not in ops:
+        return f"Alert email for {day}: none (no alert run yet in this warehouse)."
+
+    def one(sql: str):
+        return conn.exec_driver_sql(wh.render(sql, {"d": day})).fetchone()
+
+    mail = one("select subject, state from ops.alert_outbox where as_of_date = {{ d }} "
+               "order by message_id") if "alert_outbox" in ops else None
+    if mail is not None:
+        return f"Alert email for {day} ({mail[1]} in ops.alert_outbox): {mail[0]}"
+    later = one("select max(as_of_date) from ops.alert_runs where as_of_date > {{ d }}")[0]
+    if later is not None:
+        return (f"Alert email for {day}: none: {later} was already alerted, and alert state "
+                "moves forward only, so a run for an earlier day (a backfill) sends nothing.")
+    ran = one("select count(*) from ops.alert_runs where as_of_date = {{ d }}")[0]
+    if not ran:
+        return f"Alert email for {day}: none: the alert step has not run for this day."
+    return (f"Alert email for {day}: none: nothing new, worse, escalated, due a reminder or "
+            "resolved.")
 
 
 def _fmt(kpi: str, value: float | None) -> str:

@@ -21,8 +21,14 @@ report=$(airflow tasks states-for-dag-run crm_nightly "$run_id" -o json 2>/dev/n
 rc=$?
 if [ "$rc" -ne 0 ] || [ -z "$quiet" ]; then echo "$report"; fi
 if [ "$rc" -ne 0 ]; then
-  echo "Errors (the failed tasks' own messages; full log: $log):" >&2
-  grep -hE "(PipelineStop|DataQualityError|ModelGateError|RunDateError|ConfigError|SourceSchemaError|AirflowFailException)" "$log" \
-    | grep -vE "^\s+(raise|File) " | awk '!seen[$0]++' | tail -20 >&2
+  echo "Errors (the failed tasks' own messages, every line; full log: $log):" >&2
+  # an error's first line names its class; the lines that follow it indented (a validation
+  # failure's table, column, rule and rows) belong to it
+  awk '
+    /(PipelineStop|DataQualityError|ModelGateError|RunDateError|ConfigError|SourceSchemaError|AirflowFailException)/ && !/^[[:space:]]+(raise|File) / {
+      keep = 1; if (!seen[$0]++) print; next }
+    keep && /^[[:space:]]+[^[:space:]]/ && !/^[[:space:]]+(raise|File|\^)/ { if (!seen[$0]++) print; next }
+    { keep = 0 }
+  ' "$log" | tail -60 >&2
   exit 1
 fi

@@ -43,6 +43,6 @@ if [ -n "$new_mail" ]; then
   echo "Alert email(s) sent this run, saved by the SMTP sink:"
   for f in $new_mail; do echo "  $CRM_SMTP_SINK_DIR/$f"; done
 else
-  echo "No alert email this run (nothing new, worse or resolved); mail folder: $CRM_SMTP_SINK_DIR"
+  echo "No alert email reached the SMTP sink this run (why: the 'Alert email' line above); mail folder: $CRM_SMTP_SINK_DIR"
 fi
 echo "run: done in $(( $(date +%s) - start )) s; log: $log"

@@ -27,8 +27,16 @@ def verdict(tasks: list[dict]) -> list[str]:
 
 
 def _name(task: dict) -> str:
+    """A mapped task by what it works on: extract.extract_table[orders], not [3]."""
     index = str(task.get("map_index", "-1"))
-    return task["task_id"] + (f"[{index}]" if index not in ("-1", "", "None") else "")
+    if index in ("-1", "", "None"):
+        return task["task_id"]
+    label = task.get("rendered_map_index")
+    if not label and task["task_id"].startswith("extract."):
+        from crm_pipeline.source_schema import TABLE_ORDER  # the DAG maps over it in order
+
+        label = TABLE_ORDER[int(index)] if int(index) < len(TABLE_ORDER) else index
+    return f"{task['task_id']}[{label or index}]"
 
 
 def main() -> None:

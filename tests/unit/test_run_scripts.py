@@ -34,12 +34,17 @@ def test_a_failed_task_with_green_leaves_or_a_run_without_tasks_is_not_a_good_ni
 
 
 def test_the_report_exits_1_and_says_why(tmp_path):
-    tasks = [task("extract.extract_table", "failed", 3), task("watcher", "failed")]
+    from crm_pipeline.source_schema import TABLE_ORDER
+
+    tasks = [task("extract.extract_table", "failed", 3), task("watcher", "failed"),
+             {**task("extract.extract_table", "success", 0), "rendered_map_index": "customers"}]
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "task_report.py"), "r1"],
                           input=json.dumps(tasks), capture_output=True, text=True)
     assert done.returncode == 1
-    assert "extract.extract_table[3] failed" in done.stderr
-    assert "extract.extract_table[3]" in done.stdout  # the table of tasks is printed too
+    # a mapped extract is named by its table, not by its index
+    assert f"extract.extract_table[{TABLE_ORDER[3]}] failed" in done.stderr
+    assert f"extract.extract_table[{TABLE_ORDER[3]}]" in done.stdout  # the table of tasks too
+    assert "extract.extract_table[customers]" in done.stdout
 
 
 def test_a_day_that_has_not_ended_is_refused_before_any_work():
