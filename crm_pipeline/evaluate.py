@@ -33,7 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
@@ -452,42 +452,65 @@ def baseline_frame(
     the `baseline_days` days before it; the baseline needs `min_history_days` values. The
     band is clipped to the KPI's `valid_range` (a share's band ends at 0% and 100%).
     """
-    prev = series.astype(float).shift(1)
-    window = prev.rolling(settings.baseline_days, min_periods=1)
-    median = window.median()
-    count = window.count().fillna(0).astype(int)
-    mad = window.apply(_mad, raw=True)
-    half = np.maximum(settings.band_k * 1.4826 * mad, min_width)
-    enough = count >= settings.min_history_days
-    low, high = median - half, median + half
-    if valid_range[0] is not None:
-        low = low.clip(lower=valid_range[0])
-    if valid_range[1] is not None:
-        high = high.clip(upper=valid_range[1])
-    out = pd.DataFrame(
-        {
-            "baseline": median.where(enough),
-            "baseline_low": low.where(enough),
-            "baseline_high": high.where(enough),
-            "baseline_days": count,
-        }
+    lo, hi = valid_range
+    bands = _bands(
+        series.astype(float).to_numpy()[None, :],
+        settings,
+        np.array([[min_width]]),
+        np.array([[-np.inf if lo is None else lo]]),
+        np.array([[np.inf if hi is None else hi]]),
     )
-    return out
+    return pd.DataFrame(
+        {
+            "baseline": bands["baseline"][0],
+            "baseline_low": bands["baseline_low"][0],
+            "baseline_high": bands["baseline_high"][0],
+            "baseline_days": bands["baseline_days"][0].astype(int),
+        },
+        index=series.index,
+    )
 
 
-def _mad(w: np.ndarray) -> float:
-    w = w[~np.isnan(w)]
-    if w.size == 0:
-        return np.nan
-    w = np.sort(w)
-    med = _sorted_median(w)
-    return _sorted_median(np.sort(np.abs(w - med)))
+def _bands(
+    values: np.ndarray,
+    settings: EvaluationSettings,
+    min_width: np.ndarray,
+    range_low: np.ndarray,
+    range_high: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """baseline_frame for many series at once: `values` is (series, days), the others
+    (series, 1). Every day's window of every series is one view (series x days x window):
+    an evaluation reads a year of history for "since when" and stays a matter of seconds."""
+    k = settings.baseline_days
+    n_series, n_days = values.shape
+    prev = np.full((n_series, n_days + k - 1), np.nan)
+    prev[:, k:] = values[:, : n_days - 1] if n_days > 1 else prev[:, k:]
+    windows = np.lib.stride_tricks.sliding_window_view(prev, k, axis=1)
+    count = np.sum(~np.isnan(windows), axis=2)
+    median = _medians(windows, count)
+    mad = _medians(np.abs(windows - median[..., None]), count)
+    half = np.maximum(settings.band_k * 1.4826 * mad, min_width)
+    low = np.maximum(median - half, range_low)
+    high = np.minimum(median + half, range_high)
+    enough = count >= settings.min_history_days
+    return {
+        "baseline": np.where(enough, median, np.nan),
+        "baseline_low": np.where(enough, low, np.nan),
+        "baseline_high": np.where(enough, high, np.nan),
+        "baseline_days": count,
+    }
 
 
-def _sorted_median(w: np.ndarray) -> float:
-    n = w.size
-    mid = n // 2
-    return float(w[mid]) if n % 2 else float((w[mid - 1] + w[mid]) / 2)
+def _medians(windows: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The median of the non-NaN values along the last axis (NaN where there are none):
+    sorted with NaNs last, the middle value or the mean of the middle two."""
+    if windows.size == 0:
+        return np.full(windows.shape[:-1], np.nan)
+    ordered = np.sort(windows, axis=-1)
+    lo = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[..., None], -1)[..., 0]
+    hi_at = np.minimum(count // 2, windows.shape[-1] - 1)
+    hi = np.take_along_axis(ordered, hi_at[..., None], -1)[..., 0]
+    return np.where(count > 0, (lo + hi) / 2, np.nan)
 
 
 # -- judging one value -------------------------------------------------------------------
@@ -679,15 +702,6 @@ def _date_or_none(v: Any) -> dt.date | None:
     return _as_date(v)
 
 
-def _run_starts(mask: np.ndarray, index: pd.DatetimeIndex) -> pd.Series:
-    """For each day where `mask` holds, the first day of the unbroken run of such days that
-    it ends (NaT elsewhere): "past its target since"."""
-    pos = np.arange(mask.size)
-    last_off = np.maximum.accumulate(np.where(mask, -1, pos))
-    start = np.minimum(last_off + 1, max(mask.size - 1, 0))
-    return pd.Series(index[start], index=index).where(mask)
-
-
 def finite_or_none(v: Any) -> float | None:
     """A float, or None for null, NaN and anything that is not a number (rows from SQL)."""
     if v is None:
@@ -723,12 +737,10 @@ def read_kpi_daily(
         sql += " and kpi in (" + ", ".join(wh.render("{{ k }}", {"k": k}) for k in names) + ")"
     if conn is None:
         with wh.begin() as own:
-            if not wh.table_exists(own, "marts.kpi_daily"):
-                return pd.DataFrame(columns=cols.split(", "))
-            return read_frame(own, sql)
+            return read_kpi_daily(wh, date_from, date_to, kpis, own)
     if not wh.table_exists(conn, "marts.kpi_daily"):
         return pd.DataFrame(columns=cols.split(", "))
-    return read_frame(conn, sql)
+    return wh.read_frame(conn, sql)  # the engine's columnar reader: a year of history
 
 
 def _source_name(table_name: str) -> str:
@@ -781,47 +793,67 @@ def compute_evaluation(
     unusable: Mapping[dt.date, Mapping[str, str]] | None = None,
     run_id: str = "",
 ) -> pd.DataFrame:
-    """kpi_evaluation rows for the given days from kpi_daily rows (with their history)."""
+    """kpi_evaluation rows for the given days from kpi_daily rows (with their history).
+
+    Every (KPI, dimension, value) series is a row of one (series x days) matrix over the
+    days read, so the bands, the reference and "since when" are computed for all of them
+    at once; only the judging of each evaluated row is per row.
+    """
     days = sorted(set(days))
     unusable = unusable or {}
     settings = targets.settings
     rows: list[dict[str, Any]] = []
     if daily.empty or not days:
         return _evaluation_frame(rows)
-    daily = daily.copy()
-    daily["as_of_date"] = pd.to_datetime(daily["as_of_date"].map(_as_date))
     calendar = pd.date_range(
         min(days) - dt.timedelta(days=settings.history_days), max(days), freq="D"
     )
-    wanted = pd.to_datetime(pd.Series(days))
-    for (kpi, dimension, dim_value), group in daily.groupby(
-        ["kpi", "dimension", "dimension_value"], sort=True
-    ):
-        group = group.drop_duplicates("as_of_date", keep="last").set_index("as_of_date")
-        present = wanted[wanted.isin(group.index)]
-        if present.empty:
-            continue
-        spec = targets.spec(kpi)
-        values = group["value"].astype(float).reindex(calendar)
-        base = _history_frame(values, spec, settings, dimension, dim_value)
+    daily = daily.copy()
+    daily["as_of_date"] = pd.to_datetime(daily["as_of_date"].map(_as_date))
+    daily = daily[(daily["as_of_date"] >= calendar[0]) & (daily["as_of_date"] <= calendar[-1])]
+    daily = daily.drop_duplicates(
+        ["kpi", "dimension", "dimension_value", "as_of_date"], keep="last"
+    )
+    if daily.empty:
+        return _evaluation_frame(rows)
+    grouped = daily.groupby(["kpi", "dimension", "dimension_value"], sort=True)
+    keys: list[tuple[str, str, str]] = list(grouped.size().index)
+    code = grouped.ngroup().to_numpy()
+    pos = (daily["as_of_date"] - calendar[0]).dt.days.to_numpy()
+    shape = (len(keys), len(calendar))
+    values, ns, present = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, bool)
+    values[code, pos] = pd.to_numeric(daily["value"], errors="coerce").to_numpy(float)
+    ns[code, pos] = pd.to_numeric(daily["denominator"], errors="coerce").to_numpy(float)
+    present[code, pos] = True
+    specs = [targets.spec(kpi) for kpi, _, _ in keys]
+    history = _history(values, specs, keys, settings, calendar)
+    wanted = [(pd.Timestamp(d) - calendar[0]).days for d in days]
+
+    def at(name: str, g: int, p: int) -> Any:
+        v = history[name][g, p]
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    for g, (kpi, dimension, dim_value) in enumerate(keys):
+        spec = specs[g]
         inputs = set(KPI_INPUTS.get(kpi, ())) | set(DIMENSION_INPUTS.get(dimension, ()))
-        # plain dicts: row-wise pandas access would dominate the time of a long range
-        day_values = group["value"].to_dict()
-        day_ns = group["denominator"].to_dict()
-        bases = base.loc[present].to_dict("index")
-        for ts in present:
-            day = ts.date()
-            value = finite_or_none(day_values[ts])
-            n = finite_or_none(day_ns[ts])
+        for p, day in zip(wanted, days, strict=True):
+            if not present[g, p]:
+                continue
+            base = {name: at(name, g, p) for name in history}
+            for since in ("past_target_since", "outside_band_since"):
+                offset = base[since]
+                base[since] = (
+                    None if offset is None or offset < 0 else (calendar[int(offset)].date())
+                )
             target, margin = spec.target_for(day, dimension, dim_value) if spec else (None, 0.0)
             bad = unusable.get(day, {})
             verdict = judge(
                 spec,
-                value,
-                n,
+                finite_or_none(values[g, p]),
+                finite_or_none(ns[g, p]),
                 target,
                 margin,
-                bases[ts],
+                base,
                 settings,
                 [f"{t} {bad[t]}" for t in sorted(inputs & set(bad))],
                 dimension,
@@ -833,8 +865,8 @@ def compute_evaluation(
                     "kpi": kpi,
                     "dimension": dimension,
                     "dimension_value": dim_value,
-                    "value": value,
-                    "n": n,
+                    "value": finite_or_none(values[g, p]),
+                    "n": finite_or_none(ns[g, p]),
                     **verdict,
                     "run_id": run_id,
                 }
@@ -842,41 +874,70 @@ def compute_evaluation(
     return _evaluation_frame(rows)
 
 
-def _history_frame(
-    values: pd.Series,
-    spec: KpiSpec | None,
+def _history(
+    values: np.ndarray,
+    specs: list[KpiSpec | None],
+    keys: list[tuple[str, str, str]],
     settings: EvaluationSettings,
-    dimension: str,
-    dim_value: str,
-) -> pd.DataFrame:
-    """Per day of a KPI's daily series: its baseline and band, the reference of 8 to 12
-    weeks before, and since when it has been past its target or out of its band the bad
-    way (point values; at most `since_lookback_days` back, so that a day evaluated alone
-    and inside a range read the same)."""
-    width = spec.min_band_width if spec else 0.0
-    valid = spec.valid_range if spec else (None, None)
-    base = baseline_frame(values, settings, width, valid)
-    ref = baseline_frame(values.shift(settings.reference_lag_days), settings, width, valid)
-    base["reference"] = ref["baseline"]
-    base["reference_low"] = ref["baseline_low"]
-    base["reference_high"] = ref["baseline_high"]
-    if spec is None:
-        return base
-    v = values.to_numpy()
-    higher = spec.direction == HIGHER
-    targets = np.array(
-        [spec.target_for(ts.date(), dimension, dim_value)[0] for ts in values.index],
-        dtype=float,
+    calendar: pd.DatetimeIndex,
+) -> dict[str, np.ndarray]:
+    """Per series and day: the baseline and its band, the reference of 8 to 12 weeks
+    before, and since when (as a day's position, -1: not) the value has been past its
+    target or out of its band the bad way (point values; at most `since_lookback_days`
+    back, so that a day evaluated alone and inside a range read the same)."""
+
+    def column(get: Callable[[KpiSpec], float], default: float) -> np.ndarray:
+        return np.array([[default if s is None else get(s)] for s in specs], dtype=float)
+
+    width = column(lambda s: s.min_band_width, 0.0)
+    low_end = column(lambda s: -np.inf if s.valid_range[0] is None else s.valid_range[0], -np.inf)
+    high_end = column(lambda s: np.inf if s.valid_range[1] is None else s.valid_range[1], np.inf)
+    out = _bands(values, settings, width, low_end, high_end)
+    lag = settings.reference_lag_days
+    shifted = np.full(values.shape, np.nan)
+    if lag < values.shape[1]:
+        shifted[:, lag:] = values[:, : values.shape[1] - lag]
+    ref = _bands(shifted, settings, width, low_end, high_end)
+    out["reference"] = ref["baseline"]
+    out["reference_low"] = ref["baseline_low"]
+    out["reference_high"] = ref["baseline_high"]
+    goals = (
+        np.vstack(
+            [
+                _targets_by_day(s, calendar, dim, value)
+                if s is not None
+                else np.full(len(calendar), np.nan)
+                for s, (_, dim, value) in zip(specs, keys, strict=True)
+            ]
+        )
+        if specs
+        else np.empty(values.shape)
     )
+    higher = np.array([[s is not None and s.direction == HIGHER] for s in specs])
+    known = np.array([[s is not None] for s in specs])
     with np.errstate(invalid="ignore"):
-        past = (v < targets) if higher else (v > targets)
-        low, high = base["baseline_low"].to_numpy(), base["baseline_high"].to_numpy()
-        outside = (v < low) if higher else (v > high)
-    floor = values.index - pd.Timedelta(days=settings.since_lookback_days)
-    for column, mask in (("past_target_since", past), ("outside_band_since", outside)):
-        starts = _run_starts(np.nan_to_num(mask, nan=0).astype(bool), values.index)
-        base[column] = starts.where(starts.isna() | (starts > floor), floor)
-    return base
+        past = known & np.where(higher, values < goals, values > goals)
+        outside = known & np.where(
+            higher, values < out["baseline_low"], values > out["baseline_high"]
+        )
+    positions = np.arange(values.shape[1])
+    floor = positions - settings.since_lookback_days
+    for name, mask in (("past_target_since", past), ("outside_band_since", outside)):
+        last_off = np.maximum.accumulate(np.where(mask, -1, positions), axis=1)
+        start = np.maximum(last_off + 1, floor)
+        out[name] = np.where(mask, start, -1).astype(float)
+    return out
+
+
+def _targets_by_day(
+    spec: KpiSpec, days: pd.DatetimeIndex, dimension: str, dim_value: str
+) -> np.ndarray:
+    """The target in force on each day (NaN where none), as KpiSpec.target_for gives it."""
+    out = np.full(len(days), np.nan)
+    for version in spec.versions:  # sorted by effective_from: later ones overwrite
+        target, _ = version.overrides.get((dimension, dim_value), (version.target, 0.0))
+        out[days >= pd.Timestamp(version.effective_from)] = np.nan if target is None else target
+    return out
 
 
 def _evaluation_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
