@@ -46,6 +46,7 @@ import yaml
 
 from crm_pipeline.config import CONFIG_DIR
 from crm_pipeline.errors import ConfigError
+from crm_pipeline.source_schema import SOURCE_TABLES
 from crm_pipeline.warehouse import Warehouse, tables
 
 log = logging.getLogger(__name__)
@@ -56,31 +57,6 @@ HIGHER = "higher_is_better"
 LOWER = "lower_is_better"
 STATUSES = ("ok", "warn", "breach", "not_evaluated")
 
-# Which source tables each KPI is computed from: if one of them failed validation or is
-# stale for the day, the KPI is not evaluated (shared/contract.md section 3).
-KPI_INPUTS: dict[str, tuple[str, ...]] = {
-    "active_customers": ("orders", "customers"),
-    "churn_rate": ("orders", "customers"),
-    "retention_rate": ("orders", "customers"),
-    "new_customers": ("orders", "customers"),
-    "reactivated_customers": ("orders", "customers"),
-    "completed_orders": ("orders",),
-    "net_revenue": ("orders",),
-    "repeat_purchase_rate": ("orders", "customers"),
-    "purchase_frequency": ("orders", "customers"),
-    "aov": ("orders", "customers"),
-    "csat": ("surveys",),
-    "nps": ("surveys",),
-    "complaints_per_1000_orders": ("complaints", "orders"),
-    "complaint_first_response_hours": ("complaints",),
-    "complaint_resolution_hours": ("complaints",),
-    "complaint_sla_rate": ("complaints",),
-    "campaign_response_rate": ("campaign_contacts",),
-    "cac": ("marketing_spend", "orders"),
-    "loyalty_member_share": ("customers", "orders"),
-    "points_redemption_rate": ("loyalty_events",),
-    "overdue_regulars": ("orders", "customers"),
-}
 # The breakdowns add their own inputs: a tier or segment comes from the orders, a region
 # from the customer record, a channel from the order.
 DIMENSION_INPUTS: dict[str, tuple[str, ...]] = {
@@ -140,6 +116,10 @@ class KpiSpec:
     currency: str = ""
     # what the n behind a value counts, in words ("responses")
     n_label: str = "observations"
+    # the source tables it is computed from (shared/contract.md section 3): if one failed
+    # validation or is stale for the day, the KPI is not evaluated. A KPI that does not say
+    # is taken to read every source table (never judged on a table that failed)
+    inputs: tuple[str, ...] = tuple(SOURCE_TABLES)
 
     @property
     def weighted(self) -> bool:
@@ -304,6 +284,13 @@ def _kpi_spec(kpi: str, spec: Mapping[str, Any]) -> KpiSpec:
         valid_range = (_opt_float(bounds[0]), _opt_float(bounds[1]))
         if None not in valid_range and valid_range[0] >= valid_range[1]:
             raise ConfigError(f"targets: {kpi}: range {bounds} is empty")
+    inputs = spec.get("inputs", list(SOURCE_TABLES))
+    unknown = sorted(set(inputs or []) - set(SOURCE_TABLES))
+    if not isinstance(inputs, list | tuple) or unknown:
+        raise ConfigError(
+            f"targets: {kpi}: inputs must list source tables ({', '.join(SOURCE_TABLES)})"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
     min_n = spec.get("min_n")
     by_dimension = spec.get("min_n_by_dimension") or {}
     if not isinstance(by_dimension, Mapping):
@@ -321,6 +308,7 @@ def _kpi_spec(kpi: str, spec: Mapping[str, Any]) -> KpiSpec:
         min_n_by_dimension={str(k): float(v) for k, v in by_dimension.items()},
         headline=bool(spec.get("headline", False)),
         n_label=str(spec.get("n_label") or "observations"),
+        inputs=tuple(inputs),
     )
 
 
@@ -835,7 +823,7 @@ def compute_evaluation(
 
     for g, (kpi, dimension, dim_value) in enumerate(keys):
         spec = specs[g]
-        inputs = set(KPI_INPUTS.get(kpi, ())) | set(DIMENSION_INPUTS.get(dimension, ()))
+        inputs = set(spec.inputs if spec else ()) | set(DIMENSION_INPUTS.get(dimension, ()))
         for p, day in zip(wanted, days, strict=True):
             if not present[g, p]:
                 continue

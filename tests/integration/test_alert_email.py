@@ -22,6 +22,7 @@ TARGETS = {
         "churn_rate": {
             "label": "Churn rate (30 days)",
             "n_label": "customers active 30 days earlier",
+            "inputs": ["orders", "customers"],
             "direction": "lower_is_better",
             "unit": "share",
             "evidence": "proportion",
@@ -31,6 +32,7 @@ TARGETS = {
         },
         "csat": {
             "label": "CSAT",
+            "inputs": ["surveys"],
             "direction": "higher_is_better",
             "unit": "percent",
             "evidence": "proportion",

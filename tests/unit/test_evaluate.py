@@ -11,7 +11,6 @@ from factories import kpi_history
 from crm_pipeline.alerts import load_alert_config
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.evaluate import (
-    KPI_INPUTS,
     EvaluationSettings,
     baseline_frame,
     evaluate_day,
@@ -29,6 +28,7 @@ Z95 = 1.6448536269514722
 def churn(**extra):
     return {
         "label": "Churn rate",
+        "inputs": ["orders", "customers"],
         "direction": "lower_is_better",
         "unit": "share",
         "evidence": "proportion",
@@ -56,6 +56,7 @@ TARGETS = {
         ),
         "csat": {
             "direction": "higher_is_better",
+            "inputs": ["surveys"],
             "unit": "percent",
             "evidence": "proportion",
             "min_band_width": 2,
@@ -63,6 +64,7 @@ TARGETS = {
         },
         "nps": {
             "direction": "higher_is_better",
+            "inputs": ["surveys"],
             "unit": "score",
             "evidence": "nps",
             "min_band_width": 4,
@@ -70,6 +72,7 @@ TARGETS = {
         },
         "aov": {
             "direction": "higher_is_better",
+            "inputs": ["orders", "customers"],
             "unit": "money",
             "min_n": 20,
             "min_band_width": 0.5,
@@ -150,8 +153,28 @@ def test_the_baseline_is_the_median_of_the_previous_days_with_a_robust_band():
 
 
 def test_the_shipped_configuration_covers_every_kpi_and_loads():
+    import yaml
+
+    from crm_pipeline.config import CONFIG_DIR
+
     targets = load_targets()
-    assert set(targets.kpis) == set(KPI_INPUTS)
+    assert set(targets.kpis) == {  # every KPI marts.kpi_daily builds (tests/unit/test_kpis.py)
+        "active_customers", "churn_rate", "retention_rate", "new_customers",
+        "repeat_purchase_rate", "purchase_frequency", "aov", "csat", "nps", "cac",
+        "complaints_per_1000_orders", "complaint_first_response_hours",
+        "complaint_resolution_hours", "complaint_sla_rate", "campaign_response_rate",
+        "loyalty_member_share", "points_redemption_rate", "reactivated_customers",
+        "completed_orders", "net_revenue", "overdue_regulars",
+    }  # fmt: skip
+    # each says what it reads, in the one place a KPI is described
+    raw = yaml.safe_load((CONFIG_DIR / "targets.yaml").read_text())["kpis"]
+    assert all(raw[kpi].get("inputs") for kpi in raw)
+    assert targets.spec("csat").inputs == ("surveys",)
+    assert targets.spec("cac").inputs == ("marketing_spend", "orders")
+    with pytest.raises(ConfigError, match="unknown: ordres"):
+        load_targets({"kpis": {"x": {"direction": "higher_is_better", "inputs": ["ordres"]}}})
+    # a KPI that does not say is taken to read every source table
+    assert len(load_targets({"kpis": {"x": {"direction": "higher_is_better"}}}).spec("x").inputs) > 5
     churn_spec = targets.spec("churn_rate")
     assert churn_spec.target_for(dt.date(2026, 11, 22)) == (0.10, 0.02)
     assert churn_spec.target_for(dt.date(2025, 6, 1)) == (0.12, 0.02)
