@@ -174,7 +174,9 @@ def test_the_shipped_configuration_covers_every_kpi_and_loads():
     with pytest.raises(ConfigError, match="unknown: ordres"):
         load_targets({"kpis": {"x": {"direction": "higher_is_better", "inputs": ["ordres"]}}})
     # a KPI that does not say is taken to read every source table
-    assert len(load_targets({"kpis": {"x": {"direction": "higher_is_better"}}}).spec("x").inputs) > 5
+    assert (
+        len(load_targets({"kpis": {"x": {"direction": "higher_is_better"}}}).spec("x").inputs) > 5
+    )
     churn_spec = targets.spec("churn_rate")
     assert churn_spec.target_for(dt.date(2026, 11, 22)) == (0.10, 0.02)
     assert churn_spec.target_for(dt.date(2025, 6, 1)) == (0.12, 0.02)
