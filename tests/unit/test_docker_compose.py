@@ -31,6 +31,9 @@ def test_airflow_services_use_celery_redis_and_postgres(service):
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert env["AIRFLOW_CONN_CRM_WAREHOUSE"].startswith("postgresql://")
     assert "AIRFLOW_CONN_CRM_SOURCE" in env and "AIRFLOW_CONN_SMTP_DEFAULT" in env
+    # one JWT secret for all: separate containers otherwise sign and check task tokens with
+    # secrets of their own (apache/airflow#49646)
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "${AIRFLOW_JWT_SECRET}"
     deps = SERVICES[service]["depends_on"]
     assert deps["postgres"]["condition"] == "service_healthy"
     assert deps["redis"]["condition"] == "service_healthy"
