@@ -23,7 +23,9 @@ SMTP_CONN_ID = "smtp_default"
 WAREHOUSE_POOL = "crm_warehouse"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-INCLUDE_DIR = PROJECT_ROOT / "include"
+# include/ (SQL and settings) sits beside the package in a checkout; an installed package
+# (the Docker image) is told where it is by CRM_INCLUDE_DIR
+INCLUDE_DIR = Path(os.environ.get("CRM_INCLUDE_DIR") or PROJECT_ROOT / "include")
 SQL_DIR = INCLUDE_DIR / "sql"
 CONFIG_DIR = INCLUDE_DIR / "config"
 

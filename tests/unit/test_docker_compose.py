@@ -18,9 +18,18 @@ def pinned(package: str) -> str:
 
 def test_production_stack_is_complete():
     assert {"postgres", "redis"} <= set(SERVICES)
-    commands = {SERVICES[s]["command"] if isinstance(SERVICES[s]["command"], str) else "init"
-                for s in AIRFLOW_SERVICES}
-    assert {"api-server", "scheduler", "dag-processor", "celery worker", "triggerer", "init"} <= commands
+    commands = {
+        SERVICES[s]["command"] if isinstance(SERVICES[s]["command"], str) else "init"
+        for s in AIRFLOW_SERVICES
+    }
+    assert {
+        "api-server",
+        "scheduler",
+        "dag-processor",
+        "celery worker",
+        "triggerer",
+        "init",
+    } <= commands
 
 
 @pytest.mark.parametrize("service", AIRFLOW_SERVICES)
@@ -71,3 +80,40 @@ def test_init_creates_the_pool_the_dag_uses():
 
     init = " ".join(SERVICES["airflow-init"]["command"])
     assert f"airflow pools set {WAREHOUSE_POOL}" in init and "airflow db migrate" in init
+
+
+def test_an_installed_package_finds_include_where_the_image_and_compose_say(tmp_path):
+    """The image installs crm_pipeline into site-packages, where no include/ sits beside it:
+    the settings and SQL are found through CRM_INCLUDE_DIR, which the Dockerfile sets to its
+    copy and compose to the mounted one."""
+    import shutil
+    import subprocess
+    import sys
+
+    site = tmp_path / "site-packages"
+    shutil.copytree(ROOT / "crm_pipeline", site / "crm_pipeline")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY --chown=airflow:root include /opt/crm/include" in dockerfile
+    assert "ENV CRM_INCLUDE_DIR=/opt/crm/include" in dockerfile
+    for service in AIRFLOW_SERVICES:
+        assert SERVICES[service]["environment"]["CRM_INCLUDE_DIR"] == "/opt/airflow/include"
+    code = (
+        "from crm_pipeline import config, stages; "
+        "print(config.CONFIG_DIR); print(stages.check_settings())"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(site),
+        "CRM_INCLUDE_DIR": str(ROOT / "include"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == str(ROOT / "include" / "config")
+    # without it, the copy looks beside itself and does not find the settings
+    env.pop("CRM_INCLUDE_DIR")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode != 0 and "pipeline.yaml" in done.stderr
