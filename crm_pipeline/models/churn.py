@@ -99,12 +99,16 @@ def read_cutoff(
     tier_params: Mapping[str, int],
     with_features: bool = True,
 ) -> CutoffData:
-    """Build the `model_orders` temp table for the cut-off, then read the per-customer CLV
-    summary and (optionally) the churn features of the customers active at the cut-off.
+    """Build the `model_orders` and `model_purchase_days` temp tables for the cut-off (the
+    purchase days once, for both readers), then read the per-customer CLV summary and
+    (optionally) the churn features of the customers active at the cut-off.
 
-    The temp table stays for the caller (e.g. holdout actuals read it right after)."""
+    The temp tables stay for the caller (e.g. holdout actuals read model_orders right after)."""
     params = {"as_of_date": cutoff, **tier_params}
     _temp_table(wh, conn, "model_orders", wh.sql_file("models", "model_orders"), params)
+    _temp_table(
+        wh, conn, "model_purchase_days", wh.sql_file("models", "model_purchase_days"), params
+    )
     summary = wh.read_frame(conn, wh.render(wh.sql_file("models", "customer_summary"), params))
     summary = summary.sort_values("customer_id", kind="stable").reset_index(drop=True)
     features = None

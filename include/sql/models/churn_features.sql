@@ -49,16 +49,9 @@ interaction_versions as (
       and occurred_at >= {{ as_of_end }} - 90 * interval '1 day'
 ),
 
--- same-day orders first: a purchase day is one row, so no distinct count is needed
+-- same-day orders merged: a purchase day is one row, so no distinct count is needed
 purchase_days as (
-    select
-        customer_id,
-        order_date,
-        count(*) as n_orders,
-        sum(net_amount) as net_amount,
-        sum(margin_amount) as margin_amount
-    from orders
-    group by customer_id, order_date
+    select * from model_purchase_days
 ),
 
 purchase_history as (

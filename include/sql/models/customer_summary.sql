@@ -1,17 +1,6 @@
 -- grain: one row per customer with a completed purchase up to the end of as_of_date: the CLV models' sufficient statistics, purchases on the same day merged into one
-with orders as (
-    select * from model_orders
-),
-
-purchase_days as (
-    select
-        customer_id,
-        order_date,
-        count(*) as n_orders,
-        sum(net_amount) as net_amount,
-        sum(margin_amount) as margin_amount
-    from orders
-    group by customer_id, order_date
+with purchase_days as (
+    select * from model_purchase_days
 ),
 
 numbered as (
