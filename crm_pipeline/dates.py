@@ -1,11 +1,10 @@
 """Which day a DAG run covers, decided in one place.
 
 The contract keys every snapshot on `as_of_date`: the run's logical date, with rows that
-reflect events up to the end of that day (UTC). Airflow hands the date over differently
-by run type: a scheduled run of a CronDataIntervalTimetable gets the interval start as
-logical date (the day that just ended), while `airflow dags test crm_nightly 2026-11-22`
-and manual triggers get the date they were given. In both cases the covered day is the
-UTC calendar date of the logical date. A run without a logical date (Airflow 3 allows
+reflect events up to the end of that day (UTC). A scheduled run (plugins/crm_timetable.py)
+gets the start of the day that just ended as logical date, while `airflow dags test
+crm_nightly 2026-11-22` and manual triggers get the date they were given (any time of it).
+In both cases the covered day is the UTC calendar date of the logical date. A run without a logical date (Airflow 3 allows
 that for triggered runs) covers the last complete day before it started.
 """
 

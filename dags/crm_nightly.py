@@ -4,17 +4,17 @@
 Pulls the CRM and order source incrementally, validates it, rebuilds the warehouse for
 the day the run covers, scores customers, evaluates the plan's KPIs and emails managers.
 
-**Schedule**: 02:00 UTC daily, for the UTC day that just ended (CronDataIntervalTimetable:
-the logical date is the covered day; `airflow dags test crm_nightly 2026-11-22` builds
-2026-11-22 too). Param `history_days` rebuilds that many days of snapshots in one pass.
+**Schedule**: 02:00 UTC, for the UTC day that just ended: a run's data interval is the day it
+builds, its logical date the day's start (plugins/crm_timetable.py); a manual run for
+2026-11-22 (UI, REST, `airflow dags test`) builds 2026-11-22, one without a logical date the
+day before it started. Param `history_days` rebuilds that many days of snapshots at once.
 
-**Any ended day** can be built (no start_date: histories start when they start); `check_run`
-refuses a day not ended, broken settings, and mail without `CRM_DATA_ENGINEERS` to tell.
+**Any ended day** can be built (no start_date); `check_run` refuses a day not ended, broken
+settings, and mail without `CRM_DATA_ENGINEERS` to tell.
 
 **Connections**: `crm_source`, `crm_warehouse`, `smtp_default`. Warehouse writers run in the
 pool `crm_warehouse` (1 slot on DuckDB: one writer at a time). A failed task notifies
-`CRM_DATA_ENGINEERS` (environment) by SMTP with its error, and fails the run through the
-`watcher`, even when later stages (dim_customer, KPIs, alerts) could still run.
+`CRM_DATA_ENGINEERS` by SMTP with its error, and fails the run through the `watcher`.
 
 **Tables written**
 - `raw.<table>`, `ops.extract_batches`, `ops.watermarks`: every version of every source row
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, task
+from airflow.sdk import Param, TriggerRule, dag, task
 from airflow.sdk import task_group as stage
 from crm_airflow import (
     CONTROL_ARGS,
@@ -40,12 +40,13 @@ from crm_airflow import (
     smtp_connection,
 )
 from crm_airflow import current_run as _run
+from crm_timetable import CoveredDayTimetable
 
 from crm_pipeline import stages
 from crm_pipeline.source_schema import TABLE_ORDER
 
 
-@dag(dag_id="crm_nightly", schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+@dag(dag_id="crm_nightly", schedule=CoveredDayTimetable(hour=2),
      start_date=None, catchup=False, max_active_runs=1,
      default_args=DEFAULT_ARGS, tags=["crm", "nightly"], doc_md=__doc__,
      params={"history_days": Param(0, type="integer", minimum=0, description=(
@@ -131,9 +132,8 @@ def crm_nightly():
 
         prepare_alert_email() >> send_alert_email()
 
-    # Airflow's watcher: downstream of every task, runs only if one failed, and fails the
-    # run, whose state would otherwise come from its leaves (publish and alerts still run
-    # after a failed model gate, and would leave the run green)
+    # Airflow's watcher: downstream of every task, runs only if one failed, and fails the run
+    # (its state comes from its leaves, which still run after a failed model gate)
     @task(trigger_rule=TriggerRule.ONE_FAILED, **CONTROL_ARGS)
     def watcher(ti=None) -> None:
         fail_if_any_task_failed(ti)

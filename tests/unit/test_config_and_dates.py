@@ -45,9 +45,10 @@ def test_airflow_postgres_spelling_is_normalised():
 
 def test_scheduled_and_manual_runs_cover_the_logical_date():
     utc = dt.UTC
-    # scheduled: CronDataIntervalTimetable('0 2 * * *') gives the interval start, 02:00 of the day
+    # the old schedule (CronDataIntervalTimetable('0 2 * * *')): 02:00 of the day
     assert covered_day(dt.datetime(2026, 11, 22, 2, tzinfo=utc)) == dt.date(2026, 11, 22)
-    # `airflow dags test crm_nightly 2026-11-22`: midnight of that date
+    # scheduled (plugins/crm_timetable.py) and `airflow dags test crm_nightly 2026-11-22`:
+    # midnight of that date
     assert covered_day(dt.datetime(2026, 11, 22, tzinfo=utc)) == dt.date(2026, 11, 22)
     # a logical date in another zone is read in UTC
     paris = dt.timezone(dt.timedelta(hours=1))
