@@ -1,5 +1,5 @@
 # The two commands a new user needs, and a few more for people who run this every night.
-.PHONY: run test lint backfill lock clean bench
+.PHONY: run test lint backfill lock clean bench airflow airflow-stop trigger
 
 run:            ## run crm_nightly end to end on the embedded default (venv + demo data as needed)
 	bash scripts/run.sh
@@ -12,6 +12,15 @@ lint:
 
 lock:           ## re-resolve constraints.txt from requirements*.txt in a scratch venv
 	bash scripts/lock.sh
+
+airflow:        ## a local Airflow UI (scheduler, dag-processor, triggerer, api-server; LocalExecutor); Ctrl-C stops
+	bash scripts/airflow.sh start
+
+airflow-stop:   ## stop what `make airflow` started, children included
+	bash scripts/airflow.sh stop
+
+trigger:        ## a run of crm_nightly in that Airflow: make trigger DAY=YYYY-MM-DD (unpauses the DAG)
+	bash scripts/airflow.sh trigger $(DAY)
 
 clean:          ## remove the demo data, the warehouse and Airflow's local state (keeps .venv)
 	rm -rf data .airflow
