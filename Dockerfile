@@ -6,5 +6,7 @@ COPY --chown=airflow:root crm_pipeline /opt/crm/crm_pipeline
 # it at the mounted, editable copy instead)
 COPY --chown=airflow:root include /opt/crm/include
 ENV CRM_INCLUDE_DIR=/opt/crm/include
+# compose's airflow-init (migrate, pool, UI login, demo source)
+COPY --chown=airflow:root scripts/compose/airflow-init.sh /opt/crm/airflow-init.sh
 RUN pip install --no-cache-dir -r /opt/crm/requirements.txt -c /opt/crm/constraints.txt \
  && pip install --no-cache-dir --no-deps /opt/crm
