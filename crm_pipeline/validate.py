@@ -222,6 +222,38 @@ def _auto_release_orphans(conn: sa.Connection, table: str, run_id: str, now: dt.
     return before - _held_count(conn, table)
 
 
+def _auto_release_due(conn: sa.Connection, table: str, run_id: str, now: dt.datetime) -> int:
+    """Release held versions whose only fault was a timestamp after an earlier run's start.
+
+    A run's "future" is its run_after, and extraction reads the live source a little later
+    (seconds under a scheduler, hours when runs queue): a row changed in between is stored
+    and held as `not_in_future`, and the watermark, which never passes the run's start,
+    brings the same version back unchanged the next night, when it is no longer in the
+    future. Re-judged here against this run's start, it is released (and staged) then; a
+    timestamp still ahead of it (a wrong clock, the year 2099) stays held.
+    """
+    held = conn.exec_driver_sql(
+        f"select row_hash, column_name, value from quarantine.rows "
+        f"where table_name = {_q(table)} and rule = 'not_in_future' and released_at is null"
+    ).fetchall()
+    if not held:
+        return 0
+    stamps = parse_values(pd.Series([v for _, _, v in held], dtype=object), "timestamp")
+    due = [(h, c) for (h, c, _), ts in zip(held, stamps, strict=True)
+           if not pd.isna(ts) and ts.to_pydatetime() <= now]
+    before = _held_count(conn, table)
+    for row_hash, column in due:
+        conn.execute(
+            sa.text(
+                "update quarantine.rows set released_at = :now, release_run_id = :run "
+                "where table_name = :t and rule = 'not_in_future' and released_at is null "
+                "and row_hash = :h and column_name = :c"
+            ),
+            {"now": now, "run": run_id, "t": table, "h": row_hash, "c": column},
+        )
+    return before - _held_count(conn, table)
+
+
 # -- reading raw ----------------------------------------------------------------------------------
 
 
@@ -508,6 +540,7 @@ def _validate_table(
     rules = cfg["tables"][table]
     out = _TableOutcome(table)
     out.released = _auto_release_orphans(conn, table, run_id, now)
+    out.released += _auto_release_due(conn, table, run_id, now)
     batches = _pending_batches(conn, table, run_id)
     out.batches = [int(b["batch_id"]) for b in batches]
     missing: dict[str, int] = {}

@@ -437,6 +437,32 @@ def test_release_after_a_config_fix_and_orphans_released_when_the_parent_arrives
     ) == [(2,)]
 
 
+def test_a_row_changed_while_the_run_read_is_released_the_next_night_a_wrong_clock_is_not(
+    source, warehouse
+):
+    """Under a scheduler the run's "now" (its run_after, 01:00 here) comes before the read:
+    a row changed in between is in that run's future, held, then released by the next run,
+    whose start has passed it. A timestamp in 2099 stays held."""
+    day2 = DAY + dt.timedelta(days=1)
+    upsert(source, "orders", [
+        order("OSOON", "C1", f"{day2} 00:30", 11.0, updated_at=f"{day2} 01:20"),
+        order("O2099", "C1", f"{DAY} 11:00", 13.0, updated_at="2099-01-01 00:00"),
+    ])
+    pull(source, warehouse, DAY, "run-1")
+    validate_run(warehouse, DAY, "run-1", now_of(DAY))
+    future = "select row_key from quarantine.rows where rule = 'not_in_future' "
+    assert q(warehouse, future + "and released_at is null order by 1") == [("O2099",), ("OSOON",)]
+    upsert(source, "orders", night_rows(day2)["orders"])
+    upsert(source, "order_lines", night_rows(day2)["order_lines"])
+    pull(source, warehouse, day2, "run-2")
+    validate_run(warehouse, day2, "run-2", now_of(day2))
+    assert q(warehouse, future + "and released_at is null") == [("O2099",)]
+    assert q(warehouse, future + "and release_run_id = 'run-2'") == [("OSOON",)]
+    build_staging(warehouse)
+    staged = "select order_id from staging.stg_orders where order_id in ('OSOON', 'O2099')"
+    assert q(warehouse, staged) == [("OSOON",)]
+
+
 def test_a_table_level_failure_is_recorded_then_the_rerun_validates_the_same_batches(
     source, warehouse
 ):
