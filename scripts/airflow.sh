@@ -15,6 +15,7 @@
 #   AIRFLOW__CORE__EXECUTOR (LocalExecutor), AIRFLOW__CORE__PARALLELISM (2)
 #   AIRFLOW__DATABASE__SQL_ALCHEMY_CONN (SQLite in AIRFLOW_HOME)
 #   CRM_AIRFLOW_GRACE (30)   seconds a service gets to stop on SIGTERM before SIGKILL
+#   CRM_AIRFLOW_SERVICES     comma-separated list replacing the services started
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/airflow_env.sh
@@ -65,7 +66,7 @@ stop_services() {
     sleep 1
   fi
   if [ -f "$CRM_DATA_DIR/smtp_sink.pid" ] && [ -f "$STATE/smtp_sink" ]; then
-    python -m crm_pipeline.smtp_sink stop --pid-file "$CRM_DATA_DIR/smtp_sink.pid" >/dev/null 2>&1 || true
+    stop_smtp_sink
   fi
   rm -f "$STATE/pids" "$STATE/smtp_sink" "$STATE/stopping"
   echo "airflow: stopped (scheduler, dag-processor, triggerer, api-server and their children)"
@@ -103,10 +104,7 @@ start() {
   fi
   airflow db migrate >"$LOGS/airflow-db-migrate.log" 2>&1 || { cat "$LOGS/airflow-db-migrate.log"; exit 1; }
   airflow pools set crm_warehouse "${CRM_WAREHOUSE_POOL_SLOTS:-1}" "Writers on the warehouse (DuckDB admits one)" >/dev/null
-  if [ "$AIRFLOW_CONN_SMTP_DEFAULT" = "smtp://127.0.0.1:$CRM_SMTP_SINK_PORT?disable_ssl=true&disable_tls=true&from_email=crm-pipeline%40localhost" ]; then
-    python -m crm_pipeline.smtp_sink start --dir "$CRM_SMTP_SINK_DIR" --port "$CRM_SMTP_SINK_PORT" \
-      --pid-file "$CRM_DATA_DIR/smtp_sink.pid" && touch "$STATE/smtp_sink"
-  fi
+  if uses_smtp_sink; then start_smtp_sink && touch "$STATE/smtp_sink"; fi
   trap 'stop_services; exit 0' INT TERM
   : >"$STATE/pids"
   rm -f "$STATE/stopping"

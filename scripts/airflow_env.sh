@@ -14,6 +14,18 @@ export AIRFLOW_CONN_CRM_WAREHOUSE=${AIRFLOW_CONN_CRM_WAREHOUSE:-duckdb:///$CRM_D
 # (scripts/run.sh starts it); plain SMTP on loopback, so no SSL and no STARTTLS.
 export CRM_SMTP_SINK_PORT=${CRM_SMTP_SINK_PORT:-8025}
 export CRM_SMTP_SINK_DIR=${CRM_SMTP_SINK_DIR:-$CRM_DATA_DIR/mail}
-export AIRFLOW_CONN_SMTP_DEFAULT=${AIRFLOW_CONN_SMTP_DEFAULT:-"smtp://127.0.0.1:$CRM_SMTP_SINK_PORT?disable_ssl=true&disable_tls=true&from_email=crm-pipeline%40localhost"}
+CRM_SMTP_SINK_URL="smtp://127.0.0.1:$CRM_SMTP_SINK_PORT?disable_ssl=true&disable_tls=true&from_email=crm-pipeline%40localhost"
+export AIRFLOW_CONN_SMTP_DEFAULT=${AIRFLOW_CONN_SMTP_DEFAULT:-$CRM_SMTP_SINK_URL}
 export CRM_DATA_ENGINEERS=${CRM_DATA_ENGINEERS:-data-engineers@localhost}
 export PATH=$ROOT/.venv/bin:$PATH
+
+# The sink runs only while alert mail goes to it (the embedded default); a scheduler, a
+# backfill or a run that sends an alert needs it up.
+uses_smtp_sink() { [ "$AIRFLOW_CONN_SMTP_DEFAULT" = "$CRM_SMTP_SINK_URL" ]; }
+start_smtp_sink() {
+  python -m crm_pipeline.smtp_sink start --dir "$CRM_SMTP_SINK_DIR" --port "$CRM_SMTP_SINK_PORT" \
+    --pid-file "$CRM_DATA_DIR/smtp_sink.pid"
+}
+stop_smtp_sink() {
+  python -m crm_pipeline.smtp_sink stop --pid-file "$CRM_DATA_DIR/smtp_sink.pid" >/dev/null 2>&1 || true
+}

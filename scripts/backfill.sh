@@ -10,6 +10,10 @@ bash scripts/bootstrap.sh
 mkdir -p "$CRM_DATA_DIR/logs"
 airflow db migrate >"$CRM_DATA_DIR/logs/airflow-db-migrate.log" 2>&1
 airflow pools set crm_warehouse 1 "Single writer on the warehouse (DuckDB admits one)" >/dev/null
+if uses_smtp_sink; then  # a backfilled day past the last alerted one sends its email
+  start_smtp_sink >/dev/null
+  trap stop_smtp_sink EXIT
+fi
 start=$(date +%s)
 day=$FROM
 while [[ ! "$day" > "$TO" ]]; do

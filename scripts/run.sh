@@ -21,10 +21,9 @@ if [ "$AIRFLOW_CONN_CRM_SOURCE" = "sqlite:///$CRM_DATA_DIR/source.db" ]; then
 fi
 
 log=$CRM_DATA_DIR/logs/crm_nightly-$DAY.log
-if [ "$AIRFLOW_CONN_SMTP_DEFAULT" = "smtp://127.0.0.1:$CRM_SMTP_SINK_PORT?disable_ssl=true&disable_tls=true&from_email=crm-pipeline%40localhost" ]; then
-  python -m crm_pipeline.smtp_sink start --dir "$CRM_SMTP_SINK_DIR" --port "$CRM_SMTP_SINK_PORT" \
-    --pid-file "$CRM_DATA_DIR/smtp_sink.pid"
-  trap 'python -m crm_pipeline.smtp_sink stop --pid-file "$CRM_DATA_DIR/smtp_sink.pid" >/dev/null 2>&1 || true' EXIT
+if uses_smtp_sink; then
+  start_smtp_sink
+  trap stop_smtp_sink EXIT
 fi
 mails_before=$(ls "$CRM_SMTP_SINK_DIR" 2>/dev/null | wc -l)
 airflow db migrate >"$CRM_DATA_DIR/logs/airflow-db-migrate.log" 2>&1 \
