@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -331,12 +332,16 @@ def check_night(run: dict, tis: list[dict], scheduler_pid: int) -> None:
         assert before[1] <= after[0], f"{before[2:]} and {after[2:]} wrote at once"
 
 
-def stop(airflow: LocalAirflow) -> None:
-    """`make airflow-stop`: every service's whole process group gone, `start` ends with 0."""
+def stop(airflow: LocalAirflow, ctrl_c: bool = False) -> None:
+    """`make airflow-stop`, or Ctrl-C in the terminal of `make airflow`: every service's
+    whole process group gone, `start` ends with 0."""
     groups = airflow.groups()
-    stopped = airflow.script("stop")
-    assert stopped.returncode == 0, stopped.stderr
-    assert airflow.proc.wait(timeout=60) == 0, airflow.output()
+    if ctrl_c:
+        airflow.proc.send_signal(signal.SIGINT)
+    else:
+        stopped = airflow.script("stop")
+        assert stopped.returncode == 0, stopped.stderr
+    assert airflow.proc.wait(timeout=90) == 0, airflow.output()
     left = {name: pgid for name, pgid in groups.items() if alive(pgid)}
     assert left == {}, f"processes left after make airflow-stop: {left}"
     assert not (airflow.home / "services" / "pids").exists()
@@ -387,7 +392,7 @@ def test_celery_executor_runs_every_task_on_the_worker(
         # run by the worker: its hostname, and queued through Celery
         assert {t["hostname"] for t in tis if t["pid"]} == {WORKER_MARK}
         assert {t["queue"] for t in tis if t["pid"]} == {"default"}
-        stop(airflow)
+        stop(airflow, ctrl_c=True)
     finally:
         if worker is not None:
             os.killpg(worker.pid, 15)
