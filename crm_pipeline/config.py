@@ -9,6 +9,7 @@ YAML under include/config.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def normalise_url(url: str) -> str:
     """Accept Airflow's URI spelling (`postgres://`) where SQLAlchemy wants its own."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 
@@ -78,3 +79,31 @@ def settings() -> dict[str, Any]:
     path = Path(os.environ.get("CRM_PIPELINE_SETTINGS", CONFIG_DIR / "pipeline.yaml"))
     with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh) or {}
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a night that is not done is told to the data engineers (pipeline.yaml
+    `deadline`): `after_queued_minutes` after its run was queued, if `enabled`."""
+
+    enabled: bool
+    after_queued_minutes: float
+
+
+def deadline(values: dict[str, Any] | None = None) -> Deadline:
+    """The `deadline` settings, checked: a ConfigError names what is wrong."""
+    from crm_pipeline.errors import ConfigError
+
+    raw = settings().get("deadline") if values is None else values
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict) or set(raw) - {"enabled", "after_queued_minutes"}:
+        raise ConfigError(
+            f"deadline: expected a mapping with enabled and after_queued_minutes, got {raw!r}"
+        )
+    enabled = raw.get("enabled", False)
+    minutes = raw.get("after_queued_minutes", 120)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"deadline.enabled: true or false, got {enabled!r}")
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not minutes > 0:
+        raise ConfigError(f"deadline.after_queued_minutes: a number above 0, got {minutes!r}")
+    return Deadline(enabled, float(minutes))

@@ -107,3 +107,105 @@ def failure_message(
         cte="quoted-printable",
     )
     return msg
+
+
+def failure_summary(
+    *,
+    dag_id: str,
+    task_id: str,
+    day: dt.date | str,
+    run_id: str,
+    try_number: int,
+    error: str,
+    log_url: str,
+) -> str:
+    """The failure notice in a few lines, for a chat channel (Slack): what failed, for
+    which day, the error's first line and where the log is."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    text = f"{dag_id}: {task_id} failed for {day} (run {run_id}, try {try_number})\n"
+    text += lines[0] if lines else "no error message"
+    return text + (f"\nLog: {log_url}" if log_url else "")
+
+
+def deadline_headline(dag_id: str, day: dt.date | str, deadline: dt.datetime) -> str:
+    """'crm_nightly for 2026-06-30 not done by 04:00 UTC' (the deadline in UTC)."""
+    return f"{dag_id} for {day} not done by {deadline.astimezone(dt.UTC):%H:%M} UTC"
+
+
+_RUN_STATES = {
+    "failed": (
+        "The run failed: each failed task was told with its error. Fix what they name, then "
+        "clear the failed tasks in Airflow or rerun the day (a rerun gives the same rows)."
+    ),
+    "success": "The run has finished since, late: the marts are there.",
+}
+_STILL_RUNNING = (
+    "The run is still {state}: a task is slow, retrying or waiting for a slot (the warehouse "
+    "pool admits one writer at a time). Look at the run in Airflow; the managers' alert "
+    "email goes out when the run reaches it."
+)
+
+
+def deadline_text(
+    *,
+    dag_id: str,
+    day: dt.date | str,
+    run_id: str,
+    deadline: dt.datetime,
+    queued_at: dt.datetime | None,
+    state: str,
+) -> str:
+    """The deadline notice's body, plain text (the email's and Slack's)."""
+    what = _RUN_STATES.get(state) or _STILL_RUNNING.format(state=state or "queued")
+    queued = f"{queued_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if queued_at else "unknown"
+    return (
+        f"{deadline_headline(dag_id, day, deadline)}.\n"
+        f"Run {run_id}: queued {queued}, deadline {deadline.astimezone(dt.UTC):%Y-%m-%d %H:%M} "
+        f"UTC.\n\n{textwrap.fill(what, 88)}"
+    )
+
+
+def deadline_message(
+    *,
+    dag_id: str,
+    day: dt.date | str,
+    run_id: str,
+    deadline: dt.datetime,
+    queued_at: dt.datetime | None,
+    state: str,
+    sender: str,
+    to: list[str],
+    when: dt.datetime | None = None,
+) -> EmailMessage:
+    """The data engineers' email when a night is not done by its deadline (Airflow's
+    DeadlineAlert fired): one per run, text and HTML."""
+    when = when or dt.datetime.now(dt.UTC)
+    headline = deadline_headline(dag_id, day, deadline)
+    text = deadline_text(
+        dag_id=dag_id, day=day, run_id=run_id, deadline=deadline, queued_at=queued_at, state=state
+    )
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+    msg = EmailMessage()
+    msg["Subject"] = f"[{dag_id}] {headline}"
+    msg["From"] = sender
+    msg["To"] = ", ".join(to)
+    msg["Date"] = formatdate(when.timestamp(), usegmt=True)
+    msg["Message-ID"] = f"<{dag_id}-deadline.{re.sub(r'[^A-Za-z0-9._-]', '-', run_id)}@{domain}>"
+    msg["X-CRM-As-Of-Date"] = str(day)
+    msg["X-CRM-Run-Id"] = run_id
+    msg.set_content(_wrapped(text) + "\n", cte="quoted-printable")
+    esc = html.escape
+    head, _, rest = text.partition("\n")
+    msg.add_alternative(
+        f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"></head>
+<body style="margin:0;padding:16px;background:#f5f7fa;font-family:Arial,Helvetica,sans-serif;color:#1f2933">
+<div style="max-width:760px;margin:0 auto;background:#fff;border:1px solid #e4e7eb;border-left:5px solid #d68910;border-radius:4px;padding:16px 20px">
+ <div style="font-size:12px;color:#616e7c">{esc(dag_id)} · {esc(str(day))} · run {esc(run_id)}</div>
+ <div style="font-size:18px;font-weight:bold;margin:6px 0 10px 0">{esc(head)}</div>
+ <div style="font-size:13px;white-space:pre-wrap">{esc(rest)}</div>
+</div></body></html>""",
+        subtype="html",
+        cte="quoted-printable",
+    )
+    return msg

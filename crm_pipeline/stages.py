@@ -77,7 +77,7 @@ def check_settings() -> list[str]:
     import yaml
 
     from crm_pipeline.alerts import check_rules_cover_targets, load_alert_config
-    from crm_pipeline.config import CONFIG_DIR, settings
+    from crm_pipeline.config import CONFIG_DIR, deadline, settings
     from crm_pipeline.dq_rules import load_config as load_validation
     from crm_pipeline.errors import ConfigError
     from crm_pipeline.evaluate import load_targets
@@ -85,7 +85,7 @@ def check_settings() -> list[str]:
     from crm_pipeline.models.nightly import load_config as load_models
 
     checks = {
-        "pipeline.yaml": lambda: (segment_map(settings()), sql_params(settings())),
+        "pipeline.yaml": lambda: (segment_map(settings()), sql_params(settings()), deadline()),
         "models.yaml": load_models,
         "validation.yaml": load_validation,
         "targets.yaml": load_targets,
@@ -187,3 +187,30 @@ def send_alerts(run: Run, smtp_connection: Any | None) -> dict[str, Any]:
         )
         return {"sent": [], "pending": pending, "reason": "no smtp_default connection"}
     return send_pending(run.warehouse, smtp_settings_from_connection(smtp_connection))
+
+
+def mart_event(table: str, result: Any) -> dict[str, Any]:
+    """What a step's result says of one public mart it writes, for that mart's asset event.
+
+    `published`: whether the step wrote the mart for the run's day. False when a backfill
+    kept the newer state of `fct_orders` or `dim_customer`, when a model was skipped (too
+    little data), or when the alert state had already moved past the day; a model that
+    fails its gate fails its task, and a failed task emits no event at all. `rows`: rows
+    written, where the step counts them; `from_date`: the first day of a history rebuilt in
+    the same pass (the snapshots and their evaluation on a new warehouse).
+    """
+    from crm_pipeline.kpis import SNAPSHOT_MARTS
+    from crm_pipeline.warehouse import tables
+
+    if table in ("marts.fct_orders", "marts.dim_customer"):  # build_marts: rows by table
+        return {"published": table in result, "rows": result.get(table)}
+    if table in {f"marts.{name}" for name in SNAPSHOT_MARTS}:  # snapshots: first day built
+        return {"published": True, "from_date": result}
+    if table in (tables.CUSTOMER_CLV.name, tables.CUSTOMER_CHURN_RISK.name):  # models
+        rows = (result.get("published") or {}).get(table)
+        return {"published": rows is not None, "rows": rows}
+    if table == tables.KPI_EVALUATION.name:
+        return {"published": True, "rows": result.get("rows"), "from_date": result.get("date_from")}
+    if table == "marts.alerts":  # process_alerts: skipped for a day older than the state
+        return {"published": "skipped" not in result}
+    raise KeyError(f"{table} is not a public mart that a step reports on")

@@ -12,11 +12,11 @@ day before it started. Param `history_days` rebuilds that many days of snapshots
 **Any ended day** can be built (no start_date); `check_run` refuses a day not ended, broken
 settings, and mail without `CRM_DATA_ENGINEERS` to tell.
 
-**Connections**: `crm_source`, `crm_warehouse`, `smtp_default`. Warehouse writers run in the
-pool `crm_warehouse` (1 slot on DuckDB: one writer at a time). A failed task notifies
-`CRM_DATA_ENGINEERS` by SMTP with its error, and fails the run through the `watcher`.
+**Connections**: `crm_source`, `crm_warehouse`, `smtp_default`; writers run in the pool
+`crm_warehouse` (1 slot on DuckDB: one writer at a time). A failed task, or a night past its
+`deadline`, tells `CRM_DATA_ENGINEERS` (Slack too: `CRM_SLACK_CONN_ID`); `watcher` fails the run.
 
-**Tables written**
+**Tables written** (each public mart an asset, `crm_warehouse.marts.<table>`, of its writer)
 - `raw.<table>`, `ops.extract_batches`, `ops.watermarks`: every version of every source row
 - `quarantine.rows`, `ops.dq_results`, `ops.table_status`: validation outcome per row/table
 - `staging.stg_<table>`: typed versions with validity intervals
@@ -28,16 +28,16 @@ pool `crm_warehouse` (1 slot on DuckDB: one writer at a time). A failed task not
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Param, TriggerRule, dag, task
 from airflow.sdk import task_group as stage
 from crm_airflow import (
     CONTROL_ARGS,
     DEFAULT_ARGS,
     fail_if_any_task_failed,
+    nightly_deadline,
     preflight,
     smtp_connection,
+    writes,
 )
 from crm_airflow import current_run as _run
 from crm_timetable import CoveredDayTimetable
@@ -47,7 +47,7 @@ from crm_pipeline.source_schema import TABLE_ORDER
 
 
 @dag(dag_id="crm_nightly", schedule=CoveredDayTimetable(hour=2),
-     start_date=None, catchup=False, max_active_runs=1,
+     start_date=None, catchup=False, max_active_runs=1, deadline=nightly_deadline(),
      default_args=DEFAULT_ARGS, tags=["crm", "nightly"], doc_md=__doc__,
      params={"history_days": Param(0, type="integer", minimum=0, description=(
          "Days of snapshots to rebuild ending at the run's day; 0: the configured history "
@@ -83,11 +83,11 @@ def crm_nightly():
 
     @stage(tooltip="Orders, segments, tiers and KPI history as of the covered day")
     def marts():
-        @task
+        @task(outlets=writes("fct_orders"))
         def build_fct_orders() -> dict:
             return stages.build_marts(_run(), "fct_orders")
 
-        @task
+        @task(outlets=writes("customer_rfm", "customer_value_tier", "kpi_daily", "segment_migration"))
         def build_snapshots(params=None) -> str:  # returns the first day it built
             return stages.snapshots(_run(), params["history_days"])
 
@@ -95,8 +95,8 @@ def crm_nightly():
 
     @stage(tooltip="CLV and churn risk, published only if the health gate passes")
     def models():
-        @task
-        def score_customers() -> dict:
+        @task(outlets=writes("customer_clv", "customer_churn_risk"))
+        def score_customers() -> dict:  # a failed gate: the task fails, no event for either
             return stages.models(_run())
 
         score_customers()
@@ -104,7 +104,7 @@ def crm_nightly():
     @stage(tooltip="The customer dimension: today's segment and tier, latest published CLV")
     def publish():
         # runs once the marts are built, also when the model gate kept yesterday's scores
-        @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
+        @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS, outlets=writes("dim_customer"))
         def build_dim_customer() -> dict:
             return stages.build_marts(_run(), "dim_customer")
 
@@ -112,7 +112,7 @@ def crm_nightly():
 
     @stage(tooltip="KPIs against targets and their recent level")
     def kpis():
-        @task
+        @task(outlets=writes("kpi_evaluation"))
         def evaluate_kpis(ti=None) -> dict:
             return stages.evaluate(_run(), ti.xcom_pull(task_ids="marts.build_snapshots"))
 
@@ -120,13 +120,13 @@ def crm_nightly():
 
     @stage(tooltip="One email per night: what is new, worse or resolved")
     def alerts():
-        @task
+        @task(outlets=writes("alerts"))
         def prepare_alert_email() -> dict:
             from airflow.sdk import Variable  # recipients: the Variable wins over alerts.yaml
 
             return stages.prepare_alerts(_run(), Variable.get("crm_alert_recipients", None))
 
-        @task(retries=3, retry_delay=timedelta(minutes=2))
+        @task(retries=3, retry_delay=120)  # seconds
         def send_alert_email() -> dict:  # no smtp_default connection: the email waits
             return stages.send_alerts(_run(), smtp_connection())
 

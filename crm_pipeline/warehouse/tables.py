@@ -385,3 +385,22 @@ ALERT_OUTBOX = _table(
 
 #: what every stage stands on: raw versions, the extraction ledger and the quarantine
 FOUNDATION = (WATERMARKS, EXTRACT_BATCHES, QUARANTINE_ROWS, *RAW.values())
+
+# -- the public interface -------------------------------------------------------------------
+#: The marts analysts query and other DAGs schedule on (shared/contract.md section 2,
+#: docs/data_dictionary.md "marts (public)"), in build order. Those not declared above are
+#: built from SQL: include/sql/marts/<name>.sql, and marts.alerts from the alert state
+#: (crm_pipeline.alerts). The DAG declares each as an Airflow asset, an outlet of the one
+#: task that writes it (plugins/crm_airflow.py).
+PUBLIC_MARTS: tuple[str, ...] = (
+    "marts.fct_orders",
+    "marts.customer_rfm",
+    "marts.customer_value_tier",
+    "marts.kpi_daily",
+    "marts.segment_migration",
+    CUSTOMER_CLV.name,
+    CUSTOMER_CHURN_RISK.name,
+    "marts.dim_customer",
+    KPI_EVALUATION.name,
+    "marts.alerts",
+)

@@ -9,7 +9,9 @@ a failed task with successful children would pass unseen), and the models' publi
 are checked. Then the same date again (same rows, no second email), the next night (only
 what changed), reruns and a backfill followed by a real night (which must still pass
 validation), a model that fails its gate (the run fails, the notifier fires, CLV is still
-published), and a day that has not ended (refused).
+published), and a day that has not ended (refused). Each night's asset events are read back
+from Airflow's metadata database: one per public mart, with the day and what was published;
+a failure reaches Slack (a webhook on a local HTTP server) only when CRM_SLACK_CONN_ID is set.
 """
 
 import datetime as dt
@@ -20,16 +22,26 @@ import pytest
 import sqlalchemy
 from airflow.dag_processing.dagbag import DagBag
 from factories import ROOT
+from webhook import SlackWebhook
 
 from crm_pipeline import demo
 from crm_pipeline.smtp_sink import SmtpSink
 from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse.tables import PUBLIC_MARTS
 
 pytestmark = pytest.mark.slow
 DAY = dt.date(2026, 6, 30)
-SNAPSHOTS = ("marts.fct_orders", "marts.dim_customer", "marts.customer_rfm",
-             "marts.customer_value_tier", "marts.kpi_daily", "marts.kpi_evaluation",
-             "marts.segment_migration", "marts.customer_clv", "marts.customer_churn_risk")
+SNAPSHOTS = (
+    "marts.fct_orders",
+    "marts.dim_customer",
+    "marts.customer_rfm",
+    "marts.customer_value_tier",
+    "marts.kpi_daily",
+    "marts.kpi_evaluation",
+    "marts.segment_migration",
+    "marts.customer_clv",
+    "marts.customer_churn_risk",
+)
 ENGINEERS = "data-team@example.com"
 
 
@@ -44,7 +56,7 @@ def nightly(tmp_path_factory, airflow_db):
             "AIRFLOW_CONN_CRM_SOURCE": source,
             "AIRFLOW_CONN_CRM_WAREHOUSE": f"duckdb:///{tmp}/warehouse.duckdb",
             "AIRFLOW_CONN_SMTP_DEFAULT": f"smtp://127.0.0.1:{sink.port}?disable_ssl=true"
-                                         "&disable_tls=true&from_email=crm%40localhost",
+            "&disable_tls=true&from_email=crm%40localhost",
             "CRM_DATA_DIR": str(tmp),
             "CRM_DATA_ENGINEERS": ENGINEERS,
         }
@@ -52,12 +64,22 @@ def nightly(tmp_path_factory, airflow_db):
         yield dag, env, source, Warehouse(env["AIRFLOW_CONN_CRM_WAREHOUSE"]), sink
 
 
+@pytest.fixture(scope="module")
+def slack():
+    """A Slack webhook connection (AIRFLOW_CONN_CRM_SLACK) to a local server; the option
+    is on for a test that sets CRM_SLACK_CONN_ID=crm_slack."""
+    with SlackWebhook() as hook:
+        yield hook
+
+
 def run(dag, env, day, monkeypatch, logical_date=None):
-    """One DAG run; returns (run state, {task: state}) with mapped tasks as task[table]."""
+    """One DAG run; returns (run state, {task: state}) with mapped tasks as task[table],
+    and keeps the run's id in RUNS (its asset events are read by it)."""
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     when = logical_date or dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     dag_run = dag.test(logical_date=when)
+    RUNS.append(dag_run.run_id)
     states = {}
     for ti in dag_run.get_task_instances():
         name = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
@@ -75,6 +97,22 @@ def succeeded(dag, env, day, monkeypatch):
     return states
 
 
+RUNS: list[str] = []
+
+
+def asset_events(run_id):
+    """{asset name: [extra, ...]} of the events a run emitted, from Airflow's metadata."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    events: dict[str, list[dict]] = {}
+    with create_session() as session:
+        for event in session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run_id)):
+            events.setdefault(event.asset.name, []).append(event.extra)
+    return events
+
+
 def snapshot(wh, table):
     """The table's rows, without the audit column naming the run that wrote them."""
     with wh.begin() as conn:
@@ -90,9 +128,13 @@ def scalar(wh, sql):
 
 def model_runs(wh, day):
     with wh.begin() as conn:
-        return {m: (s, json.loads(p)) for m, s, p in conn.exec_driver_sql(
-            "select model, status, params from ops.model_runs "
-            f"where as_of_date = date '{day}' order by recorded_at").fetchall()}
+        return {
+            m: (s, json.loads(p))
+            for m, s, p in conn.exec_driver_sql(
+                "select model, status, params from ops.model_runs "
+                f"where as_of_date = date '{day}' order by recorded_at"
+            ).fetchall()
+        }
 
 
 def test_a_night_builds_every_stage_and_a_rerun_gives_the_same_rows(nightly, monkeypatch):
@@ -109,25 +151,54 @@ def test_a_night_builds_every_stage_and_a_rerun_gives_the_same_rows(nightly, mon
     assert scalar(wh, "select count(*) from ops.table_status where status <> 'passed'") == 0
     # both models passed their gates and were published through Airflow
     assert {m: s for m, (s, _) in model_runs(wh, DAY).items()} == {
-        "bgnbd": "published", "gamma_gamma": "published", "churn": "published"}
-    buyers = scalar(wh, "select count(distinct customer_id) from marts.fct_orders "
-                        "where is_purchase")
-    assert scalar(wh, f"select count(*) from marts.customer_clv where as_of_date = '{DAY}'") \
-        == buyers
-    active = scalar(wh, "select count(distinct customer_id) from marts.fct_orders where "
-                        f"is_purchase and order_date > date '{DAY}' - 90")
-    assert scalar(wh, "select count(*) from marts.customer_churn_risk "
-                      f"where as_of_date = '{DAY}' and top_reasons <> ''") == active
+        "bgnbd": "published",
+        "gamma_gamma": "published",
+        "churn": "published",
+    }
+    buyers = scalar(
+        wh, "select count(distinct customer_id) from marts.fct_orders where is_purchase"
+    )
+    assert (
+        scalar(wh, f"select count(*) from marts.customer_clv where as_of_date = '{DAY}'") == buyers
+    )
+    active = scalar(
+        wh,
+        "select count(distinct customer_id) from marts.fct_orders where "
+        f"is_purchase and order_date > date '{DAY}' - 90",
+    )
+    assert (
+        scalar(
+            wh,
+            "select count(*) from marts.customer_churn_risk "
+            f"where as_of_date = '{DAY}' and top_reasons <> ''",
+        )
+        == active
+    )
     assert scalar(wh, "select count(clv) from marts.dim_customer") == buyers
     assert (sink.directory.parent / "dq_docs" / "index.html").exists()  # GX Data Docs
+    # one asset event per public mart, saying the day and that it was published for it
+    events = asset_events(RUNS[-1])
+    assert sorted(events) == sorted(f"crm_warehouse.{t}" for t in PUBLIC_MARTS)
+    for name, [extra] in events.items():
+        assert extra["as_of_date"] == str(DAY) and extra["published"] is True, (name, extra)
+    assert events["crm_warehouse.marts.customer_clv"][0]["rows"] == buyers
+    assert events["crm_warehouse.marts.kpi_daily"][0]["from_date"] == str(
+        DAY - dt.timedelta(days=89)
+    )
     first = {t: snapshot(wh, t) for t in SNAPSHOTS}
     mails = len(sink.messages())
     batches = scalar(wh, "select max(batch_id) from ops.extract_batches")
 
     succeeded(dag, env, DAY, monkeypatch)
     assert {t: snapshot(wh, t) for t in SNAPSHOTS} == first
-    assert scalar(wh, "select coalesce(sum(new_versions), 0) from ops.extract_batches "
-                      f"where batch_id > {batches}") == 0
+    assert (
+        scalar(
+            wh,
+            "select coalesce(sum(new_versions), 0) from ops.extract_batches "
+            f"where batch_id > {batches}",
+        )
+        == 0
+    )
     assert len(sink.messages()) == mails  # nothing new, worse or resolved: no second email
 
 
@@ -137,9 +208,12 @@ def test_the_next_night_pulls_only_what_changed(nightly, monkeypatch):
     changes = demo.advance(source, next_day)
     succeeded(dag, env, next_day, monkeypatch)
     with wh.begin() as conn:
-        pulled = dict(conn.exec_driver_sql(
-            "select table_name, new_versions from ops.extract_batches "
-            f"where as_of_date = date '{next_day}'").fetchall())
+        pulled = dict(
+            conn.exec_driver_sql(
+                "select table_name, new_versions from ops.extract_batches "
+                f"where as_of_date = date '{next_day}'"
+            ).fetchall()
+        )
     assert pulled["orders"] > 0
     assert scalar(wh, "select max(order_date) from marts.fct_orders") == next_day
     assert sum(pulled.values()) <= sum(changes.values())  # the day's changes, not the history
@@ -154,19 +228,45 @@ def test_reruns_and_a_backfill_do_not_make_the_next_real_night_fail(nightly, mon
         succeeded(dag, env, last, monkeypatch)
     for back in (3, 2, 1):  # a backfill of three earlier days
         succeeded(dag, env, DAY - dt.timedelta(days=back), monkeypatch)
-    assert scalar(wh, "select count(*) from ops.extract_batches where table_name = 'orders' "
-                      "and watermark_from is not null and new_versions = 0") >= 6
+    # the backfill rebuilt its day's snapshots, not the latest state: its events say so
+    events = asset_events(RUNS[-1])
+    assert events["crm_warehouse.marts.customer_rfm"] == [
+        {
+            "as_of_date": str(DAY - dt.timedelta(days=1)),
+            "published": True,
+            "from_date": str(DAY - dt.timedelta(days=1)),
+        }
+    ]
+    for kept in ("fct_orders", "dim_customer", "alerts"):
+        assert events[f"crm_warehouse.marts.{kept}"][0]["published"] is False, kept
+    assert (
+        scalar(
+            wh,
+            "select count(*) from ops.extract_batches where table_name = 'orders' "
+            "and watermark_from is not null and new_versions = 0",
+        )
+        >= 6
+    )
     # the next real night brings a normal day's orders: 0 is not "the usual" for it
     nxt = last + dt.timedelta(days=1)
     assert demo.advance(source, nxt)["orders.inserted"] > 20
     succeeded(dag, env, nxt, monkeypatch)
-    assert scalar(wh, f"select count(*) from ops.table_status where as_of_date = '{nxt}' "
-                      "and status <> 'passed'") == 0
+    assert (
+        scalar(
+            wh,
+            f"select count(*) from ops.table_status where as_of_date = '{nxt}' "
+            "and status <> 'passed'",
+        )
+        == 0
+    )
 
 
 def test_a_failed_model_fails_the_run_tells_data_engineers_and_clv_still_publishes(
-        nightly, tmp_path, monkeypatch):
+    nightly, slack, tmp_path, monkeypatch
+):
     dag, env, source, wh, sink = nightly
+    env = {**env, **slack.env()}
+    env.pop("CRM_SLACK_CONN_ID")  # the connection exists, the option is off
     day = scalar(wh, "select max(order_date) from marts.fct_orders") + dt.timedelta(days=1)
     demo.advance(source, day)
     impossible = tmp_path / "models.yaml"
@@ -177,19 +277,34 @@ def test_a_failed_model_fails_the_run_tells_data_engineers_and_clv_still_publish
     assert state == "failed" and states["models.score_customers"] == "failed"
     assert states["watcher"] == "failed"
     # what could still run did: the customer dimension, the KPIs and the alerts
-    for task in ("publish.build_dim_customer", "kpis.evaluate_kpis",
-                 "alerts.prepare_alert_email", "alerts.send_alert_email"):
+    for task in (
+        "publish.build_dim_customer",
+        "kpis.evaluate_kpis",
+        "alerts.prepare_alert_email",
+        "alerts.send_alert_email",
+    ):
         assert states[task] == "success", task
     statuses = {m: s for m, (s, _) in model_runs(wh, day).items()}
     assert statuses == {"bgnbd": "published", "gamma_gamma": "published", "churn": "failed"}
     assert scalar(wh, f"select count(*) from marts.customer_clv where as_of_date = '{day}'") > 0
-    assert scalar(wh, "select count(*) from marts.customer_churn_risk "
-                      f"where as_of_date = '{day}'") == 0
+    assert (
+        scalar(wh, f"select count(*) from marts.customer_churn_risk where as_of_date = '{day}'")
+        == 0
+    )
     notices = [m for m in sink.messages()[before:] if m["To"] == ENGINEERS]
     assert [m["Subject"] for m in notices] == [
-        f"[crm_nightly] models.score_customers failed for {day}"]
+        f"[crm_nightly] models.score_customers failed for {day}"
+    ]
     body = notices[0].get_body(("html",)).get_content()
     assert "churn.auc" in body and "customer_churn_risk NOT published" in body
+    assert slack.posts == []  # CRM_SLACK_CONN_ID unset: nothing posted
+    # a failed task emits no event, even for CLV, which it published before its churn
+    # gate failed; what ran after it emits its own
+    events = asset_events(RUNS[-1])
+    assert "crm_warehouse.marts.customer_clv" not in events
+    assert "crm_warehouse.marts.customer_churn_risk" not in events
+    for mart in ("dim_customer", "kpi_evaluation", "alerts"):
+        assert events[f"crm_warehouse.marts.{mart}"][0]["as_of_date"] == str(day), mart
 
 
 def test_a_day_that_has_not_ended_is_refused(nightly, monkeypatch):
@@ -199,25 +314,34 @@ def test_a_day_that_has_not_ended_is_refused(nightly, monkeypatch):
     state, states = run(dag, env, now.date(), monkeypatch, logical_date=now)
     assert state == "failed" and states["check_run"] == "failed"
     assert states["watcher"] == "failed"
-    assert all(s == "upstream_failed" for t, s in states.items()
-               if t not in ("check_run", "watcher"))
+    assert all(
+        s == "upstream_failed" for t, s in states.items() if t not in ("check_run", "watcher")
+    )
     assert scalar(wh, "select count(*) from ops.extract_batches") == batches  # nothing pulled
 
 
 def test_a_broken_source_stops_before_any_mart_and_tells_the_data_engineers(
-        nightly, tmp_path, monkeypatch):
+    nightly, slack, tmp_path, monkeypatch
+):
     from factories import build_source, customer, order
 
     dag, env, _, _, sink = nightly
-    source = build_source(f"sqlite:///{tmp_path}/broken.db", {
-        "customers": [customer("C1", "2025-01-01")],
-        "orders": [order("O1", "C1", "2025-03-01")],
-    })
+    source = build_source(
+        f"sqlite:///{tmp_path}/broken.db",
+        {
+            "customers": [customer("C1", "2025-01-01")],
+            "orders": [order("O1", "C1", "2025-03-01")],
+        },
+    )
     with sqlalchemy.create_engine(source).begin() as conn:
         conn.exec_driver_sql("alter table orders rename column channel to sales_channel")
-    broken = {**env, "AIRFLOW_CONN_CRM_SOURCE": source,
-              "AIRFLOW_CONN_CRM_WAREHOUSE": f"duckdb:///{tmp_path}/warehouse.duckdb"}
-    before = len(sink.messages())
+    broken = {
+        **env,
+        **slack.env(),
+        "AIRFLOW_CONN_CRM_SOURCE": source,
+        "AIRFLOW_CONN_CRM_WAREHOUSE": f"duckdb:///{tmp_path}/warehouse.duckdb",
+    }
+    before, posted = len(sink.messages()), len(slack.posts)
     state, states = run(dag, broken, dt.date(2025, 3, 10), monkeypatch)
     assert state == "failed" and states["validate.validate_sources"] == "failed"
     assert states["marts.build_fct_orders"] == "upstream_failed"  # no mart was touched
@@ -229,22 +353,36 @@ def test_a_broken_source_stops_before_any_mart_and_tells_the_data_engineers(
     assert "validate.validate_sources failed for 2025-03-10" in notice["Subject"]
     body = notice.get_body(("html",)).get_content()
     assert "orders.channel" in body and "rule: column_present" in body
+    # and on Slack (CRM_SLACK_CONN_ID set), through the provider's webhook notifier
+    [post] = slack.posts[posted:]
+    assert post["text"].startswith(
+        "crm_nightly: validate.validate_sources failed for 2025-03-10 (run "
+    )
+    _, error, log_line = post["text"].splitlines()
+    assert error.startswith("DataQualityError: data quality: 1 table-level failure(s) in orders")
+    assert log_line.startswith("Log: http") and "validate.validate_sources" in log_line
 
 
 def test_cdnow_an_order_database_only_from_1997_publishes_clv_and_churn(
-        nightly, tmp_path, monkeypatch):
+    nightly, tmp_path, monkeypatch
+):
     """A real data set, years before any default start date, with no CRM table beyond the
     orders: validation passes, the empty features are left out, CLV reproduces the paper."""
     dag, env, _, _, _ = nightly
-    minimal = {**env, "AIRFLOW_CONN_CRM_SOURCE": cdnow.build(
-        f"sqlite:///{tmp_path}/cdnow.db", crm_tables=False),
-        "AIRFLOW_CONN_CRM_WAREHOUSE": f"duckdb:///{tmp_path}/warehouse.duckdb"}
+    minimal = {
+        **env,
+        "AIRFLOW_CONN_CRM_SOURCE": cdnow.build(f"sqlite:///{tmp_path}/cdnow.db", crm_tables=False),
+        "AIRFLOW_CONN_CRM_WAREHOUSE": f"duckdb:///{tmp_path}/warehouse.duckdb",
+    }
     day = cdnow.CALIBRATION_END
     succeeded(dag, minimal, day, monkeypatch)
     wh = Warehouse(minimal["AIRFLOW_CONN_CRM_WAREHOUSE"])
     runs = model_runs(wh, day)
     assert {m: s for m, (s, _) in runs.items()} == {
-        "bgnbd": "published", "gamma_gamma": "published", "churn": "published"}
+        "bgnbd": "published",
+        "gamma_gamma": "published",
+        "churn": "published",
+    }
     # Fader, Hardie & Lee (2005) on the same 2,357 customers: r 0.243, alpha 4.414 weeks,
     # a 0.793, b 2.426 (alpha here in days)
     bg = runs["bgnbd"][1]
@@ -253,21 +391,37 @@ def test_cdnow_an_order_database_only_from_1997_publishes_clv_and_churn(
     assert bg["b"] == pytest.approx(2.426, abs=5e-3)
     left_out = runs["churn"][1]["features_left_out"]
     assert {"last_csat", "complaint_resolution_hours", "days_since_loyalty_activity"} <= set(
-        left_out)
+        left_out
+    )
     assert "recency_days" in runs["churn"][1]["features"]
-    assert scalar(wh, f"select count(*) from marts.customer_clv where as_of_date = '{day}'") \
-        == 2357
+    assert scalar(wh, f"select count(*) from marts.customer_clv where as_of_date = '{day}'") == 2357
     with wh.begin() as conn:
-        k = dict(conn.exec_driver_sql(
-            "select kpi, value from marts.kpi_daily where dimension = 'all' "
-            f"and as_of_date = '{day}'").fetchall())
-    for kpi in ("csat", "nps", "cac", "complaints_per_1000_orders", "complaint_sla_rate",
-                "campaign_response_rate", "points_redemption_rate"):
+        k = dict(
+            conn.exec_driver_sql(
+                "select kpi, value from marts.kpi_daily where dimension = 'all' "
+                f"and as_of_date = '{day}'"
+            ).fetchall()
+        )
+    for kpi in (
+        "csat",
+        "nps",
+        "cac",
+        "complaints_per_1000_orders",
+        "complaint_sla_rate",
+        "campaign_response_rate",
+        "points_redemption_rate",
+    ):
         assert k[kpi] is None, kpi  # no input table: no value, never 0
     assert k["active_customers"] > 300 and 0 < k["retention_rate"] <= 1
     assert k["churn_rate"] + k["retention_rate"] == pytest.approx(1)
     assert k["active_customers"] == pytest.approx(
-        k["retention_rate"] * scalar(wh, "select denominator from marts.kpi_daily where "
-                                         f"kpi = 'retention_rate' and dimension = 'all' "
-                                         f"and as_of_date = '{day}'")
-        + k["new_customers"] + k["reactivated_customers"])
+        k["retention_rate"]
+        * scalar(
+            wh,
+            "select denominator from marts.kpi_daily where "
+            f"kpi = 'retention_rate' and dimension = 'all' "
+            f"and as_of_date = '{day}'",
+        )
+        + k["new_customers"]
+        + k["reactivated_customers"]
+    )

@@ -59,3 +59,53 @@ def test_the_notice_has_text_and_html_a_message_id_and_the_whole_error():
     retried = message(stopped=False, try_number=3, error="OperationalError: database is locked")
     assert "Failed on its last try (3)" in retried.get_body(("plain",)).get_content()
     assert retried["Message-ID"] != msg["Message-ID"]
+
+
+def test_the_chat_summary_is_the_first_line_of_the_error_and_the_log():
+    from crm_pipeline.failure_email import failure_summary
+
+    text = failure_summary(
+        dag_id="crm_nightly",
+        task_id="validate.validate_sources",
+        day=dt.date(2026, 6, 30),
+        run_id="r1",
+        try_number=2,
+        error=ERROR,
+        log_url="http://airflow:8080/log",
+    )
+    assert text.splitlines() == [
+        "crm_nightly: validate.validate_sources failed for 2026-06-30 (run r1, try 2)",
+        ERROR.splitlines()[0],
+        "Log: http://airflow:8080/log",
+    ]
+
+
+def deadline_notice(state):
+    from crm_pipeline.failure_email import deadline_message
+
+    raw = deadline_message(
+        dag_id="crm_nightly",
+        day=dt.date(2026, 6, 30),
+        run_id="scheduled__2026-06-30",
+        deadline=dt.datetime(2026, 7, 1, 4, 0, 30, tzinfo=dt.UTC),
+        queued_at=dt.datetime(2026, 7, 1, 2, 0, 1, tzinfo=dt.UTC),
+        state=state,
+        sender="CRM pipeline <crm-pipeline@example.com>",
+        to=["data@example.com"],
+        when=dt.datetime(2026, 7, 1, 4, 1, tzinfo=dt.UTC),
+    ).as_bytes(policy=email.policy.SMTP)
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def test_the_deadline_notice_says_the_day_the_time_and_what_the_run_is_doing():
+    msg = deadline_notice("running")
+    assert msg["Subject"] == "[crm_nightly] crm_nightly for 2026-06-30 not done by 04:00 UTC"
+    assert msg["Message-ID"] == "<crm_nightly-deadline.scheduled__2026-06-30@example.com>"
+    text = msg.get_body(("plain",)).get_content()
+    assert "queued 2026-07-01 02:00 UTC, deadline 2026-07-01 04:00 UTC" in text
+    assert "still running" in text
+    assert (
+        "crm_nightly for 2026-06-30 not done by 04:00 UTC" in msg.get_body(("html",)).get_content()
+    )
+    failed = deadline_notice("failed").get_body(("plain",)).get_content()
+    assert "The run failed" in failed and "still" not in failed
