@@ -33,6 +33,7 @@ from factories import ROOT
 from crm_pipeline import demo
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse.tables import PUBLIC_MARTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 # the latest complete day: unpausing (which `make trigger` does) then starts no second run
@@ -373,6 +374,11 @@ def test_local_executor_scheduled_run_equals_dags_test(
             f"extract.extract_table/logs/1?map_index={extract['map_index']}"
         )
         assert f"extracted {extract['rendered_map_index']}" in json.dumps(log)
+        # one asset event per public mart, with the day, as a consumer DAG and the UI see it
+        events = airflow.api(f"/assets/events?source_run_id=manual__{DAY}&limit=100")
+        named = {e["name"]: e["extra"] for e in events["asset_events"]}
+        assert sorted(named) == sorted(f"crm_warehouse.{t}" for t in PUBLIC_MARTS)
+        assert {(x["as_of_date"], x["published"]) for x in named.values()} == {(str(DAY), True)}
         stop(airflow)
     finally:
         kill(airflow)
