@@ -33,6 +33,7 @@ from airflow.sdk import task_group as stage
 from crm_airflow import (
     CONTROL_ARGS,
     DEFAULT_ARGS,
+    PREFLIGHT_ARGS,
     fail_if_any_task_failed,
     nightly_deadline,
     preflight,
@@ -53,7 +54,7 @@ from crm_pipeline.source_schema import TABLE_ORDER
          "Days of snapshots to rebuild ending at the run's day; 0: the configured history "
          "on a new warehouse, else the run's day only"))})
 def crm_nightly():
-    @task(**CONTROL_ARGS)
+    @task(**PREFLIGHT_ARGS)
     def check_run() -> dict:
         return preflight()
 
@@ -132,8 +133,7 @@ def crm_nightly():
 
         prepare_alert_email() >> send_alert_email()
 
-    # Airflow's watcher: downstream of every task, runs only if one failed, and fails the run
-    # (its state comes from its leaves, which still run after a failed model gate)
+    # Airflow's watcher: runs only if a task failed, and fails the run (else green leaves win)
     @task(trigger_rule=TriggerRule.ONE_FAILED, **CONTROL_ARGS)
     def watcher(ti=None) -> None:
         fail_if_any_task_failed(ti)

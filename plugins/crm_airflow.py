@@ -35,7 +35,7 @@ def tell_data_engineers(what: str, text: str, email: Callable[[str, list[str]], 
     builds it) to CRM_DATA_ENGINEERS through `smtp_default`, and on Slack (`text`) when
     CRM_SLACK_CONN_ID names a connection. One channel failing does not keep the other from
     being tried; the first error is raised after both. `what` names the event in the log."""
-    from crm_pipeline.alerts import load_alert_config, parse_addresses, send_now
+    from crm_pipeline.alerts import AlertConfig, load_alert_config, parse_addresses, send_now
     from crm_pipeline.alerts import smtp_settings_from_connection as smtp_settings
 
     errors: list[Exception] = []
@@ -43,7 +43,11 @@ def tell_data_engineers(what: str, text: str, email: Callable[[str, list[str]], 
     conn = smtp_connection()
     if to and conn is not None:
         try:
-            send_now(smtp_settings(conn), email(load_alert_config().sender, to))
+            try:
+                sender = load_alert_config().sender
+            except Exception:  # noqa: BLE001 - a broken alerts.yaml may be what is reported
+                sender = AlertConfig.sender
+            send_now(smtp_settings(conn), email(sender, to))
         except Exception as exc:  # noqa: BLE001 - Slack is still tried
             log.exception("the email to %s about %s failed", ENGINEERS_VAR, what)
             errors.append(exc)
@@ -172,7 +176,11 @@ DEFAULT_ARGS = {
     "post_execute": announce_marts,  # the day and what was published, on the marts' events
 }
 
-# Tasks that never open the warehouse: outside its one-writer pool, told nothing twice.
+# Tasks that never open the warehouse: outside its one-writer pool, never retried. The
+# preflight tells the data engineers when it refuses a night (broken settings at 02:00
+# would otherwise fail the run unseen); the watcher tells nobody: the failure it reports
+# was told already.
+PREFLIGHT_ARGS = {"pool": "default_pool", "retries": 0, "on_failure_callback": NOTIFY}
 CONTROL_ARGS = {"pool": "default_pool", "retries": 0, "on_failure_callback": None}
 
 

@@ -308,9 +308,10 @@ def test_a_failed_model_fails_the_run_tells_data_engineers_and_clv_still_publish
 
 
 def test_a_day_that_has_not_ended_is_refused(nightly, monkeypatch):
-    dag, env, _, wh, _ = nightly
+    dag, env, _, wh, sink = nightly
     batches = scalar(wh, "select count(*) from ops.extract_batches")
     now = dt.datetime.now(dt.UTC)
+    before = len(sink.messages())
     state, states = run(dag, env, now.date(), monkeypatch, logical_date=now)
     assert state == "failed" and states["check_run"] == "failed"
     assert states["watcher"] == "failed"
@@ -318,6 +319,12 @@ def test_a_day_that_has_not_ended_is_refused(nightly, monkeypatch):
         s == "upstream_failed" for t, s in states.items() if t not in ("check_run", "watcher")
     )
     assert scalar(wh, "select count(*) from ops.extract_batches") == batches  # nothing pulled
+    # the refusal is told (a night refused at 02:00 would otherwise fail unseen), once: the
+    # watcher tells nobody
+    [notice] = sink.messages()[before:]
+    assert notice["To"] == ENGINEERS
+    assert f"check_run failed for {now.date()}" in notice["Subject"]
+    assert "RunDateError" in notice.get_body(("plain",)).get_content()
 
 
 def test_a_broken_source_stops_before_any_mart_and_tells_the_data_engineers(
