@@ -159,7 +159,7 @@ trigger() {
     -d "{\"dag_run_id\": \"manual__$day\", \"logical_date\": \"${day}T00:00:00Z\", \"note\": \"make trigger DAY=$day\"}")
   if [ "$code" != 200 ]; then
     echo "trigger: the API answered $code: $(cat "$body")" >&2
-    [ "$code" = 409 ] && echo "trigger: $day has a run already: clear it in the UI (or airflow tasks clear crm_nightly -s $day -e $day) to run it again" >&2
+    [ "$code" = 409 ] && echo "trigger: $day has a run already: clear it in the UI (or airflow tasks clear crm_nightly -s $day -e ${day}T23:59:59 --yes) to run it again" >&2
     rm -f "$body"; exit 1
   fi
   local run_id
