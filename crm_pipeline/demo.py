@@ -4,7 +4,8 @@ Why: the pipeline needs a source that behaves like a real CRM database - subscri
 regular repeat orders, several sales channels, products that launch and fade, customers who
 leave after bad experiences, and rows that change after they were first written - at any size
 from a unit-test fixture to a million customers. The tables are the ones in
-``crm_pipeline.source_schema`` (contract section 1); this module only fills them.
+``crm_pipeline.source_schema`` (the source contract: docs/data_dictionary.md, "The source"); this
+module only fills them.
 
 How the simulation works
 ------------------------

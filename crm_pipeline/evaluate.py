@@ -116,7 +116,7 @@ class KpiSpec:
     currency: str = ""
     # what the n behind a value counts, in words ("responses")
     n_label: str = "observations"
-    # the source tables it is computed from (shared/contract.md section 3): if one failed
+    # the source tables it is computed from (docs/kpis.md, "Definitions"): if one failed
     # validation or is stale for the day, the KPI is not evaluated. A KPI that does not say
     # is taken to read every source table (never judged on a table that failed)
     inputs: tuple[str, ...] = tuple(SOURCE_TABLES)

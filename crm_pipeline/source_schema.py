@@ -1,4 +1,4 @@
-"""The CRM source contract (shared/contract.md, section 1) as SQLAlchemy Core tables.
+"""The CRM source contract (docs/data_dictionary.md, "The source") as SQLAlchemy Core tables.
 
 One definition serves three readers: the demo generator creates these tables, the
 extractor knows each table's key and columns from them, and validation checks types and

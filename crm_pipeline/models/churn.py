@@ -1,7 +1,7 @@
 """Churn risk: who among today's active customers will not buy in the next 90 days.
 
-Definitions (shared/contract.md: active = a completed order in the 90 days ending at d)
---------------------------------------------------------------------------------------
+Definitions (docs/kpis.md: active = a completed order in the 90 days ending at d)
+---------------------------------------------------------------------------------
 * **Population at a cut-off c**: customers active at c (a completed order in c-89 .. c).
 * **Features at c** (include/sql/models/churn_features.sql, set-based, one row per
   customer): only what the warehouse knew at the end of c - the version of every source row

@@ -387,7 +387,7 @@ ALERT_OUTBOX = _table(
 FOUNDATION = (WATERMARKS, EXTRACT_BATCHES, QUARANTINE_ROWS, *RAW.values())
 
 # -- the public interface -------------------------------------------------------------------
-#: The marts analysts query and other DAGs schedule on (shared/contract.md section 2,
+#: The marts analysts query and other DAGs schedule on (the public interface:
 #: docs/data_dictionary.md "marts (public)"), in build order. Those not declared above are
 #: built from SQL: include/sql/marts/<name>.sql, and marts.alerts from the alert state
 #: (crm_pipeline.alerts). The DAG declares each as an Airflow asset, an outlet of the one

@@ -1,4 +1,4 @@
-"""Every KPI of contract section 3, RFM and value tiers, on a hand-made business.
+"""Every KPI defined in docs/kpis.md, RFM and value tiers, on a hand-made business.
 
 The day is d = 2025-06-30; the period is 2025-06-01 .. 2025-06-30; "active" looks at
 2025-04-02 (d-89) .. d; "active at d-30" at 2025-03-03 (d-119) .. 2025-05-31 (d-30); the

@@ -1,4 +1,4 @@
--- grain: one row per as_of_date, kpi, dimension and dimension_value (definitions: shared/contract.md section 3, docs/kpis.md)
+-- grain: one row per as_of_date, kpi, dimension and dimension_value (definitions: docs/kpis.md, "Definitions")
 with as_of as (
     select
         as_of_date,
