@@ -38,17 +38,9 @@ from crm_pipeline.warehouse.tables import PUBLIC_MARTS
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 # the latest complete day: unpausing (which `make trigger` does) then starts no second run
 DAY = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-MARTS = (
-    "marts.fct_orders",
-    "marts.dim_customer",
-    "marts.customer_rfm",
-    "marts.customer_value_tier",
-    "marts.kpi_daily",
-    "marts.kpi_evaluation",
-    "marts.segment_migration",
-    "marts.customer_clv",
-    "marts.customer_churn_risk",
-)
+# every public mart but the alert state, which follows the mail actually sent (the
+# reference run has no SMTP connection: its email waits)
+MARTS = tuple(t for t in PUBLIC_MARTS if t != "marts.alerts")
 REDIS_DB = 11  # this test's own Redis database, emptied before and after
 WORKER_MARK = "crm-test-celery-worker"
 
