@@ -8,7 +8,7 @@ What belongs here (docs/alerts.md):
 - stage: process_alerts, the DAG step: read, compute, write the state and the outbox.
 - outbox: send_pending (and send_now), the Date header set at delivery.
 
-The email itself (text, HTML, charts, MIME) is crm_pipeline.alert_email. This package
+The email itself (text, HTML, charts, MIME) is crm_pipeline.alerts.email. This package
 re-exports the names the DAG, the plugins, the CLI and the tests use.
 """
 

@@ -6,7 +6,7 @@ Three steps, each its own DAG task (docs/alerts.md):
    fires the rules of include/config/alerts.yaml on its flagged rows and moves every alert
    through its states (open -> notified -> resolved). It decides what the managers must
    hear: new alerts, alerts materially worse (or escalated, or still firing after the quiet
-   period) and alerts that recovered, has crm_pipeline.alert_email render **one** email for
+   period) and alerts that recovered, has crm_pipeline.alerts.email render **one** email for
    all of it and stores it in `ops.alert_outbox`, in the same transaction as the state
    change. Nothing is sent here.
 2. `send_pending(wh, smtp)` sends what the outbox holds and marks it sent. SMTP down: the
@@ -23,7 +23,7 @@ the one exception is `ops.alert_outbox.sent_at`, the wall-clock time of delivery
 
 This module is step 1: read, compute (crm_pipeline.alerts.state), write. Settings are
 crm_pipeline.alerts.config, delivery crm_pipeline.alerts.outbox, the at-risk customers
-crm_pipeline.alerts.at_risk; how the email reads and looks is crm_pipeline.alert_email.
+crm_pipeline.alerts.at_risk; how the email reads and looks is crm_pipeline.alerts.email.
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ def process_alerts(
     Variable, a list, or {to, cc}); `sender` overrides its From address. Returns a summary
     (counts per event, the message id and subject, or None when there is nothing to tell).
     """
-    # here, not at module level: alert_email imports the alerts submodules, which runs the
+    # here, not at module level: alerts.email imports the alerts submodules, which runs the
     # package's __init__, which imports this module
-    from crm_pipeline.alert_email import EmailContext, build_email
+    from crm_pipeline.alerts.email import EmailContext, build_email
 
     cfg = load_alert_config(config)
     tgt = load_targets(targets)
