@@ -37,7 +37,9 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from crm_pipeline.alerts.at_risk import at_risk_customers
 from crm_pipeline.alerts.config import AlertConfig, load_alert_config, resolve_recipients
+from crm_pipeline.alerts.email import EmailContext, build_email, render_charts
 from crm_pipeline.alerts.outbox import OUTBOX_TABLE, _message_id, ensure_tables
 from crm_pipeline.alerts.state import (
     ALERTS_TABLE,
@@ -46,12 +48,19 @@ from crm_pipeline.alerts.state import (
     NOTIFY_EVENTS,
     RUNS_COLUMNS,
     RUNS_TABLE,
+    Item,
     _d,
     _sort_key,
     transitions,
 )
 from crm_pipeline.errors import ConfigError
-from crm_pipeline.evaluate import EVALUATION_TABLE, Targets, load_targets, read_frame
+from crm_pipeline.evaluate import (
+    EVALUATION_TABLE,
+    Targets,
+    load_targets,
+    read_frame,
+    read_kpi_daily,
+)
 from crm_pipeline.warehouse import Warehouse
 
 log = logging.getLogger("crm_pipeline.alerts")
@@ -85,10 +94,6 @@ def process_alerts(
     Variable, a list, or {to, cc}); `sender` overrides its From address. Returns a summary
     (counts per event, the message id and subject, or None when there is nothing to tell).
     """
-    # here, not at module level: alerts.email imports the alerts submodules, which runs the
-    # package's __init__, which imports this module
-    from crm_pipeline.alerts.email import EmailContext, build_email
-
     cfg = load_alert_config(config)
     tgt = load_targets(targets)
     to, cc = resolve_recipients(cfg, recipients)
@@ -183,8 +188,9 @@ def process_alerts(
                 to=to,
                 cc=cc,
                 message_id=message_id,
+                **read_email_data(wh, conn, as_of_date, to_tell, cfg, tgt),
             )
-            context.load(wh, conn)
+            context.charts = render_charts(context)
             msg = build_email(context)
             values = {
                 "message_id": message_id,
@@ -246,6 +252,27 @@ def process_alerts(
     summary["notified_items"] = len(to_tell)
     log.info("alerts for %s: %s", as_of_date, summary)
     return summary
+
+
+def read_email_data(
+    wh: Warehouse,
+    conn: sa.Connection,
+    day: dt.date,
+    items: list[Item],
+    config: AlertConfig,
+    targets: Targets,
+) -> dict[str, Any]:
+    """What the email shows beyond the evaluation, read before it is rendered (the
+    renderer does not query): the KPI history of the alerted KPIs, for the charts, and the
+    high-value customers at risk, with the line that says what is shown or why nothing is."""
+    open_items = [i for i in items if i.event != "resolved"]
+    kpis = sorted({i.kpi for i in open_items})
+    history = pd.DataFrame()
+    if kpis:
+        history_from = day - dt.timedelta(days=config.chart_days + targets.settings.baseline_days)
+        history = read_kpi_daily(wh, history_from, day, kpis, conn=conn)
+    at_risk, at_risk_note = at_risk_customers(wh, conn, day, config.at_risk)
+    return {"history": history, "at_risk": at_risk, "at_risk_note": at_risk_note}
 
 
 def _load(

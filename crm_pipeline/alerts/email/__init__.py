@@ -3,7 +3,7 @@
 crm_pipeline.alerts decides which alerts the managers must hear about (alert state) and
 delivers the message (outbox, SMTP); this module only turns that decision into the
 message, so its wording, layout and charts can change without touching either. No Airflow
-imports: it renders from plain data and a warehouse connection.
+imports, no warehouse: it renders from plain data.
 
 Grain: one email per covered day (`as_of_date`), `build_email(EmailContext)` -> 7-bit MIME
 text, multipart/related [multipart/alternative [plain, HTML], PNG charts]. Inside it: one
@@ -11,13 +11,13 @@ card per notified alert, grouped by KPI (the KPI with the most severe alert firs
 breakdown table per alerted KPI (its evaluation rows for all customers and the breakdown
 dimensions); one chart per alert, up to `email.max_charts`, lead alert of each KPI first;
 one row per high-value customer at risk, up to `at_risk.max_customers`, by CLV. It reads
-the warehouse (KPI history, customer models) and writes nothing; every date shown comes
+nothing: the alert stage reads the KPI history and the customers at risk
+(crm_pipeline.alerts.stage.read_email_data) and passes them in EmailContext; every date shown comes
 from the covered day, never from the clock (the stored Date header is the end of that day;
 crm_pipeline.alerts.send_pending dates the message when it sends it).
 
 It imports Item, AlertConfig and the shared orderings from the submodules of
-crm_pipeline.alerts (config, state, outbox, at_risk) at module level; the alert stage
-imports this module only inside process_alerts.
+crm_pipeline.alerts (config, state, outbox); none of them imports it back.
 """
 
 from __future__ import annotations
@@ -37,9 +37,7 @@ from email.utils import formatdate
 from typing import Any
 
 import pandas as pd
-import sqlalchemy as sa
 
-from crm_pipeline.alerts.at_risk import at_risk_customers
 from crm_pipeline.alerts.config import AlertConfig, dimension_text
 from crm_pipeline.alerts.outbox import OUTBOX_TABLE
 from crm_pipeline.alerts.state import (
@@ -59,10 +57,8 @@ from crm_pipeline.evaluate import (
     Targets,
     baseline_frame,
     money_text,
-    read_kpi_daily,
 )
 from crm_pipeline.evaluate import finite_or_none as _f
-from crm_pipeline.warehouse import Warehouse
 
 EVENT_WORDS = {
     "new": "new",
@@ -91,26 +87,6 @@ class EmailContext:
     at_risk_note: str = ""
     charts: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
 
-    def load(self, wh: Warehouse, conn: sa.Connection) -> None:
-        """Read what the email shows beyond the evaluation: KPI history and customers."""
-        open_items = [i for i in self.items if i.event != "resolved"]
-        kpis = sorted({i.kpi for i in open_items})
-        if kpis:
-            history_from = self.day - dt.timedelta(
-                days=self.config.chart_days + self.targets.settings.baseline_days
-            )
-            self.history = read_kpi_daily(wh, history_from, self.day, kpis, conn=conn)
-        self.at_risk, self.at_risk_note = at_risk_customers(wh, conn, self.day, self.config.at_risk)
-        # one chart for the lead alert of each KPI first, then the others in reading order
-        groups = grouped(open_items)
-        leads = [items[0] for _, items in groups]
-        rest = [i for _, items in groups for i in items[1:]]
-        chosen = {i.key for i in (leads + rest)[: self.config.max_charts] if i.spec is not None}
-        for _, items in groups:
-            for item in items:
-                if item.key in chosen:
-                    self.charts[item.key] = render_chart(self, item)
-
     @property
     def subject(self) -> str:
         return email_subject(self)
@@ -136,6 +112,22 @@ def grouped(items: list[Item]) -> list[tuple[str, list[Item]]]:
         )
         for kpi in order
     ]
+
+
+def render_charts(ctx: EmailContext) -> dict[tuple[str, str, str], bytes]:
+    """The PNG charts of the email, from `ctx.history`: one for the lead alert of each KPI
+    first, then the others in reading order, up to `email.max_charts`."""
+    open_items = [i for i in ctx.items if i.event != "resolved"]
+    groups = grouped(open_items)
+    leads = [items[0] for _, items in groups]
+    rest = [i for _, items in groups for i in items[1:]]
+    chosen = {i.key for i in (leads + rest)[: ctx.config.max_charts] if i.spec is not None}
+    charts = {}
+    for _, items in groups:
+        for item in items:
+            if item.key in chosen:
+                charts[item.key] = render_chart(ctx, item)
+    return charts
 
 
 def _n_text(item: Item) -> str:
