@@ -5,7 +5,11 @@ only (mail clients drop style sheets); every value is escaped.
 
 from __future__ import annotations
 
+import functools
 import html
+
+import jinja2
+from markupsafe import Markup
 
 from crm_pipeline.alerts.config import dimension_text
 from crm_pipeline.alerts.email.context import (
@@ -27,6 +31,7 @@ from crm_pipeline.alerts.state import (
     EVENT_ORDER,
     Item,
 )
+from crm_pipeline.config import TEMPLATE_DIR
 from crm_pipeline.evaluate import finite_or_none as _f
 
 E = html.escape
@@ -258,6 +263,18 @@ def _at_risk_html(ctx: EmailContext) -> str:
 </td></tr>"""
 
 
+@functools.cache
+def _template() -> jinja2.Template:
+    """include/templates/alert_email.html: the page around the cards and tables. Autoescape
+    on; the pieces built here come in as Markup (escaped with html.escape, as before)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template("alert_email.html")
+
+
 def email_html(ctx: EmailContext) -> str:
     cids = _chart_cids(ctx)
     open_items = [i for i in ctx.items if i.event != "resolved"]
@@ -283,21 +300,17 @@ def email_html(ctx: EmailContext) -> str:
         sections.append(_breakdown_html(ctx, kpi, alerted))
     body = _glance_html(ctx, open_items) + "".join(sections)
     footer = "<br>".join(E(line) for line in _footer_text(ctx) if line)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>{E(ctx.subject)}</title></head>
-<body style="margin:0;padding:0;background:#eef1f5;font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:{COLORS["ink"]}">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="background:#eef1f5"><tr><td align="center" style="padding:20px 8px">
-<table role="presentation" width="728" cellpadding="0" cellspacing="0" style="max-width:728px;width:100%;background:#ffffff;border-radius:6px;overflow:hidden">
-<tr><td style="background:{COLORS["blue"]};padding:18px 24px;color:#ffffff">
- <div style="font-size:12px;opacity:.8;letter-spacing:.5px;text-transform:uppercase">CRM KPI alerts · {ctx.day.isoformat()}</div>
- <div style="font-size:20px;font-weight:bold;margin-top:4px">{E(_headline(ctx))}</div>
- <div style="font-size:13px;opacity:.9;margin-top:4px">{E(summary)}</div>
-</td></tr>
-<tr><td style="height:18px"></td></tr>
-{body}{_resolved_html(resolved)}{_at_risk_html(ctx)}
-<tr><td style="padding:14px 24px 20px 24px;border-top:1px solid {COLORS["line"]};font-size:11px;color:{COLORS["muted"]};line-height:1.5">{footer}</td></tr>
-</table></td></tr></table></body></html>"""
+    return _template().render(
+        title=Markup(E(ctx.subject)),
+        colors=COLORS,
+        day=ctx.day.isoformat(),
+        headline=Markup(E(_headline(ctx))),
+        summary=Markup(E(summary)),
+        body=Markup(body),
+        resolved=Markup(_resolved_html(resolved)),
+        at_risk=Markup(_at_risk_html(ctx)),
+        footer=Markup(footer),
+    )
 
 
 def _glance_html(ctx: EmailContext, open_items: list[Item]) -> str:
