@@ -48,6 +48,43 @@ def _message_id(day: dt.date, sender: str) -> str:
     return f"<crm-alerts.{day.isoformat()}@{domain}>"
 
 
+def outbox_state(conn: sa.Connection, message_id: str) -> str | None:
+    """The state of a message in the outbox (pending, sending, sent, held), or None."""
+    return conn.execute(
+        sa.text(f"select state from {OUTBOX_TABLE} where message_id = :m"), {"m": message_id}
+    ).scalar_one_or_none()
+
+
+def drop(conn: sa.Connection, message_id: str) -> None:
+    """Remove a message from the outbox (a pending one that a rerun has nothing to tell)."""
+    conn.execute(sa.text(f"delete from {OUTBOX_TABLE} where message_id = :m"), {"m": message_id})
+
+
+def queue(conn: sa.Connection, *, replace: bool, **values: Any) -> None:
+    """Put a rendered message in the outbox, pending, in the caller's transaction (the one
+    that changes the alert state). `replace`: a rerun before delivery stores today's
+    rendering over the pending message and keeps its attempts."""
+    if replace:
+        conn.execute(
+            sa.text(
+                f"update {OUTBOX_TABLE} set run_id = :run_id, subject = :subject, sender = :sender, "
+                "recipients = :recipients, mime_text = :mime where message_id = :message_id "
+                "and as_of_date = :as_of_date"
+            ),
+            values,
+        )
+    else:
+        conn.execute(
+            sa.text(
+                f"insert into {OUTBOX_TABLE} (message_id, as_of_date, run_id, subject, sender, "
+                "recipients, mime_text, state, attempts, last_error, sent_at) values "
+                "(:message_id, :as_of_date, :run_id, :subject, :sender, :recipients, :mime, "
+                "'pending', 0, null, null)"
+            ),
+            values,
+        )
+
+
 def _open_smtp(s: SmtpSettings) -> smtplib.SMTP:
     context = ssl.create_default_context()
     if s.ssl_context == "none":

@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from crm_pipeline.alerts.at_risk import at_risk_customers
 from crm_pipeline.alerts.config import AlertConfig, load_alert_config, resolve_recipients
 from crm_pipeline.alerts.email import EmailContext, build_email, render_charts
-from crm_pipeline.alerts.outbox import OUTBOX_TABLE, _message_id, ensure_tables
+from crm_pipeline.alerts.outbox import _message_id, drop, ensure_tables, outbox_state, queue
 from crm_pipeline.alerts.state import (
     ALERTS_TABLE,
     HISTORY_COLUMNS,
@@ -156,9 +156,7 @@ def process_alerts(
         items.sort(key=_sort_key)
         to_tell = [i for i in items if i.notify and i.event in NOTIFY_EVENTS]
         message_id = _message_id(as_of_date, sender)
-        existing = conn.execute(
-            sa.text(f"select state from {OUTBOX_TABLE} where message_id = :m"), {"m": message_id}
-        ).scalar_one_or_none()
+        existing = outbox_state(conn, message_id)
         already_out = existing in ("sent", "sending", "held")
         if already_out and to_tell:
             log.warning(
@@ -169,9 +167,7 @@ def process_alerts(
             )
             summary.update(message_id=message_id, already_sent=True)
         if existing == "pending" and not to_tell:  # a rerun now has nothing to tell
-            conn.execute(
-                sa.text(f"delete from {OUTBOX_TABLE} where message_id = :m"), {"m": message_id}
-            )
+            drop(conn, message_id)
         if to_tell and not already_out:
             if not to:
                 raise ConfigError(
@@ -192,34 +188,17 @@ def process_alerts(
             )
             context.charts = render_charts(context)
             msg = build_email(context)
-            values = {
-                "message_id": message_id,
-                "as_of_date": as_of_date,
-                "run_id": run_id,
-                "subject": context.subject,
-                "sender": sender,
-                "recipients": ", ".join(to + cc),
-                "mime": msg,
-            }
-            if existing == "pending":  # a rerun before delivery: today's rendering, same attempts
-                conn.execute(
-                    sa.text(
-                        f"update {OUTBOX_TABLE} set run_id = :run_id, subject = :subject, sender = :sender, "
-                        "recipients = :recipients, mime_text = :mime where message_id = :message_id "
-                        "and as_of_date = :as_of_date"
-                    ),
-                    values,
-                )
-            else:
-                conn.execute(
-                    sa.text(
-                        f"insert into {OUTBOX_TABLE} (message_id, as_of_date, run_id, subject, sender, "
-                        "recipients, mime_text, state, attempts, last_error, sent_at) values "
-                        "(:message_id, :as_of_date, :run_id, :subject, :sender, :recipients, :mime, "
-                        "'pending', 0, null, null)"
-                    ),
-                    values,
-                )
+            queue(
+                conn,
+                message_id=message_id,
+                as_of_date=as_of_date,
+                run_id=run_id,
+                subject=context.subject,
+                sender=sender,
+                recipients=", ".join(to + cc),
+                mime=msg,
+                replace=existing == "pending",
+            )
             summary.update(message_id=message_id, subject=context.subject)
         if to_tell:
             for item in to_tell:
