@@ -115,42 +115,7 @@ def process_alerts(
                 later,
             )
             return {**summary, "skipped": f"later day {later} already alerted"}
-        previous_day = conn.exec_driver_sql(
-            wh.render(
-                f"select max(as_of_date) from {RUNS_TABLE} where as_of_date < {{{{ d }}}}",
-                {"d": as_of_date},
-            )
-        ).scalar_one()
-        if previous_day is None:
-            previous = pd.DataFrame(columns=list(HISTORY_COLUMNS))
-        else:
-            previous = read_frame(
-                conn,
-                wh.render(
-                    f"select * from {HISTORY_TABLE} where as_of_date = {{{{ p }}}} "
-                    "and state in ('open', 'notified')",
-                    {"p": _d(previous_day)},
-                ),
-            )
-        if wh.table_exists(conn, EVALUATION_TABLE):
-            evaluation = read_frame(
-                conn,
-                wh.render(
-                    f"select * from {EVALUATION_TABLE} where as_of_date = {{{{ d }}}}",
-                    {"d": as_of_date},
-                ),
-            )
-        else:
-            evaluation = pd.DataFrame()
-        if evaluation.empty:
-            log.warning(
-                "alerts: no kpi_evaluation rows for %s (run evaluate_day first): "
-                "active alerts are carried unchanged",
-                as_of_date,
-            )
-            evaluation = pd.DataFrame(
-                columns=["kpi", "dimension", "dimension_value", "status", "flagged"]
-            )
+        previous, evaluation = read_day(wh, conn, as_of_date)
 
         items = transitions(as_of_date, evaluation, previous, cfg, tgt, run_id)
         items.sort(key=_sort_key)
@@ -204,33 +169,89 @@ def process_alerts(
             for item in to_tell:
                 item.state["message_id"] = message_id
 
-        history = pd.DataFrame([i.state for i in items], columns=list(HISTORY_COLUMNS))
-        wh.execute(
-            conn, f"delete from {HISTORY_TABLE} where as_of_date = {{{{ d }}}}", {"d": as_of_date}
-        )
-        _load(wh, conn, HISTORY_TABLE, history, HISTORY_COLUMNS)
-        wh.execute(
-            conn, f"delete from {RUNS_TABLE} where as_of_date = {{{{ d }}}}", {"d": as_of_date}
-        )
-        runs = pd.DataFrame(
-            [
-                {
-                    "as_of_date": as_of_date,
-                    "run_id": run_id,
-                    "firing": sum(1 for i in items if i.event not in ("resolved", "carried")),
-                    "notified_items": len(to_tell),
-                    "message_id": message_id if to_tell else None,
-                }
-            ]
-        )
-        _load(wh, conn, RUNS_TABLE, runs, RUNS_COLUMNS)
-        wh.replace_table(conn, ALERTS_TABLE, ALERTS_SQL)
+        write_day(wh, conn, as_of_date, run_id, items, to_tell, message_id)
 
     for event in ("new", "escalated", "worse", "reminder", "ongoing", "resolved", "carried"):
         summary[event] = sum(1 for i in items if i.event == event)
     summary["notified_items"] = len(to_tell)
     log.info("alerts for %s: %s", as_of_date, summary)
     return summary
+
+
+def read_day(
+    wh: Warehouse, conn: sa.Connection, as_of_date: dt.date
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What the day's transitions start from: the state after the previous processed day
+    (its open and notified alerts) and the day's rows of marts.kpi_evaluation."""
+    previous_day = conn.exec_driver_sql(
+        wh.render(
+            f"select max(as_of_date) from {RUNS_TABLE} where as_of_date < {{{{ d }}}}",
+            {"d": as_of_date},
+        )
+    ).scalar_one()
+    if previous_day is None:
+        previous = pd.DataFrame(columns=list(HISTORY_COLUMNS))
+    else:
+        previous = read_frame(
+            conn,
+            wh.render(
+                f"select * from {HISTORY_TABLE} where as_of_date = {{{{ p }}}} "
+                "and state in ('open', 'notified')",
+                {"p": _d(previous_day)},
+            ),
+        )
+    if wh.table_exists(conn, EVALUATION_TABLE):
+        evaluation = read_frame(
+            conn,
+            wh.render(
+                f"select * from {EVALUATION_TABLE} where as_of_date = {{{{ d }}}}",
+                {"d": as_of_date},
+            ),
+        )
+    else:
+        evaluation = pd.DataFrame()
+    if evaluation.empty:
+        log.warning(
+            "alerts: no kpi_evaluation rows for %s (run evaluate_day first): "
+            "active alerts are carried unchanged",
+            as_of_date,
+        )
+        evaluation = pd.DataFrame(
+            columns=["kpi", "dimension", "dimension_value", "status", "flagged"]
+        )
+    return previous, evaluation
+
+
+def write_day(
+    wh: Warehouse,
+    conn: sa.Connection,
+    as_of_date: dt.date,
+    run_id: str,
+    items: list[Item],
+    to_tell: list[Item],
+    message_id: str,
+) -> None:
+    """The day's state: its rows of ops.alert_history and ops.alert_runs (replaced, so a
+    rerun of the day gives the same rows) and marts.alerts rebuilt from the history."""
+    history = pd.DataFrame([i.state for i in items], columns=list(HISTORY_COLUMNS))
+    wh.execute(
+        conn, f"delete from {HISTORY_TABLE} where as_of_date = {{{{ d }}}}", {"d": as_of_date}
+    )
+    _load(wh, conn, HISTORY_TABLE, history, HISTORY_COLUMNS)
+    wh.execute(conn, f"delete from {RUNS_TABLE} where as_of_date = {{{{ d }}}}", {"d": as_of_date})
+    runs = pd.DataFrame(
+        [
+            {
+                "as_of_date": as_of_date,
+                "run_id": run_id,
+                "firing": sum(1 for i in items if i.event not in ("resolved", "carried")),
+                "notified_items": len(to_tell),
+                "message_id": message_id if to_tell else None,
+            }
+        ]
+    )
+    _load(wh, conn, RUNS_TABLE, runs, RUNS_COLUMNS)
+    wh.replace_table(conn, ALERTS_TABLE, ALERTS_SQL)
 
 
 def read_email_data(
