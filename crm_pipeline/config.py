@@ -28,6 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # (the Docker image) is told where it is by CRM_INCLUDE_DIR
 INCLUDE_DIR = Path(os.environ.get("CRM_INCLUDE_DIR") or PROJECT_ROOT / "include")
 SQL_DIR = INCLUDE_DIR / "sql"
+TEMPLATE_DIR = INCLUDE_DIR / "templates"
 CONFIG_DIR = INCLUDE_DIR / "config"
 
 _DRIVERS = {
