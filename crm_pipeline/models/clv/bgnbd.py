@@ -90,7 +90,41 @@ def _bgnbd_terms(
 
 
 def bgnbd_loglik(params: ParamsLike, frequency, recency, T, weights=None) -> float:
-    """Total BG/NBD log-likelihood of customers (x, t_x, T), optionally weighted by counts."""
+    r"""Total BG/NBD log-likelihood of customers (x, t_x, T), optionally weighted by counts.
+
+    Parameters
+    ----------
+    params : FitResult, mapping or sequence
+        BG/NBD parameters r, alpha, a, b (a FitResult, a name -> value mapping or a sequence
+        in that order), all finite and > 0.
+    frequency, recency, T : array_like
+        Repeat purchase days x, time of the last purchase t_x and age T, both measured from
+        the first purchase in one time unit (0 <= t_x <= T); broadcast to one shape.
+    weights : array_like, optional
+        One count per row (default 1): a row stands for that many identical customers.
+
+    Returns
+    -------
+    float
+        :math:`\sum_i w_i \log L_i`, without any penalty term.
+
+    References
+    ----------
+    .. [1] Fader, P. S., Hardie, B. G. S. & Lee, K. L. (2005). "Counting your customers"
+           the easy way: an alternative to the Pareto/NBD model. Marketing Science 24(2),
+           275-284. http://brucehardie.com/papers/018/fader_et_al_mksc_05.pdf
+    .. [3] Fader, P. S. & Hardie, B. G. S. (2013). Overcoming the BG/NBD model's #NUM!
+           error problem. http://brucehardie.com/notes/027/bgnbd_num_error.pdf
+
+    The likelihood of one customer is [1]_ eq. 6, evaluated in logs as in [3]_:
+
+    .. math::
+
+        L(r, \alpha, a, b \mid x, t_x, T) =
+        \frac{B(a, b + x)}{B(a, b)} \frac{\Gamma(r + x) \alpha^r}{\Gamma(r) (\alpha + T)^{r + x}}
+        + \delta_{x > 0} \frac{B(a + 1, b + x - 1)}{B(a, b)}
+          \frac{\Gamma(r + x) \alpha^r}{\Gamma(r) (\alpha + t_x)^{r + x}}
+    """
     x, tx, TT = (np.ravel(v) for v in _rfm_arrays(frequency, recency, T))
     w = _weights(weights, x.size)
     ll, _ = _bgnbd_terms(np.log(_params(params, BGNBD_PARAM_NAMES)), x, tx, TT)
@@ -106,7 +140,7 @@ def fit_bgnbd(
     *,
     maxiter: int = 1000,
 ) -> FitResult:
-    """Fit BG/NBD (params r, alpha, a, b) by maximum likelihood.
+    r"""Fit BG/NBD (params r, alpha, a, b) by maximum likelihood.
 
     Customers are compressed to distinct (x, t_x, T) rows with summed weights before the
     optimiser runs, so passing raw customers or pre-aggregated rows with ``weights`` = counts
@@ -114,6 +148,34 @@ def fit_bgnbd(
     purchase rate). A fit that cannot succeed (no repeat purchases at all, optimiser stopped
     by ``maxiter``) comes back with ``converged=False`` and a message, never an exception;
     invalid inputs (negative counts, recency > T, NaN) raise ValueError.
+
+    Parameters
+    ----------
+    frequency, recency, T : array_like
+        Repeat purchase days x, time of the last purchase t_x and age T, both measured from
+        the first purchase in one time unit (0 <= t_x <= T); broadcast to one shape.
+    weights : array_like, optional
+        One count per row (default 1); rows with weight 0 are ignored.
+    penalizer : float
+        L2 penalty on the parameters (lifetimes' ``penalizer_coef``, alpha on lifetimes'
+        time scale max(T) = 10), added to the mean negative log-likelihood. 0 = plain MLE.
+    maxiter : int
+        Most L-BFGS-B iterations.
+
+    Returns
+    -------
+    FitResult
+        ``model="bgnbd"``, params r, alpha (in the unit of recency and T), a, b, the total
+        log-likelihood, standard errors, ``converged`` and why not.
+
+    References
+    ----------
+    .. [1] Fader, P. S., Hardie, B. G. S. & Lee, K. L. (2005). "Counting your customers"
+           the easy way: an alternative to the Pareto/NBD model. Marketing Science 24(2),
+           275-284. http://brucehardie.com/papers/018/fader_et_al_mksc_05.pdf
+
+    The estimates maximise :math:`\sum_i w_i \log L(r, \alpha, a, b \mid x_i, t_{x,i}, T_i)`
+    with L as in :func:`bgnbd_loglik` ([1]_ eq. 6), over log-parameters in a box.
     """
     t0 = time.perf_counter()
     x, tx, TT = (np.ravel(v) for v in _rfm_arrays(frequency, recency, T))
@@ -218,11 +280,40 @@ def _expected_given_alive(r, alpha, a, b, t, x, T) -> np.ndarray:
 
 
 def p_alive(params: ParamsLike, frequency, recency, T) -> np.ndarray:
-    """P(alive at T | x, t_x, T) = 1 / (1 + [x>0] a/(b+x-1) ((alpha+T)/(alpha+t_x))^(r+x)).
+    r"""P(alive at T | x, t_x, T): the probability that a customer has not dropped out.
 
     Exactly 1 for x = 0: in BG/NBD a customer can only drop out right after a repeat purchase,
     so a one-time buyer is "alive" by construction (their low value shows in the purchase
     rate, not here). Computed as expit of a log-odds, so it never overflows.
+
+    Parameters
+    ----------
+    params : FitResult, mapping or sequence
+        BG/NBD parameters r, alpha, a, b (a FitResult, a name -> value mapping or a sequence
+        in that order), all finite and > 0.
+    frequency, recency, T : array_like
+        Repeat purchase days x, time of the last purchase t_x and age T, both measured from
+        the first purchase in one time unit (0 <= t_x <= T); broadcast to one shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        One probability in (0, 1] per customer, in the broadcast shape of the inputs.
+
+    References
+    ----------
+    .. [1] Fader, P. S., Hardie, B. G. S. & Lee, K. L. (2005). "Counting your customers"
+           the easy way: an alternative to the Pareto/NBD model. Marketing Science 24(2),
+           275-284. http://brucehardie.com/papers/018/fader_et_al_mksc_05.pdf
+    .. [2] Fader, P. S., Hardie, B. G. S. & Lee, K. L. (2008). Computing P(alive) using
+           the BG/NBD model. http://brucehardie.com/notes/021/palive_for_BGNBD.pdf
+
+    From [2]_:
+
+    .. math::
+
+        P(\text{alive} \mid x, t_x, T) = 1 \Big/ \left\{1 + \delta_{x > 0}
+        \frac{a}{b + x - 1} \left(\frac{\alpha + T}{\alpha + t_x}\right)^{r + x}\right\}
     """
     r, alpha, a, b = _params(params, BGNBD_PARAM_NAMES)
     x, tx, TT = _rfm_arrays(frequency, recency, T)
@@ -247,11 +338,46 @@ def _check_horizon(t: Any, name: str = "t") -> np.ndarray:
 
 
 def expected_purchases(params: ParamsLike, t, frequency, recency, T) -> np.ndarray:
-    """E[Y(t) | x, t_x, T]: expected repeat purchases in (T, T + t] for each customer.
+    r"""E[Y(t) | x, t_x, T]: expected repeat purchases in (T, T + t] for each customer.
 
-    = P(alive) * (a+b+x-1)/(a-1) * [1 - (1-z)^(a-1) 2F1(a+b-1-r, a-1; a+b+x-1; z)],
-    z = t / (alpha + T + t). Finite and >= 0 for every valid input (see
-    :func:`_expected_given_alive`). Evaluated once per distinct (t, x, t_x, T).
+    Finite and >= 0 for every valid input: the 2F1 is evaluated on Euler-transformed
+    arguments that stay bounded for heavy buyers, with a log-space series and quadrature
+    where scipy's ``hyp2f1`` fails (see :func:`_expected_given_alive`). Evaluated once per
+    distinct (t, x, t_x, T).
+
+    Parameters
+    ----------
+    params : FitResult, mapping or sequence
+        BG/NBD parameters r, alpha, a, b (a FitResult, a name -> value mapping or a sequence
+        in that order), all finite and > 0.
+    t : array_like
+        Horizon(s), >= 0, in the unit of recency and T.
+    frequency, recency, T : array_like
+        Repeat purchase days x, time of the last purchase t_x and age T, both measured from
+        the first purchase in one time unit (0 <= t_x <= T); broadcast to one shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        Expected repeat purchases per customer, in the broadcast shape of (t, x, t_x, T).
+
+    References
+    ----------
+    .. [1] Fader, P. S., Hardie, B. G. S. & Lee, K. L. (2005). "Counting your customers"
+           the easy way: an alternative to the Pareto/NBD model. Marketing Science 24(2),
+           275-284. http://brucehardie.com/papers/018/fader_et_al_mksc_05.pdf
+
+    [1]_ eq. 10, computed as P(alive) times the expectation given alive, with z =
+    t / (alpha + T + t) and Euler's transformation of the 2F1:
+
+    .. math::
+
+        E[Y(t) \mid x, t_x, T] = P(\text{alive} \mid x, t_x, T)\,
+        \frac{a + b + x - 1}{a - 1} \left[1 - \left(\frac{\alpha + T}{\alpha + T + t}\right)^{r + x}
+        {}_2F_1(r + x, b + x; a + b + x - 1; z)\right]
+
+        = P(\text{alive})\, \frac{a + b + x - 1}{a - 1}
+        \left[1 - (1 - z)^{a - 1} {}_2F_1(a + b - 1 - r, a - 1; a + b + x - 1; z)\right]
     """
     r, alpha, a, b = _params(params, BGNBD_PARAM_NAMES)
     t = _check_horizon(t)
@@ -266,11 +392,36 @@ def expected_purchases(params: ParamsLike, t, frequency, recency, T) -> np.ndarr
 
 
 def expected_purchases_new_customer(params: ParamsLike, t) -> np.ndarray:
-    """E[X(t)]: expected repeat purchases of a just-acquired customer in (0, t] (FHL eq. 9).
+    r"""E[X(t)]: expected repeat purchases of a just-acquired customer in (0, t].
 
-    = (a+b-1)/(a-1) [1 - (alpha/(alpha+t))^r 2F1(r, b; a+b-1; t/(alpha+t))], the x = 0,
-    T = 0 case of the conditional expectation. Summed over a cohort's ages it is the
-    aggregate forecast used for holdout checks of the population-level fit.
+    The x = 0, T = 0 case of the conditional expectation. Summed over a cohort's ages it is
+    the aggregate forecast used for holdout checks of the population-level fit.
+
+    Parameters
+    ----------
+    params : FitResult, mapping or sequence
+        BG/NBD parameters r, alpha, a, b (a FitResult, a name -> value mapping or a sequence
+        in that order), all finite and > 0.
+    t : array_like
+        Time(s) since acquisition, >= 0, in the unit the model was fitted in.
+
+    Returns
+    -------
+    numpy.ndarray
+        Expected repeat purchases, one per value of ``t``.
+
+    References
+    ----------
+    .. [1] Fader, P. S., Hardie, B. G. S. & Lee, K. L. (2005). "Counting your customers"
+           the easy way: an alternative to the Pareto/NBD model. Marketing Science 24(2),
+           275-284. http://brucehardie.com/papers/018/fader_et_al_mksc_05.pdf
+
+    [1]_ eq. 9:
+
+    .. math::
+
+        E[X(t)] = \frac{a + b - 1}{a - 1} \left[1 - \left(\frac{\alpha}{\alpha + t}\right)^r
+        {}_2F_1\left(r, b; a + b - 1; \frac{t}{\alpha + t}\right)\right]
     """
     r, alpha, a, b = _params(params, BGNBD_PARAM_NAMES)
     t = _check_horizon(t)

@@ -65,7 +65,36 @@ def _gamma_gamma_terms(
 
 
 def gamma_gamma_loglik(params: ParamsLike, frequency, monetary_value, weights=None) -> float:
-    """Total Gamma-Gamma log-likelihood of repeat buyers (x >= 1, mean value > 0)."""
+    r"""Total Gamma-Gamma log-likelihood of repeat buyers (x >= 1, mean value > 0).
+
+    Parameters
+    ----------
+    params : FitResult, mapping or sequence
+        Gamma-Gamma parameters p, q, v (``v`` is the note's gamma), all finite and > 0.
+    frequency : array_like
+        Repeat purchases x of each buyer, >= 1.
+    monetary_value : array_like
+        Mean value m of those purchases, > 0.
+    weights : array_like, optional
+        One count per row (default 1).
+
+    Returns
+    -------
+    float
+        :math:`\sum_i w_i \log f(m_i \mid x_i)`.
+
+    References
+    ----------
+    .. [1] Fader, P. S. & Hardie, B. G. S. (2013). The Gamma-Gamma model of monetary
+           value. http://brucehardie.com/notes/025/gamma_gamma.pdf
+
+    The density of the mean spend over x purchases ([1]_, with :math:`\gamma` = v):
+
+    .. math::
+
+        f(m \mid p, q, \gamma, x) = \frac{\Gamma(p x + q)}{\Gamma(p x) \Gamma(q)}
+        \frac{\gamma^q m^{p x - 1} x^{p x}}{(\gamma + m x)^{p x + q}}
+    """
     x = np.ravel(_float_array(frequency, "frequency"))
     m = np.ravel(_float_array(monetary_value, "monetary_value"))
     w = _weights(weights, x.size)
@@ -83,7 +112,7 @@ def fit_gamma_gamma(
     *,
     maxiter: int = 1000,
 ) -> FitResult:
-    """Fit Gamma-Gamma (params p, q, v; v is the note's gamma) by maximum likelihood.
+    r"""Fit Gamma-Gamma (params p, q, v; v is the note's gamma) by maximum likelihood.
 
     Only repeat buyers carry information: rows with x = 0 or a non-positive mean value are
     dropped (counted in the message), so the whole customer summary can be passed in. q is
@@ -91,6 +120,33 @@ def fit_gamma_gamma(
     bound reports ``converged=False``. Rows are compressed to distinct (x, m) with weights.
     The model assumes spend is independent of purchase frequency: check
     corr(frequency, monetary_value) over repeat buyers before trusting it.
+
+    Parameters
+    ----------
+    frequency : array_like
+        Repeat purchases x per customer (>= 0).
+    monetary_value : array_like
+        Mean value m of the repeat purchases per customer.
+    weights : array_like, optional
+        One count per row (default 1); rows with weight 0 are ignored.
+    penalizer : float
+        L2 penalty on (p, q, v) added to the mean negative log-likelihood; 0 = plain MLE.
+    maxiter : int
+        Most L-BFGS-B iterations.
+
+    Returns
+    -------
+    FitResult
+        ``model="gamma_gamma"``, params p, q, v, the total log-likelihood, standard errors,
+        ``converged`` and why not.
+
+    References
+    ----------
+    .. [1] Fader, P. S. & Hardie, B. G. S. (2013). The Gamma-Gamma model of monetary
+           value. http://brucehardie.com/notes/025/gamma_gamma.pdf
+
+    The estimates maximise :math:`\sum_i w_i \log f(m_i \mid p, q, \gamma, x_i)` with f as
+    in :func:`gamma_gamma_loglik` ([1]_), subject to q > 1.
     """
     t0 = time.perf_counter()
     x = np.ravel(_float_array(frequency, "frequency"))
@@ -133,12 +189,38 @@ def fit_gamma_gamma(
 
 
 def expected_avg_value(gg_params: ParamsLike, frequency, monetary_value) -> np.ndarray:
-    """E[value per purchase | x, mean value m] from Gamma-Gamma.
+    r"""E[value per purchase | x, m]: the Gamma-Gamma conditional expectation.
 
-    For x >= 1 and m > 0: (v + x m) p / (p x + q - 1), a credibility-weighted average of the
-    population mean p v / (q - 1) and the customer's own mean m (weight p x / (p x + q - 1)).
-    For x = 0, or a non-positive or missing repeat mean (refunds), the population mean.
-    Requires q > 1 (guaranteed by :func:`fit_gamma_gamma`).
+    A credibility-weighted average of the population mean p v / (q - 1) and the customer's
+    own mean m, with weight p x / (p x + q - 1) on m. For x = 0, or a non-positive or missing
+    repeat mean (refunds), the population mean. Requires q > 1 (guaranteed by
+    :func:`fit_gamma_gamma`); raises ValueError otherwise.
+
+    Parameters
+    ----------
+    gg_params : FitResult, mapping or sequence
+        Gamma-Gamma parameters p, q, v (``v`` is the note's gamma), all finite and > 0.
+    frequency : array_like
+        Repeat purchases x per customer (>= 0).
+    monetary_value : array_like
+        Mean value m of the repeat purchases (NaN or <= 0 counts as no information).
+
+    Returns
+    -------
+    numpy.ndarray
+        Expected value per purchase, in the broadcast shape of (x, m).
+
+    References
+    ----------
+    .. [1] Fader, P. S. & Hardie, B. G. S. (2013). The Gamma-Gamma model of monetary
+           value. http://brucehardie.com/notes/025/gamma_gamma.pdf
+
+    From [1]_, with :math:`\gamma` = v:
+
+    .. math::
+
+        E[Z \mid p, q, \gamma, m, x] = \frac{(\gamma + m x) p}{p x + q - 1}
+        = \frac{q - 1}{p x + q - 1} \frac{p \gamma}{q - 1} + \frac{p x}{p x + q - 1} m
     """
     p, q, v = _params(gg_params, GAMMA_GAMMA_PARAM_NAMES)
     if q <= 1.0:

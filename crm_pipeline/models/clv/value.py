@@ -24,7 +24,18 @@ __all__ = [
 
 
 def monthly_discount_rate(annual_discount_rate: float) -> float:
-    """Monthly rate that compounds to the annual one: (1 + annual)^(1/12) - 1."""
+    r"""Monthly rate that compounds to the annual one.
+
+    Parameters
+    ----------
+    annual_discount_rate : float
+        Yearly discount rate d_year, finite and > -1 (0.10 for 10 %).
+
+    Returns
+    -------
+    float
+        :math:`d = (1 + d_{year})^{1/12} - 1`.
+    """
     if not (math.isfinite(annual_discount_rate) and annual_discount_rate > -1.0):
         raise ValueError("annual_discount_rate must be finite and > -1")
     return (1.0 + annual_discount_rate) ** (1.0 / 12.0) - 1.0
@@ -60,17 +71,52 @@ def clv(
     *,
     month_length: float = 30.0,
 ) -> np.ndarray:
-    """Discounted expected margin over the horizon, per customer.
+    r"""Discounted expected margin over the horizon, per customer.
 
-        CLV = sum_{m=1..M} [E[Y(t_m)] - E[Y(t_{m-1})]] * E[value] * margin / (1 + d)^m
+    Purchases are discounted to the end of the month they fall in; for H = 365 that is 12
+    months of 30 days plus a 5-day stub discounted as month 13, so the undiscounted sum
+    equals E[Y(365)] * E[value] * margin.
 
-    with t_m = min(m L, H), M = ceil(H / L), L = ``month_length`` (30 days), H =
-    ``horizon_days``, d = (1 + annual_discount_rate)^(1/12) - 1 and E[value] from
-    :func:`expected_avg_value`. Purchases are discounted to the end of the month they fall
-    in; for H = 365 that is 12 months of 30 days plus a 5-day stub discounted as month 13,
-    so the undiscounted sum equals E[Y(365)] * E[value] * margin. ``horizon_days`` and
-    ``month_length`` are in the unit of recency and T (for weeks use month_length=30/7).
-    ``margin_ratio`` is a scalar or one value per customer; 1.0 gives discounted revenue.
+    Parameters
+    ----------
+    bg_params : FitResult, mapping or sequence
+        BG/NBD parameters r, alpha, a, b.
+    gg_params : FitResult, mapping or sequence
+        Gamma-Gamma parameters p, q, v (q > 1).
+    frequency, recency, T : array_like
+        Repeat purchase days x, time of the last purchase t_x and age T, both measured from
+        the first purchase in one time unit (0 <= t_x <= T); broadcast to one shape.
+    monetary_value : array_like
+        Mean value m of the repeat purchases (see :func:`expected_avg_value`).
+    margin_ratio : float or array_like
+        Margin / net revenue, a scalar or one value per customer; 1.0 gives discounted revenue.
+    horizon_days : float
+        Horizon H, > 0, in the unit of recency and T.
+    annual_discount_rate : float
+        Yearly discount rate, turned into a monthly one by :func:`monthly_discount_rate`.
+    month_length : float
+        Length L of a discounting month in the unit of recency and T (30 for days, 30/7
+        for weeks).
+
+    Returns
+    -------
+    numpy.ndarray
+        CLV per customer (1-D, one per customer after broadcasting).
+
+    References
+    ----------
+    .. [1] Fader, P. S., Hardie, B. G. S. & Lee, K. L. (2005). "Counting your customers"
+           the easy way: an alternative to the Pareto/NBD model. Marketing Science 24(2),
+           275-284 (E[Y(t)], eq. 10).
+    .. [2] Fader, P. S. & Hardie, B. G. S. (2013). The Gamma-Gamma model of monetary
+           value. http://brucehardie.com/notes/025/gamma_gamma.pdf (E[Z]).
+
+    With :math:`t_m = \min(m L, H)`, :math:`M = \lceil H / L \rceil` and d the monthly rate:
+
+    .. math::
+
+        \text{CLV} = \sum_{m=1}^{M} \frac{E[Y(t_m)] - E[Y(t_{m-1})]}{(1 + d)^m}
+        \, E[Z \mid x, m] \, \text{margin}
     """
     if not (math.isfinite(horizon_days) and horizon_days > 0):
         raise ValueError("horizon_days must be finite and > 0")
