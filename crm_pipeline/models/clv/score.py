@@ -1,4 +1,11 @@
-"""Fit both models on a summary and score every customer in it (one frame, no warehouse)."""
+"""Fit both models on a summary and score every customer in it (one frame, no warehouse).
+
+Not the production path: the nightly models stage fits and scores with
+``crm_pipeline.models.nightly.fit_clv`` (small-data mode, margins, the published rows).
+:func:`fit_and_score` is used only by tests/unit/test_clv.py, whose CDNOW holdout test
+asserts a frame shape (``SCORE_COLUMNS``, an ``as_of`` column) that fit_clv does not
+produce; it goes when that test is pointed at fit_clv (issue 14, item 3).
+"""
 
 from __future__ import annotations
 
