@@ -217,8 +217,9 @@ def _penalizer(n_customers: int, cfg: Mapping[str, Any]) -> tuple[str, float]:
     return "normal", float(c["penalizer"])
 
 
-def fit_bgnbd(summary: pd.DataFrame, penalizer: float, maxiter: int) -> clv_model.FitResult:
-    """BG/NBD on the distinct (x, t_x, T) rows of the summary, weighted by their counts."""
+def _fit_bgnbd_on(summary: pd.DataFrame, penalizer: float, maxiter: int) -> clv_model.FitResult:
+    """BG/NBD on the distinct (x, t_x, T) rows of the summary, weighted by their counts: the
+    frame adapter of :func:`crm_pipeline.models.clv.fit_bgnbd`, the one estimator."""
     rows = summary.groupby(["frequency", "recency", "t"], sort=True).size().reset_index(name="w")
     return clv_model.fit_bgnbd(
         rows["frequency"].to_numpy(float),
@@ -230,8 +231,11 @@ def fit_bgnbd(summary: pd.DataFrame, penalizer: float, maxiter: int) -> clv_mode
     )
 
 
-def fit_gamma_gamma(summary: pd.DataFrame, penalizer: float, maxiter: int) -> clv_model.FitResult:
-    """Gamma-Gamma on the distinct (x, mean repeat spend) rows of the repeat buyers."""
+def _fit_gamma_gamma_on(
+    summary: pd.DataFrame, penalizer: float, maxiter: int
+) -> clv_model.FitResult:
+    """Gamma-Gamma on the distinct (x, mean repeat spend) rows of the repeat buyers: the
+    frame adapter of :func:`crm_pipeline.models.clv.fit_gamma_gamma`, the one estimator."""
     buyers = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
     rows = buyers.groupby(["frequency", "monetary_value"], sort=True).size().reset_index(name="w")
     return clv_model.fit_gamma_gamma(
@@ -310,8 +314,8 @@ def fit_clv(summary: pd.DataFrame, cfg: Mapping[str, Any]) -> ClvFit:
     does not converge leaves nothing to publish (recorded as skipped, not as a failure)."""
     c = cfg["clv"]
     mode, penalizer = _penalizer(len(summary), cfg)
-    bg = fit_bgnbd(summary, penalizer, int(c["maxiter"]))
-    gg = fit_gamma_gamma(summary, penalizer, int(c["maxiter"]))
+    bg = _fit_bgnbd_on(summary, penalizer, int(c["maxiter"]))
+    gg = _fit_gamma_gamma_on(summary, penalizer, int(c["maxiter"]))
     fitted = ClvFit(bg=bg, gg=gg, mode=mode, penalizer=penalizer, summary=summary)
     fitted.gg_params = dict(gg.params) if _gg_ok(gg) else {}
     if summary.empty:
@@ -390,7 +394,7 @@ def holdout(
 
     Returns (fit at c2, purchase scores at c2, outcome): the outcome holds the figures that
     :func:`holdout_check` judges (kept for the week in ops.model_training) and the metrics."""
-    bg = fit_bgnbd(summary_c2, penalizer, int(cfg["clv"]["maxiter"]))
+    bg = _fit_bgnbd_on(summary_c2, penalizer, int(cfg["clv"]["maxiter"]))
     scores = purchase_scores(bg, summary_c2, HOLDOUT_DAYS)
     outcome: dict[str, Any] = {
         "n_customers": len(summary_c2),
@@ -820,7 +824,7 @@ def train_week(
         return trained
 
     t0 = time.perf_counter()
-    bg_c1 = fit_bgnbd(at_c1.summary, penalizer, int(cfg["clv"]["maxiter"]))
+    bg_c1 = _fit_bgnbd_on(at_c1.summary, penalizer, int(cfg["clv"]["maxiter"]))
     trained.fits = {"train": _fit_info(bg_c1), "validation": _fit_info(bg_c2)}
     scores_c1 = purchase_scores(bg_c1, at_c1.summary, HOLDOUT_DAYS)
     train_x = churn.with_purchase_model(at_c1.features, scores_c1)
@@ -992,7 +996,7 @@ def features_at(
     with wh.begin() as conn:
         data = churn.read_cutoff(wh, conn, cutoff, tier_params(settings()))
     _, penalizer = _penalizer(len(data.summary), cfg)
-    bg = fit_bgnbd(data.summary, penalizer, int(cfg["clv"]["maxiter"]))
+    bg = _fit_bgnbd_on(data.summary, penalizer, int(cfg["clv"]["maxiter"]))
     return churn.with_purchase_model(data.features, purchase_scores(bg, data.summary, HOLDOUT_DAYS))
 
 

@@ -393,8 +393,8 @@ def test_fit_on_two_threads_equals_the_fit_on_one(cdnow_summary, monkeypatch):
         calls.append(xs.size)
         return real(theta, xs, *args)
 
-    monkeypatch.setattr(M, "_SHARD_MIN_ROWS", 100)
-    monkeypatch.setattr(M, "_bgnbd_terms", counted)
+    monkeypatch.setattr(M.fitting, "_SHARD_MIN_ROWS", 100)
+    monkeypatch.setattr(M.bgnbd, "_bgnbd_terms", counted)
     two = (M.fit_bgnbd(x, tx, T), M.fit_gamma_gamma(x[buyers], m[buyers]))
     assert set(calls) == {one[0].n_distinct // 2, one[0].n_distinct - one[0].n_distinct // 2}
     for a, b in zip(one, two, strict=True):
