@@ -7,8 +7,8 @@ run:            ## run crm_nightly end to end on the embedded default (venv + de
 test:           ## install test tools and run lint + the whole test suite
 	bash scripts/test.sh
 
-lint:
-	bash scripts/bootstrap.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+lint:           ## ruff (check, format) and sqlfluff over include/sql (DuckDB lint, PostgreSQL parse)
+	bash scripts/bootstrap.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check . && bash scripts/lint_sql.sh
 
 lock:           ## re-resolve constraints.txt from requirements*.txt in a scratch venv
 	bash scripts/lock.sh

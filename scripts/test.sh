@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
+bash scripts/lint_sql.sh
 exec .venv/bin/python -m pytest "$@"

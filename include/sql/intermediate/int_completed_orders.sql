@@ -26,9 +26,9 @@ final as (
         completed.first_valid_day <= {{ build_from }}
         and completed.last_valid_day >= {{ build_to }} as is_build_stable
     from completed
-    where first_valid_day <= {{ build_to }}
-        and last_valid_day >= {{ build_from }}
-        and order_date <= {{ build_to }}
+    where completed.first_valid_day <= {{ build_to }}
+        and completed.last_valid_day >= {{ build_from }}
+        and completed.order_date <= {{ build_to }}
 )
 
 select * from final

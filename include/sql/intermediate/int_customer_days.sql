@@ -28,19 +28,30 @@ stable_core as (
         sum(case when order_date between {{ date_to }} - 364 and {{ date_from }} then 1 else 0 end)
             as orders_365d,
         sum(case when order_date between {{ date_to }} - 364 and {{ date_from }}
-            then net_amount else 0 end) as revenue_365d,
+                then net_amount
+            else 0
+        end) as revenue_365d,
         sum(case when order_date between {{ date_to }} - 364 and {{ date_from }}
-            then margin_amount else 0 end) as margin_365d,
+                then margin_amount
+            else 0
+        end) as margin_365d,
         sum(case when order_date between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
-            then 1 else 0 end) as orders_rfm,
+                then 1
+            else 0
+        end) as orders_rfm,
         sum(case when order_date between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
-            then net_amount else 0 end) as net_rfm,
+                then net_amount
+            else 0
+        end) as net_rfm,
         max(case when order_date between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
-            then order_date end) as last_order_rfm,
+                then order_date
+        end) as last_order_rfm,
         sum(case when order_date between {{ date_to }} - 89 and {{ date_from }} then 1 else 0 end)
             as orders_90d,
         sum(case when order_date between {{ date_to }} - 119 and {{ date_from }} - 30
-            then 1 else 0 end) as orders_start
+                then 1
+            else 0
+        end) as orders_start
     from stable_orders
     group by customer_id
 ),
@@ -51,34 +62,50 @@ stable_edges as (
         as_of.as_of_date,
         stable_orders.customer_id,
         sum(case when stable_orders.order_date between as_of.as_of_date - 364 and as_of.as_of_date
-            and stable_orders.order_date not between {{ date_to }} - 364 and {{ date_from }}
-            then 1 else 0 end) as orders_365d,
+                and stable_orders.order_date not between {{ date_to }} - 364 and {{ date_from }}
+                then 1
+            else 0
+        end) as orders_365d,
         sum(case when stable_orders.order_date between as_of.as_of_date - 364 and as_of.as_of_date
-            and stable_orders.order_date not between {{ date_to }} - 364 and {{ date_from }}
-            then stable_orders.net_amount else 0 end) as revenue_365d,
+                and stable_orders.order_date not between {{ date_to }} - 364 and {{ date_from }}
+                then stable_orders.net_amount
+            else 0
+        end) as revenue_365d,
         sum(case when stable_orders.order_date between as_of.as_of_date - 364 and as_of.as_of_date
-            and stable_orders.order_date not between {{ date_to }} - 364 and {{ date_from }}
-            then stable_orders.margin_amount else 0 end) as margin_365d,
+                and stable_orders.order_date not between {{ date_to }} - 364 and {{ date_from }}
+                then stable_orders.margin_amount
+            else 0
+        end) as margin_365d,
         sum(case when stable_orders.order_date
-            between as_of.as_of_date - {{ rfm_frame_days }} and as_of.as_of_date
-            and stable_orders.order_date
-            not between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
-            then 1 else 0 end) as orders_rfm,
+                between as_of.as_of_date - {{ rfm_frame_days }} and as_of.as_of_date
+                and stable_orders.order_date
+                not between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
+                then 1
+            else 0
+        end) as orders_rfm,
         sum(case when stable_orders.order_date
-            between as_of.as_of_date - {{ rfm_frame_days }} and as_of.as_of_date
-            and stable_orders.order_date
-            not between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
-            then stable_orders.net_amount else 0 end) as net_rfm,
+                between as_of.as_of_date - {{ rfm_frame_days }} and as_of.as_of_date
+                and stable_orders.order_date
+                not between {{ date_to }} - {{ rfm_frame_days }} and {{ date_from }}
+                then stable_orders.net_amount
+            else 0
+        end) as net_rfm,
         max(case when stable_orders.order_date
-            between as_of.as_of_date - {{ rfm_frame_days }} and as_of.as_of_date
-            then stable_orders.order_date end) as last_order_rfm,
+                between as_of.as_of_date - {{ rfm_frame_days }} and as_of.as_of_date
+                then stable_orders.order_date
+        end) as last_order_rfm,
         sum(case when stable_orders.order_date between as_of.as_of_date - 89 and as_of.as_of_date
-            and stable_orders.order_date not between {{ date_to }} - 89 and {{ date_from }}
-            then 1 else 0 end) as orders_90d,
+                and stable_orders.order_date not between {{ date_to }} - 89 and {{ date_from }}
+                then 1
+            else 0
+        end) as orders_90d,
         sum(case when stable_orders.order_date
-            between as_of.as_of_date - 119 and as_of.as_of_date - 30
-            and stable_orders.order_date not between {{ date_to }} - 119 and {{ date_from }} - 30
-            then 1 else 0 end) as orders_start
+                between as_of.as_of_date - 119 and as_of.as_of_date - 30
+                and stable_orders.order_date
+                not between {{ date_to }} - 119 and {{ date_from }} - 30
+                then 1
+            else 0
+        end) as orders_start
     from as_of
     inner join stable_orders
         on stable_orders.order_date <= as_of.as_of_date
@@ -121,7 +148,8 @@ changing_windows as (
         sum(case when order_date > as_of_date - {{ rfm_lookback_days }} then 1 else 0 end)
             as orders_rfm,
         sum(case when order_date > as_of_date - {{ rfm_lookback_days }} then net_amount
-            else 0 end) as net_rfm,
+            else 0
+        end) as net_rfm,
         max(case when order_date > as_of_date - {{ rfm_lookback_days }} then order_date end)
             as last_order_rfm,
         sum(case when order_date > as_of_date - 90 then 1 else 0 end) as orders_90d,

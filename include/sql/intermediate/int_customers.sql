@@ -33,9 +33,15 @@ stable_first as (
         customer_id,
         min(first_order_date) as first_order_date
     from (
-        select customer_id, first_order_date from int_first_orders
+        select
+            customer_id,
+            first_order_date
+        from int_first_orders
         union all
-        select customer_id, order_date from order_versions
+        select
+            customer_id,
+            order_date
+        from order_versions
         where is_stable and not is_build_stable
     ) as candidates
     group by customer_id
@@ -61,7 +67,8 @@ with_first_purchase as (
         customers_at_day.*,
         least(
             case when stable_first.first_order_date <= customers_at_day.as_of_date
-                then stable_first.first_order_date end,
+                    then stable_first.first_order_date
+            end,
             changing_first.first_order_date
         ) as first_purchase_date
     from customers_at_day

@@ -10,7 +10,11 @@ segment_lookup as (
 ),
 
 customers as (
-    select as_of_date, customer_id, first_purchase_date from int_customers
+    select
+        as_of_date,
+        customer_id,
+        first_purchase_date
+    from int_customers
 ),
 
 rfm_values as (
@@ -28,10 +32,14 @@ rfm_values as (
 ranked as (
     select
         rfm_values.*,
-        count(*) over (partition by as_of_date) as base_size,
-        rank() over (partition by as_of_date order by recency_days desc) as r_rank,
-        rank() over (partition by as_of_date order by frequency asc) as f_rank,
-        rank() over (partition by as_of_date order by monetary asc) as m_rank
+        count(*) over (partition by rfm_values.as_of_date) as base_size,
+        rank()
+            over (partition by rfm_values.as_of_date order by rfm_values.recency_days desc)
+            as r_rank,
+        rank()
+            over (partition by rfm_values.as_of_date order by rfm_values.frequency asc)
+            as f_rank,
+        rank() over (partition by rfm_values.as_of_date order by rfm_values.monetary asc) as m_rank
     from rfm_values
 ),
 
@@ -62,7 +70,7 @@ final as (
         scored.f_score,
         scored.m_score,
         cast(scored.r_score as varchar) || cast(scored.f_score as varchar)
-            || cast(scored.m_score as varchar) as rfm_cell,
+        || cast(scored.m_score as varchar) as rfm_cell,
         segment_lookup.segment
     from scored
     left join customers

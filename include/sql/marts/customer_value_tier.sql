@@ -13,10 +13,11 @@ ranked as (
     select
         value_12m.*,
         row_number() over (
-            partition by as_of_date
-            order by margin_12m desc, revenue_12m desc, customer_id
+            partition by value_12m.as_of_date
+            order by
+                value_12m.margin_12m desc, value_12m.revenue_12m desc, value_12m.customer_id asc
         ) as rank,
-        count(*) over (partition by as_of_date) as base_size
+        count(*) over (partition by value_12m.as_of_date) as base_size
     from value_12m
 ),
 

@@ -2,7 +2,7 @@
 with customer_versions as (
     select * from staging.stg_customers
     where valid_from < {{ as_of_end }}
-      and valid_to >= {{ as_of_end }}
+        and valid_to >= {{ as_of_end }}
 ),
 
 orders as (
@@ -12,7 +12,7 @@ orders as (
 customers as (
     select * from customer_versions
     where created_at < {{ as_of_end }}
-        or customer_id in (select customer_id from orders)
+        or customer_id in (select orders.customer_id from orders)
 ),
 
 purchases as (
@@ -21,22 +21,33 @@ purchases as (
 ),
 
 segments as (
-    select customer_id, segment from marts.customer_rfm
+    select
+        customer_id,
+        segment
+    from marts.customer_rfm
     where as_of_date = {{ as_of_date }}
 ),
 
 tiers as (
-    select customer_id, tier from marts.customer_value_tier
+    select
+        customer_id,
+        tier
+    from marts.customer_value_tier
     where as_of_date = {{ as_of_date }}
 ),
 
 -- the latest CLV the model gate let through, on or before the day (a night whose CLV
 -- was held keeps the one before it; clv_as_of_date says which)
 clv as (
-    select customer_id, clv, as_of_date as clv_as_of_date from marts.customer_clv
+    select
+        customer_id,
+        clv,
+        as_of_date as clv_as_of_date
+    from marts.customer_clv
     where as_of_date = (
-        select max(as_of_date) from marts.customer_clv where as_of_date <= {{ as_of_date }}
-    )
+            select max(latest.as_of_date) from marts.customer_clv as latest
+            where latest.as_of_date <= {{ as_of_date }}
+        )
 ),
 
 purchase_summary as (

@@ -2,8 +2,8 @@
 with orders as (
     select * from staging.stg_orders
     where valid_from < {{ as_of_end }}
-      and valid_to >= {{ as_of_end }}
-      and ordered_at < {{ as_of_end }}
+        and valid_to >= {{ as_of_end }}
+        and ordered_at < {{ as_of_end }}
 ),
 
 final as (

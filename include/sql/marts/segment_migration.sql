@@ -1,17 +1,28 @@
 -- grain: one row per as_of_date, dimension ('segment' or 'tier'), from_value and to_value: how many customers moved from where they stood 30 days before as_of_date to where they stand at it ('none': not in the base that day)
 with as_of as (
-    select as_of_date, as_of_date - 30 as before_date from as_of_dates
+    select
+        as_of_date,
+        as_of_date - 30 as before_date
+    from as_of_dates
 ),
 
 -- the days compared and the days 30 before them, not the whole history: by bounds the
 -- scan can skip by (a semi-join on the spine would read every day built)
 positions as (
-    select as_of_date, customer_id, 'segment' as dimension, segment as position
+    select
+        as_of_date,
+        customer_id,
+        'segment' as dimension,
+        segment as position
     from marts.customer_rfm
     where as_of_date between {{ date_from }} and {{ date_to }}
         or as_of_date between {{ date_from }} - 30 and {{ date_to }} - 30
     union all
-    select as_of_date, customer_id, 'tier', tier
+    select
+        as_of_date,
+        customer_id,
+        'tier' as dimension,
+        tier as position
     from marts.customer_value_tier
     where as_of_date between {{ date_from }} and {{ date_to }}
         or as_of_date between {{ date_from }} - 30 and {{ date_to }} - 30
@@ -32,13 +43,21 @@ comparable as (
 ),
 
 now_positions as (
-    select comparable.as_of_date, positions.customer_id, positions.dimension, positions.position
+    select
+        comparable.as_of_date,
+        positions.customer_id,
+        positions.dimension,
+        positions.position
     from comparable
     inner join positions on positions.as_of_date = comparable.as_of_date
 ),
 
 before_positions as (
-    select comparable.as_of_date, positions.customer_id, positions.dimension, positions.position
+    select
+        comparable.as_of_date,
+        positions.customer_id,
+        positions.dimension,
+        positions.position
     from comparable
     inner join positions on positions.as_of_date = comparable.before_date
 ),

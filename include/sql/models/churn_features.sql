@@ -6,47 +6,47 @@ with orders as not materialized (
 customer_versions as (
     select * from staging.stg_customers
     where valid_from < {{ as_of_end }}
-      and valid_to >= {{ as_of_end }}
+        and valid_to >= {{ as_of_end }}
 ),
 
 complaint_versions as (
     select * from staging.stg_complaints
     where valid_from < {{ as_of_end }}
-      and valid_to >= {{ as_of_end }}
-      and opened_at < {{ as_of_end }}
-      and opened_at >= {{ as_of_end }} - 365 * interval '1 day'
+        and valid_to >= {{ as_of_end }}
+        and opened_at < {{ as_of_end }}
+        and opened_at >= {{ as_of_end }} - 365 * interval '1 day'
 ),
 
 survey_versions as (
     select * from staging.stg_surveys
     where valid_from < {{ as_of_end }}
-      and valid_to >= {{ as_of_end }}
-      and responded_at < {{ as_of_end }}
-      and responded_at >= {{ as_of_end }} - 365 * interval '1 day'
+        and valid_to >= {{ as_of_end }}
+        and responded_at < {{ as_of_end }}
+        and responded_at >= {{ as_of_end }} - 365 * interval '1 day'
 ),
 
 contact_versions as (
     select * from staging.stg_campaign_contacts
     where valid_from < {{ as_of_end }}
-      and valid_to >= {{ as_of_end }}
-      and contacted_at < {{ as_of_end }}
-      and contacted_at >= {{ as_of_end }} - 180 * interval '1 day'
+        and valid_to >= {{ as_of_end }}
+        and contacted_at < {{ as_of_end }}
+        and contacted_at >= {{ as_of_end }} - 180 * interval '1 day'
 ),
 
 loyalty_versions as (
     select * from staging.stg_loyalty_events
     where valid_from < {{ as_of_end }}
-      and valid_to >= {{ as_of_end }}
-      and occurred_at < {{ as_of_end }}
-      and occurred_at >= {{ as_of_end }} - 365 * interval '1 day'
+        and valid_to >= {{ as_of_end }}
+        and occurred_at < {{ as_of_end }}
+        and occurred_at >= {{ as_of_end }} - 365 * interval '1 day'
 ),
 
 interaction_versions as (
     select * from staging.stg_interactions
     where valid_from < {{ as_of_end }}
-      and valid_to >= {{ as_of_end }}
-      and occurred_at < {{ as_of_end }}
-      and occurred_at >= {{ as_of_end }} - 90 * interval '1 day'
+        and valid_to >= {{ as_of_end }}
+        and occurred_at < {{ as_of_end }}
+        and occurred_at >= {{ as_of_end }} - 90 * interval '1 day'
 ),
 
 -- same-day orders merged: a purchase day is one row, so no distinct count is needed
@@ -64,13 +64,18 @@ purchase_history as (
         sum(case when order_date > {{ as_of_date }} - 30 then n_orders else 0 end) as orders_30,
         sum(case when order_date > {{ as_of_date }} - 90 then n_orders else 0 end) as orders_90,
         sum(case when order_date > {{ as_of_date }} - 180 and order_date <= {{ as_of_date }} - 90
-            then n_orders else 0 end) as orders_prev_90,
+                then n_orders
+            else 0
+        end) as orders_prev_90,
         sum(case when order_date > {{ as_of_date }} - 365 then n_orders else 0 end) as orders_365,
         sum(case when order_date > {{ as_of_date }} - 90 then net_amount else 0 end) as spend_90,
         sum(case when order_date > {{ as_of_date }} - 180 and order_date <= {{ as_of_date }} - 90
-            then net_amount else 0 end) as spend_prev_90,
+                then net_amount
+            else 0
+        end) as spend_prev_90,
         sum(case when order_date > {{ as_of_date }} - 365 then net_amount else 0 end) as spend_365,
-        sum(case when order_date > {{ as_of_date }} - 365 then margin_amount else 0 end) as margin_365
+        sum(case when order_date > {{ as_of_date }} - 365 then margin_amount else 0 end)
+            as margin_365
     from purchase_days
     group by customer_id
 ),
@@ -93,8 +98,13 @@ channel_counts as (
 ranked_channels as (
     select
         channel_counts.*,
-        row_number() over (partition by customer_id order by n_orders desc, channel) as channel_no,
-        count(*) over (partition by customer_id) as n_channels
+        row_number()
+            over (
+                partition by channel_counts.customer_id
+                order by channel_counts.n_orders desc, channel_counts.channel asc
+            )
+            as channel_no,
+        count(*) over (partition by channel_counts.customer_id) as n_channels
     from channel_counts
 ),
 
@@ -111,7 +121,7 @@ main_channels as (
 tier_ranked as (
     select
         customer_id,
-        row_number() over (order by margin_365 desc, spend_365 desc, customer_id) as tier_rank,
+        row_number() over (order by margin_365 desc, spend_365 desc, customer_id asc) as tier_rank,
         count(*) over () as tier_base
     from purchase_history
     where orders_365 > 0
@@ -135,7 +145,8 @@ complaint_steps as (
         customer_id,
         opened_at,
         severity,
-        case when first_response_at < {{ as_of_end }} then first_response_at end as first_response_at,
+        case when first_response_at < {{ as_of_end }} then first_response_at end
+            as first_response_at,
         case when closed_at < {{ as_of_end }} then closed_at end as closed_at
     from complaint_versions
 ),
@@ -173,11 +184,13 @@ survey_stats as (
         customer_id,
         max(case when survey_type = 'csat' and recent_no = 1 then score end) as last_csat,
         max(case when survey_type = 'csat' and recent_no = 1
-            then {{ as_of_date }} - response_date end) as days_since_csat,
+                then {{ as_of_date }} - response_date
+        end) as days_since_csat,
         avg(case when survey_type = 'csat' then score end) as csat_avg_365,
         max(case when survey_type = 'nps' and recent_no = 1 then score end) as last_nps,
         max(case when survey_type = 'nps' and recent_no = 1
-            then {{ as_of_date }} - response_date end) as days_since_nps
+                then {{ as_of_date }} - response_date
+        end) as days_since_nps
     from ranked_surveys
     group by customer_id
 ),
@@ -195,11 +208,16 @@ loyalty_stats as (
     select
         customer_id,
         sum(case when kind = 'earn' and occurred_at >= {{ as_of_end }} - 90 * interval '1 day'
-            then points else 0 end) as points_earned_90,
+                then points
+            else 0
+        end) as points_earned_90,
         sum(case when kind = 'redeem' and occurred_at >= {{ as_of_end }} - 90 * interval '1 day'
-            then points else 0 end) as points_redeemed_90,
+                then points
+            else 0
+        end) as points_redeemed_90,
         {{ as_of_date }} - max(case when kind in ('earn', 'redeem')
-            then cast(occurred_at as date) end) as days_since_loyalty_activity
+                then cast(occurred_at as date)
+        end) as days_since_loyalty_activity
     from loyalty_versions
     group by customer_id
 ),
@@ -221,7 +239,9 @@ final as (
         cast({{ as_of_date }} - cast(customer_versions.created_at as date) as double precision)
             as account_age_days,
         cast(case when active.purchase_days > 1
-            then 1.0 * (active.last_order_date - active.first_order_date) / (active.purchase_days - 1)
+                then 1.0
+                    * (active.last_order_date - active.first_order_date)
+                    / (active.purchase_days - 1)
         end as double precision) as usual_gap_days,
         cast(active.orders_total as double precision) as orders_total,
         cast(active.orders_30 as double precision) as orders_30,
@@ -241,7 +261,8 @@ final as (
         cast(coalesce(complaint_stats.high_severity_complaints_365, 0) as double precision)
             as high_severity_complaints_365,
         cast(coalesce(complaint_stats.open_complaints, 0) as double precision) as open_complaints,
-        cast(complaint_stats.complaint_response_hours as double precision) as complaint_response_hours,
+        cast(complaint_stats.complaint_response_hours as double precision)
+            as complaint_response_hours,
         cast(complaint_stats.complaint_resolution_hours as double precision)
             as complaint_resolution_hours,
         cast(survey_stats.last_csat as double precision) as last_csat,
@@ -256,7 +277,8 @@ final as (
         cast(case when customer_versions.loyalty_member then 1 else 0 end as double precision)
             as loyalty_member,
         cast(coalesce(loyalty_stats.points_earned_90, 0) as double precision) as points_earned_90,
-        cast(coalesce(loyalty_stats.points_redeemed_90, 0) as double precision) as points_redeemed_90,
+        cast(coalesce(loyalty_stats.points_redeemed_90, 0) as double precision)
+            as points_redeemed_90,
         cast(loyalty_stats.days_since_loyalty_activity as double precision)
             as days_since_loyalty_activity,
         cast(coalesce(interaction_stats.inbound_contacts_90, 0) as double precision)

@@ -2,9 +2,9 @@
 with order_versions as (
     select * from staging.stg_orders
     where valid_from < {{ label_end }}
-      and valid_to >= {{ label_end }}
-      and ordered_at >= {{ as_of_end }}
-      and ordered_at < {{ label_end }}
+        and valid_to >= {{ label_end }}
+        and ordered_at >= {{ as_of_end }}
+        and ordered_at < {{ label_end }}
 ),
 
 final as (

@@ -6,7 +6,9 @@ with purchase_days as (
 numbered as (
     select
         purchase_days.*,
-        row_number() over (partition by customer_id order by order_date) as day_no
+        row_number()
+            over (partition by purchase_days.customer_id order by purchase_days.order_date)
+            as day_no
     from purchase_days
 ),
 

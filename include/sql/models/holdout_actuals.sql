@@ -2,7 +2,7 @@
 with orders as (
     select * from model_orders
     where order_date > {{ holdout_from }}
-      and order_date <= {{ as_of_date }}
+        and order_date <= {{ as_of_date }}
 ),
 
 final as (

@@ -1,7 +1,10 @@
 -- grain: one row per stored version of a source marketing spend line (spend_date, channel, objective), typed; versions of rows held in quarantine are left out
 with source as (
     select * from raw.marketing_spend
-    where _row_hash not in (select row_hash from quarantine.held_rows where table_name = 'marketing_spend')
+    where _row_hash not in (
+            select held_rows.row_hash from quarantine.held_rows
+            where held_rows.table_name = 'marketing_spend'
+        )
 ),
 
 final as (
