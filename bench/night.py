@@ -45,11 +45,24 @@ def _counter(kill_at: int) -> Callable[..., None]:
     return before_cursor_execute
 
 
-def night(source_url: str, warehouse_url: str, day: dt.date, run_id: str, data_dir: Path,
-          marks: bool = False, only: str = "", models_config: dict | None = None) -> None:
-    run = stages.Run(day=day, run_id=run_id,
-                     started=dt.datetime.combine(day + dt.timedelta(days=1), dt.time(2)),
-                     warehouse_url=warehouse_url, source_url=source_url, data_dir=data_dir)
+def night(
+    source_url: str,
+    warehouse_url: str,
+    day: dt.date,
+    run_id: str,
+    data_dir: Path,
+    marks: bool = False,
+    only: str = "",
+    models_config: dict | None = None,
+) -> None:
+    run = stages.Run(
+        day=day,
+        run_id=run_id,
+        started=dt.datetime.combine(day + dt.timedelta(days=1), dt.time(2)),
+        warehouse_url=warehouse_url,
+        source_url=source_url,
+        data_dir=data_dir,
+    )
 
     def step(name: str, fn: Callable[[], object]) -> object:
         if marks:
@@ -80,8 +93,10 @@ def night(source_url: str, warehouse_url: str, day: dt.date, run_id: str, data_d
     step("models", models)
     step("dim_customer", lambda: stages.build_marts(run, "dim_customer"))
     step("evaluate", lambda: stages.evaluate(run, first_day))
-    step("alerts", lambda: (stages.prepare_alerts(run, "managers@example.com"),
-                            stages.send_alerts(run, None)))
+    step(
+        "alerts",
+        lambda: (stages.prepare_alerts(run, "managers@example.com"), stages.send_alerts(run, None)),
+    )
 
 
 def main() -> None:
@@ -92,18 +107,37 @@ def main() -> None:
     parser.add_argument("--kill-at", type=int, default=0)
     parser.add_argument("--run-id", default="bench")
     parser.add_argument("--marks", action="store_true")
-    parser.add_argument("--only", choices=["models"], default="",
-                        help="run this stage alone (on a warehouse built up to it)")
-    parser.add_argument("--models-config", type=json.loads, default=None,
-                        help="JSON merged over include/config/models.yaml for this run")
+    parser.add_argument(
+        "--only",
+        choices=["models"],
+        default="",
+        help="run this stage alone (on a warehouse built up to it)",
+    )
+    parser.add_argument(
+        "--models-config",
+        type=json.loads,
+        default=None,
+        help="JSON merged over include/config/models.yaml for this run",
+    )
     args = parser.parse_args()
     event.listen(sa.engine.Engine, "before_cursor_execute", _counter(args.kill_at))
     if args.marks:  # the benchmark keeps the pipeline's own log lines beside the marks
-        logging.basicConfig(stream=sys.stdout, level=logging.WARNING,
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.basicConfig(
+            stream=sys.stdout,
+            level=logging.WARNING,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
         logging.getLogger("crm_pipeline").setLevel(logging.INFO)
-    night(args.source, args.warehouse, args.day, args.run_id, Path(tempfile.mkdtemp()),
-          marks=args.marks, only=args.only, models_config=args.models_config)
+    night(
+        args.source,
+        args.warehouse,
+        args.day,
+        args.run_id,
+        Path(tempfile.mkdtemp()),
+        marks=args.marks,
+        only=args.only,
+        models_config=args.models_config,
+    )
     print(f"statements: {_count}")
 
 

@@ -61,14 +61,16 @@ class Measured:
     failed: str = ""  # the output's tail when the command failed
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
-            log: Path | None = None) -> Measured:
+def measure(
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT, log: Path | None = None
+) -> Measured:
     """Run a command, sampling the RSS of its whole process tree; read stage marks. Its
     output goes to `log` as it comes (`tail -f` it to follow a long run)."""
     samples: list[tuple[float, float]] = []
     started = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=cwd)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+    )
     done = threading.Event()
 
     def sample() -> None:
@@ -107,8 +109,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
     out = Measured(seconds=time.time() - started, output="".join(lines))
     if proc.returncode != 0:
         out.failed = "".join(lines[-40:])
-        print(f"bench: {' '.join(cmd[:4])} failed ({proc.returncode}):\n{out.failed}",
-              flush=True)
+        print(f"bench: {' '.join(cmd[:4])} failed ({proc.returncode}):\n{out.failed}", flush=True)
         if not marks:
             raise SystemExit(1)
     out.peak_mb = max((mb for _, mb in samples), default=0.0)
@@ -116,7 +117,9 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
         end = m.get("end", out.seconds + started)
         window = [mb for t, mb in samples if m["start"] <= t <= end + 0.1]
         out.stages[name if "end" in m else f"{name} FAILED"] = (
-            end - m["start"], max(window, default=0.0))
+            end - m["start"],
+            max(window, default=0.0),
+        )
     return out
 
 
@@ -125,30 +128,58 @@ def python(*args: str) -> list[str]:
 
 
 def generate(source: Path, customers: int, end: dt.date) -> Measured:
-    code = ("import datetime as dt, sys; from crm_pipeline import demo; "
-            f"demo.generate({f'sqlite:///{source}'!r}, customers={customers}, days=730, "
-            f"seed=42, end_date=dt.date.fromisoformat({end.isoformat()!r}))")
+    code = (
+        "import datetime as dt, sys; from crm_pipeline import demo; "
+        f"demo.generate({f'sqlite:///{source}'!r}, customers={customers}, days=730, "
+        f"seed=42, end_date=dt.date.fromisoformat({end.isoformat()!r}))"
+    )
     return measure(python("-c", code))
 
 
 def advance(source: Path, day: dt.date) -> Measured:
-    code = ("import datetime as dt; from crm_pipeline import demo; "
-            f"print(demo.advance({f'sqlite:///{source}'!r}, dt.date.fromisoformat({day.isoformat()!r})))")
+    code = (
+        "import datetime as dt; from crm_pipeline import demo; "
+        f"print(demo.advance({f'sqlite:///{source}'!r}, dt.date.fromisoformat({day.isoformat()!r})))"
+    )
     return measure(python("-c", code))
 
 
 def night(source: Path, warehouse: str, day: dt.date, run_id: str) -> Measured:
-    return measure(python("-m", "bench.night", f"sqlite:///{source}", warehouse, day.isoformat(),
-                          "--marks", "--run-id", run_id), log=source.parent / f"{run_id}.log")
+    return measure(
+        python(
+            "-m",
+            "bench.night",
+            f"sqlite:///{source}",
+            warehouse,
+            day.isoformat(),
+            "--marks",
+            "--run-id",
+            run_id,
+        ),
+        log=source.parent / f"{run_id}.log",
+    )
 
 
 def training_night(source: Path, warehouse: str, day: dt.date) -> Measured:
     """The models stage of `day` again, as on the night that trains the week's churn model
     (once a week; `train_every_days: 1` makes this run train at the day itself)."""
-    return measure(python("-m", "bench.night", f"sqlite:///{source}", warehouse, day.isoformat(),
-                          "--marks", "--run-id", "bench-train", "--only", "models",
-                          "--models-config", json.dumps({"churn": {"train_every_days": 1}})),
-                   log=source.parent / "bench-train.log")
+    return measure(
+        python(
+            "-m",
+            "bench.night",
+            f"sqlite:///{source}",
+            warehouse,
+            day.isoformat(),
+            "--marks",
+            "--run-id",
+            "bench-train",
+            "--only",
+            "models",
+            "--models-config",
+            json.dumps({"churn": {"train_every_days": 1}}),
+        ),
+        log=source.parent / "bench-train.log",
+    )
 
 
 def airflow_night(source: Path, warehouse: str, day: dt.date, work: Path) -> Measured:
@@ -167,15 +198,31 @@ def airflow_night(source: Path, warehouse: str, day: dt.date, work: Path) -> Mea
     env.pop("AIRFLOW_CONN_SMTP_DEFAULT", None)  # no mail: the email waits in the outbox
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([airflow, "pools", "set", "crm_warehouse", "1", "bench"], env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [airflow, "pools", "set", "crm_warehouse", "1", "bench"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     measured = measure([airflow, "dags", "test", "crm_nightly", day.isoformat()], env=env)
-    run_id = next(line.split("run_id=")[1].split(",")[0] for line in measured.output.splitlines()
-                  if "DagRun Finished: dag_id=crm_nightly" in line)
-    states = subprocess.run([airflow, "tasks", "states-for-dag-run", "crm_nightly", run_id,
-                             "-o", "json"], env=env, check=True, capture_output=True, text=True)
-    verdict = subprocess.run(python(str(ROOT / "scripts" / "task_report.py"), run_id),
-                             input=states.stdout, capture_output=True, text=True)
+    run_id = next(
+        line.split("run_id=")[1].split(",")[0]
+        for line in measured.output.splitlines()
+        if "DagRun Finished: dag_id=crm_nightly" in line
+    )
+    states = subprocess.run(
+        [airflow, "tasks", "states-for-dag-run", "crm_nightly", run_id, "-o", "json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    verdict = subprocess.run(
+        python(str(ROOT / "scripts" / "task_report.py"), run_id),
+        input=states.stdout,
+        capture_output=True,
+        text=True,
+    )
     if verdict.returncode != 0:
         raise SystemExit(f"bench: the Airflow night was not a good night:\n{verdict.stderr}")
     return measured
@@ -183,7 +230,7 @@ def airflow_night(source: Path, warehouse: str, day: dt.date, work: Path) -> Mea
 
 def _airflow_uri(url: str) -> str:
     if url.startswith("duckdb:///"):
-        return "duckdb:///" + url[len("duckdb:///"):]
+        return "duckdb:///" + url[len("duckdb:///") :]
     return url.replace("postgresql+psycopg2://", "postgresql://")
 
 
@@ -192,8 +239,10 @@ def floor(warehouse: str) -> float:
     from crm_pipeline.warehouse import Warehouse
 
     wh = Warehouse(warehouse)
-    sql = ("select count(*) from (select customer_id, count(*), sum(net_amount) "
-           "from staging.stg_orders group by customer_id) per_customer")
+    sql = (
+        "select count(*) from (select customer_id, count(*), sum(net_amount) "
+        "from staging.stg_orders group by customer_id) per_customer"
+    )
     with wh.begin() as conn:
         started = time.perf_counter()
         conn.exec_driver_sql(sql).scalar_one()
@@ -204,8 +253,18 @@ def yardstick(source: Path, day: dt.date) -> dict:
     py = YARDSTICK_VENV / "bin" / "python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(YARDSTICK_VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "-r",
-                        str(ROOT / "bench" / "yardstick-requirements.txt")], check=True)
+        subprocess.run(
+            [
+                str(py),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "-r",
+                str(ROOT / "bench" / "yardstick-requirements.txt"),
+            ],
+            check=True,
+        )
     m = measure([str(py), str(ROOT / "bench" / "yardstick.py"), str(source), day.isoformat()])
     result = json.loads(m.output.strip().splitlines()[-1])
     result["peak_mb"] = m.peak_mb
@@ -220,7 +279,8 @@ def model_fits(warehouse: str, day: dt.date) -> dict[str, float]:
     with wh.begin() as conn:
         rows = conn.exec_driver_sql(
             "select model, fit_seconds, n_customers from ops.model_runs "
-            f"where as_of_date = date '{day:%Y-%m-%d}' order by recorded_at").fetchall()
+            f"where as_of_date = date '{day:%Y-%m-%d}' order by recorded_at"
+        ).fetchall()
     return {m: (float(s), int(n)) for m, s, n in rows}
 
 
@@ -234,12 +294,16 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=100_000, help="customers")
     parser.add_argument("--warehouse", default=None, help="SQLAlchemy URL (default DuckDB file)")
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--quick", action="store_true",
-                        help="no Airflow night, no yardstick (the CI smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="no Airflow night, no yardstick (the CI smoke run)"
+    )
     parser.add_argument("--write", action="store_true", help="record into docs/performance.md")
-    parser.add_argument("--source-cache", default=None,
-                        help="keep the generated source here and copy it on the next run of "
-                             "the same scale and day (saves minutes at 1 M; not timed)")
+    parser.add_argument(
+        "--source-cache",
+        default=None,
+        help="keep the generated source here and copy it on the next run of "
+        "the same scale and day (saves minutes at 1 M; not timed)",
+    )
     args = parser.parse_args()
     work = Path(args.workdir or ROOT / "data" / f"bench-{args.scale}")
     if work.exists():
@@ -254,20 +318,30 @@ def main() -> None:
         first_day -= dt.timedelta(days=1)  # with the churn model the first build trained
     next_day, airflow_day = (first_day + dt.timedelta(days=n) for n in (1, 2))
     source = work / "source.db"
-    print(f"bench: {args.scale:,} customers, warehouse {warehouse.split('@')[-1]}, in {work}",
-          flush=True)
+    print(
+        f"bench: {args.scale:,} customers, warehouse {warehouse.split('@')[-1]}, in {work}",
+        flush=True,
+    )
 
     rows: list[tuple[str, str, str]] = [("what", "seconds", "peak MB")]
-    cached = (Path(args.source_cache) / f"source-{args.scale}-{first_day}.db"
-              if args.source_cache else None)
+    cached = (
+        Path(args.source_cache) / f"source-{args.scale}-{first_day}.db"
+        if args.source_cache
+        else None
+    )
     if cached is not None and cached.exists():
         print(f"bench: source copied from {cached}", flush=True)
         shutil.copyfile(cached, source)
         rows.append((f"generate the demo ({args.scale:,} customers, 730 days)", "cached", ""))
     else:
         gen = generate(source, args.scale, first_day)
-        rows.append((f"generate the demo ({args.scale:,} customers, 730 days)",
-                     f"{gen.seconds:.1f}", f"{gen.peak_mb:,.0f}"))
+        rows.append(
+            (
+                f"generate the demo ({args.scale:,} customers, 730 days)",
+                f"{gen.seconds:.1f}",
+                f"{gen.peak_mb:,.0f}",
+            )
+        )
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, cached)
@@ -290,18 +364,29 @@ def main() -> None:
     fits = model_fits(warehouse, next_day)
     for model in ("bgnbd", "gamma_gamma"):
         if model in fits:
-            rows.append((f"night: {model} fit ({fits[model][1]:,} customers)",
-                         f"{fits[model][0]:.3f}", ""))
+            rows.append(
+                (f"night: {model} fit ({fits[model][1]:,} customers)", f"{fits[model][0]:.3f}", "")
+            )
     if not args.quick:
         advance(source, airflow_day)
         af = airflow_night(source, warehouse, airflow_day, work)
-        rows.append(("**night through `airflow dags test`**", f"**{af.seconds:.1f}**",
-                     f"**{af.peak_mb:,.0f}**"))
+        rows.append(
+            (
+                "**night through `airflow dags test`**",
+                f"**{af.seconds:.1f}**",
+                f"**{af.peak_mb:,.0f}**",
+            )
+        )
     # the night above scored with the week's churn model, trained by the first build (same
     # week); once a week a night trains it: that night's models stage, measured apart
     trains = training_night(source, warehouse, next_day)
-    rows.append(("night that trains the week's churn model: models",
-                 f"{trains.stages['models'][0]:.1f}", f"{trains.stages['models'][1]:,.0f}"))
+    rows.append(
+        (
+            "night that trains the week's churn model: models",
+            f"{trains.stages['models'][0]:.1f}",
+            f"{trains.stages['models'][1]:,.0f}",
+        )
+    )
     fl = floor(warehouse)
     rows.append(("floor: one pass over all orders (count, sum per customer)", f"{fl:.2f}", ""))
     compute = nightly.stages["snapshots"][0] + nightly.stages["models"][0]
@@ -309,25 +394,47 @@ def main() -> None:
     if not args.quick:
         ys = yardstick(source, next_day)
         rows.append(("yardstick: pandas load", f"{ys['load_seconds']:.1f}", ""))
-        rows.append(("yardstick: pandas RFM, tiers, KPIs of the day",
-                     f"{ys['rfm_tiers_kpis_seconds']:.1f}", ""))
-        rows.append(("yardstick: lifetimes summary + BG/NBD + Gamma-Gamma",
-                     f"{ys['lifetimes_summary_seconds'] + ys['lifetimes_fit_seconds']:.1f}", ""))
-        rows.append(("**yardstick, total**", f"**{ys['total_seconds']:.1f}**",
-                     f"**{ys['peak_mb']:,.0f}**"))
+        rows.append(
+            (
+                "yardstick: pandas RFM, tiers, KPIs of the day",
+                f"{ys['rfm_tiers_kpis_seconds']:.1f}",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "yardstick: lifetimes summary + BG/NBD + Gamma-Gamma",
+                f"{ys['lifetimes_summary_seconds'] + ys['lifetimes_fit_seconds']:.1f}",
+                "",
+            )
+        )
+        rows.append(
+            ("**yardstick, total**", f"**{ys['total_seconds']:.1f}**", f"**{ys['peak_mb']:,.0f}**")
+        )
         fit = sum(fits.get(m, (0.0, 0))[0] for m in ("bgnbd", "gamma_gamma"))
-        rows.append(("yardstick lifetimes fit / pipeline fit",
-                     f"{ys['lifetimes_fit_seconds'] / max(fit, 1e-3):.0f}x", ""))
-        rows.append(("yardstick total / pipeline night snapshots + models",
-                     f"{ys['total_seconds'] / compute:.1f}x", ""))
+        rows.append(
+            (
+                "yardstick lifetimes fit / pipeline fit",
+                f"{ys['lifetimes_fit_seconds'] / max(fit, 1e-3):.0f}x",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "yardstick total / pipeline night snapshots + models",
+                f"{ys['total_seconds'] / compute:.1f}x",
+                "",
+            )
+        )
     text = table(rows)
     print("\n" + text)
     if args.write:
         _record(args.scale, counts, warehouse, text)
 
 
-def _stop(args: argparse.Namespace, counts: int, warehouse: str,
-          rows: list[tuple[str, str, str]]) -> None:
+def _stop(
+    args: argparse.Namespace, counts: int, warehouse: str, rows: list[tuple[str, str, str]]
+) -> None:
     """A night failed: the figures measured so far are printed (and recorded), then exit 1."""
     text = table(rows)
     print("\n" + text + "\n\nbench: stopped, a night failed (its log is in the work directory)")
@@ -359,14 +466,17 @@ def _fresh_pg(url: str) -> None:
 
 
 def _record(scale: int, source_rows: int, warehouse: str, text: str) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     engine = "PostgreSQL" if "postgresql" in warehouse else "DuckDB"
     memory = psutil.virtual_memory().total / 2**30
-    head = (f"## {scale:,} customers, {engine} warehouse\n\n"
-            f"{dt.date.today()}, commit {commit}, {os.cpu_count()} cores, {memory:.0f} GiB, "
-            f"{platform.python_version()}; source {source_rows:,} rows.\n\n"
-            "| what | seconds | peak MB |\n|---|---:|---:|\n")
+    head = (
+        f"## {scale:,} customers, {engine} warehouse\n\n"
+        f"{dt.date.today()}, commit {commit}, {os.cpu_count()} cores, {memory:.0f} GiB, "
+        f"{platform.python_version()}; source {source_rows:,} rows.\n\n"
+        "| what | seconds | peak MB |\n|---|---:|---:|\n"
+    )
     section = head + text.split("\n", 1)[1] + "\n"
     doc = ROOT / "docs" / "performance.md"
     current = doc.read_text() if doc.exists() else "# Performance\n\n"
@@ -374,7 +484,7 @@ def _record(scale: int, source_rows: int, warehouse: str, text: str) -> None:
     if marker in current:
         start = current.index(marker)
         end = current.find("\n## ", start + 1)
-        current = current[:start] + section + ("" if end < 0 else "\n" + current[end + 1:])
+        current = current[:start] + section + ("" if end < 0 else "\n" + current[end + 1 :])
     else:
         current = current.rstrip("\n") + "\n\n" + section
     doc.write_text(current)

@@ -26,17 +26,22 @@ def main() -> None:
     t = time.perf_counter()
     with sqlite3.connect(path) as conn:
         orders = pd.read_sql(
-            "select customer_id, ordered_at, status, net_amount, cost_amount from orders", conn,
-            parse_dates=["ordered_at"])
+            "select customer_id, ordered_at, status, net_amount, cost_amount from orders",
+            conn,
+            parse_dates=["ordered_at"],
+        )
     out["load_seconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    orders = orders[(orders["status"] == "completed") & (orders["ordered_at"] < day + pd.Timedelta(days=1))]
+    orders = orders[
+        (orders["status"] == "completed") & (orders["ordered_at"] < day + pd.Timedelta(days=1))
+    ]
     orders["date"] = orders["ordered_at"].dt.normalize()
     orders["margin"] = orders["net_amount"] - orders["cost_amount"]
     year = orders[orders["date"] > day - pd.Timedelta(days=365)]
-    rfm = year.groupby("customer_id").agg(last=("date", "max"), frequency=("date", "size"),
-                                          monetary=("net_amount", "sum"))
+    rfm = year.groupby("customer_id").agg(
+        last=("date", "max"), frequency=("date", "size"), monetary=("net_amount", "sum")
+    )
     rfm["recency"] = (day - rfm["last"]).dt.days
     for col, asc in (("recency", False), ("frequency", True), ("monetary", True)):
         rank = rfm[col].rank(method="min", ascending=asc)
@@ -46,8 +51,9 @@ def main() -> None:
     rfm.loc[(rfm.r_score <= 2) & (rfm.f_score >= 3), "segment"] = "At risk"
     tiers = year.groupby("customer_id")["margin"].sum().sort_values(ascending=False).to_frame()
     share = (pd.RangeIndex(len(tiers)) * 100) / len(tiers)
-    tiers["tier"] = pd.cut(share, [-1, 1, 5, 20, 101], right=False,
-                           labels=["vip", "key", "regular", "small"]).astype(str)
+    tiers["tier"] = pd.cut(
+        share, [-1, 1, 5, 20, 101], right=False, labels=["vip", "key", "regular", "small"]
+    ).astype(str)
     first = orders.groupby("customer_id")["date"].min()
     active = set(orders.loc[orders["date"] > day - pd.Timedelta(days=90), "customer_id"])
     then = day - pd.Timedelta(days=30)
@@ -65,11 +71,18 @@ def main() -> None:
 
     t = time.perf_counter()
     summary = summary_data_from_transaction_data(
-        orders, "customer_id", "date", monetary_value_col="net_amount",
-        observation_period_end=day, freq="D")
+        orders,
+        "customer_id",
+        "date",
+        monetary_value_col="net_amount",
+        observation_period_end=day,
+        freq="D",
+    )
     out["lifetimes_summary_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
-    bg = BetaGeoFitter(penalizer_coef=0.0).fit(summary["frequency"], summary["recency"], summary["T"])
+    bg = BetaGeoFitter(penalizer_coef=0.0).fit(
+        summary["frequency"], summary["recency"], summary["T"]
+    )
     repeat = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
     gg = GammaGammaFitter(penalizer_coef=0.0).fit(repeat["frequency"], repeat["monetary_value"])
     out["lifetimes_fit_seconds"] = time.perf_counter() - t

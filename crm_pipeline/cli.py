@@ -40,8 +40,10 @@ def prepare_demo(day: dt.date, customers: int, days: int, seed: int) -> None:
 
     today = dt.datetime.now(dt.UTC).date()
     if day >= today:
-        sys.exit(f"demo: {day} has not ended yet (UTC): the demo would write rows in the future; "
-                 f"the latest complete day is {today - dt.timedelta(days=1)}")
+        sys.exit(
+            f"demo: {day} has not ended yet (UTC): the demo would write rows in the future; "
+            f"the latest complete day is {today - dt.timedelta(days=1)}"
+        )
     url = env_url("AIRFLOW_CONN_CRM_SOURCE")
     has_source = sa.inspect(sa.create_engine(url)).has_table("demo_meta")
     if not has_source:
@@ -56,13 +58,25 @@ def prepare_demo(day: dt.date, customers: int, days: int, seed: int) -> None:
     while last < day:
         last += dt.timedelta(days=1)
         counts = demo.advance(url, last)
-        print(f"demo: advanced to {last}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items() if n))
+        print(
+            f"demo: advanced to {last}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items() if n)
+        )
 
 
 HEADLINE_KPIS = (
-    "active_customers", "new_customers", "reactivated_customers", "churn_rate", "retention_rate",
-    "completed_orders", "net_revenue", "repeat_purchase_rate",
-    "aov", "csat", "nps", "complaint_sla_rate", "cac",
+    "active_customers",
+    "new_customers",
+    "reactivated_customers",
+    "churn_rate",
+    "retention_rate",
+    "completed_orders",
+    "net_revenue",
+    "repeat_purchase_rate",
+    "aov",
+    "csat",
+    "nps",
+    "complaint_sla_rate",
+    "cac",
 )
 
 
@@ -98,31 +112,49 @@ def summary(day: dt.date) -> None:
             return [tuple(r) for r in conn.exec_driver_sql(wh.render(sql, {"as_of_date": day}))]
 
         if "customer_rfm" in existing:
-            rows = query("select segment, count(*) from marts.customer_rfm "
-                         "where as_of_date = {{ as_of_date }} group by segment order by 2 desc")
+            rows = query(
+                "select segment, count(*) from marts.customer_rfm "
+                "where as_of_date = {{ as_of_date }} group by segment order by 2 desc"
+            )
             print(f"\nRFM segments on {day}: " + ", ".join(f"{s} {n:,}" for s, n in rows))
         if "customer_value_tier" in existing:
-            rows = query("select tier, count(*), sum(margin_12m) from marts.customer_value_tier "
-                         "where as_of_date = {{ as_of_date }} group by tier order by 3 desc")
-            print("Value tiers (customers, 12-month margin): " + ", ".join(
-                f"{t} {n:,} ({float(m):,.0f})" for t, n, m in rows))
+            rows = query(
+                "select tier, count(*), sum(margin_12m) from marts.customer_value_tier "
+                "where as_of_date = {{ as_of_date }} group by tier order by 3 desc"
+            )
+            print(
+                "Value tiers (customers, 12-month margin): "
+                + ", ".join(f"{t} {n:,} ({float(m):,.0f})" for t, n, m in rows)
+            )
         if "kpi_daily" in existing:
-            rows = dict(query("select kpi, value from marts.kpi_daily where as_of_date = "
-                              "{{ as_of_date }} and dimension = 'all'"))
+            rows = dict(
+                query(
+                    "select kpi, value from marts.kpi_daily where as_of_date = "
+                    "{{ as_of_date }} and dimension = 'all'"
+                )
+            )
             days = query("select count(distinct as_of_date) from marts.kpi_daily")[0][0]
             print(f"Headline KPIs on {day} ({days} days of history in marts.kpi_daily):")
             for kpi in HEADLINE_KPIS:
                 print(f"  {kpi:<24} {_fmt(kpi, rows.get(kpi))}")
         if "model_runs" in wh.tables(conn, "ops"):
-            rows = query("select model, status, message from ops.model_runs where as_of_date = "
-                         "{{ as_of_date }} order by recorded_at desc, model")
+            rows = query(
+                "select model, status, message from ops.model_runs where as_of_date = "
+                "{{ as_of_date }} order by recorded_at desc, model"
+            )
             latest = {model: (status, message) for model, status, message in reversed(rows)}
-            print("Models (ops.model_runs): " + "; ".join(
-                f"{m} {s}" + (f" ({msg[:80]})" if s not in ("published",) and msg else "")
-                for m, (s, msg) in sorted(latest.items())))
+            print(
+                "Models (ops.model_runs): "
+                + "; ".join(
+                    f"{m} {s}" + (f" ({msg[:80]})" if s not in ("published",) and msg else "")
+                    for m, (s, msg) in sorted(latest.items())
+                )
+            )
         if "kpi_evaluation" in existing:
-            rows = query("select status, count(*) from marts.kpi_evaluation where as_of_date = "
-                         "{{ as_of_date }} group by status order by status")
+            rows = query(
+                "select status, count(*) from marts.kpi_evaluation where as_of_date = "
+                "{{ as_of_date }} group by status order by status"
+            )
             print("KPI evaluation: " + ", ".join(f"{s} {n:,}" for s, n in rows))
         print(alert_email_line(wh, conn, day))
 
@@ -136,19 +168,28 @@ def alert_email_line(wh: Warehouse, conn, day: dt.date) -> str:
     def one(sql: str):
         return conn.exec_driver_sql(wh.render(sql, {"d": day})).fetchone()
 
-    mail = one("select subject, state from ops.alert_outbox where as_of_date = {{ d }} "
-               "order by message_id") if "alert_outbox" in ops else None
+    mail = (
+        one(
+            "select subject, state from ops.alert_outbox where as_of_date = {{ d }} "
+            "order by message_id"
+        )
+        if "alert_outbox" in ops
+        else None
+    )
     if mail is not None:
         return f"Alert email for {day} ({mail[1]} in ops.alert_outbox): {mail[0]}"
     later = one("select max(as_of_date) from ops.alert_runs where as_of_date > {{ d }}")[0]
     if later is not None:
-        return (f"Alert email for {day}: none: {later} was already alerted, and alert state "
-                "moves forward only, so a run for an earlier day (a backfill) sends nothing.")
+        return (
+            f"Alert email for {day}: none: {later} was already alerted, and alert state "
+            "moves forward only, so a run for an earlier day (a backfill) sends nothing."
+        )
     ran = one("select count(*) from ops.alert_runs where as_of_date = {{ d }}")[0]
     if not ran:
         return f"Alert email for {day}: none: the alert step has not run for this day."
-    return (f"Alert email for {day}: none: nothing new, worse, escalated, due a reminder or "
-            "resolved.")
+    return (
+        f"Alert email for {day}: none: nothing new, worse, escalated, due a reminder or resolved."
+    )
 
 
 def _fmt(kpi: str, value: float | None) -> str:
@@ -169,8 +210,9 @@ def release(day: dt.date, table: str | None, rule: str | None) -> None:
 
     wh = Warehouse(env_url("AIRFLOW_CONN_CRM_WAREHOUSE"), lock_wait_seconds=60)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    released = release_quarantine(wh, day, f"manual_release__{now:%Y%m%dT%H%M%S}", now,
-                                  table=table, rule=rule)
+    released = release_quarantine(
+        wh, day, f"manual_release__{now:%Y%m%dT%H%M%S}", now, table=table, rule=rule
+    )
     print(f"released {released:,} quarantined row version(s); the next run's staging picks them up")
 
 

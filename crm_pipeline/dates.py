@@ -13,9 +13,7 @@ from __future__ import annotations
 import datetime as dt
 
 
-def covered_day(
-    logical_date: dt.datetime | None, run_after: dt.datetime | None = None
-) -> dt.date:
+def covered_day(logical_date: dt.datetime | None, run_after: dt.datetime | None = None) -> dt.date:
     if logical_date is not None:
         return naive_utc(logical_date).date()
     if run_after is None:

@@ -163,7 +163,9 @@ def _flagged(e: gxe.Expectation, cols: _Columns, params: Mapping[str, Any]) -> s
             f"select {names}, _batch_id from raw.{cols.table} where _batch_id in ({cols.batches})"
             f" group by {names}, _batch_id having count(*) > 1"
         )
-        return f"(exists (select 1 from ({duplicated}) d where {same} and d._batch_id = r._batch_id))"
+        return (
+            f"(exists (select 1 from ({duplicated}) d where {same} and d._batch_id = r._batch_id))"
+        )
     else:
         return "true"
     if out is None:

@@ -190,9 +190,7 @@ def _parsed(text: pd.Series, pattern: str, cast: str | None) -> np.ndarray:
         if cast == "double":
             value = f"case when {value} then try_cast(v as double) end"
         elif cast == "timestamp":  # DuckDB reads year 0 as 1 BC; the other engines refuse it
-            value = (
-                f"case when {value} and v not like '0000%' then try_cast(v as timestamp) end"
-            )
+            value = f"case when {value} and v not like '0000%' then try_cast(v as timestamp) end"
         out = con.execute(f"select {value} as x from _parse_input", [pattern]).fetchnumpy()["x"]
     finally:
         con.close()

@@ -86,8 +86,9 @@ def extract_table(
             _create_incoming(conn, wh, spec.columns)
             started = time.perf_counter()
             if source_arrow.supported(source_url):
-                rows_read = _load_arrow(conn, wh, source_url, src_table, pulled, spec.columns,
-                                        watermark)
+                rows_read = _load_arrow(
+                    conn, wh, source_url, src_table, pulled, spec.columns, watermark
+                )
             else:  # other dialects: rows through SQLAlchemy, canonicalised in Python
                 rows_read = 0
                 for frame in _read_chunks(source, src_table, pulled, watermark, chunk_rows):
@@ -95,14 +96,17 @@ def extract_table(
                     rows_read += wh.bulk_load(conn, "_incoming", frame)
                 if wh.dialect == "duckdb":
                     conn.exec_driver_sql(
-                        f"update _incoming set _row_hash = {_hash_sql(spec.columns)}")
+                        f"update _incoming set _row_hash = {_hash_sql(spec.columns)}"
+                    )
             read_seconds = time.perf_counter() - started
             ceiling = naive_utc(now).strftime(TS_FORMAT) if now is not None else None
             new_versions, high = _store_new_versions(conn, table, spec.columns, batch_id, ceiling)
             store_seconds = time.perf_counter() - started - read_seconds
             if before_commit is not None:
                 before_commit()
-            new_watermark = watermark if missing else max(filter(None, [watermark, high]), default=None)
+            new_watermark = (
+                watermark if missing else max(filter(None, [watermark, high]), default=None)
+            )
             if new_watermark is not None:
                 conn.exec_driver_sql(f"delete from ops.watermarks where table_name = '{table}'")
                 conn.execute(
@@ -110,10 +114,15 @@ def extract_table(
                     {"t": table, "w": new_watermark, "b": batch_id},
                 )
             stats = {
-                "batch_id": batch_id, "table_name": table, "run_id": run_id,
-                "as_of_date": as_of_date, "watermark_from": watermark,
-                "watermark_to": new_watermark, "rows_read": rows_read,
-                "new_versions": new_versions, "source_columns": ",".join(present),
+                "batch_id": batch_id,
+                "table_name": table,
+                "run_id": run_id,
+                "as_of_date": as_of_date,
+                "watermark_from": watermark,
+                "watermark_to": new_watermark,
+                "rows_read": rows_read,
+                "new_versions": new_versions,
+                "source_columns": ",".join(present),
                 "missing_columns": ",".join(missing),
             }
             conn.execute(
@@ -129,8 +138,14 @@ def extract_table(
         source.dispose()
     log.info(
         "extracted %s: %d rows read since %s (%.1f s), %d new versions (%.1f s), watermark now "
-        "%s%s", table, rows_read, watermark or "the beginning", read_seconds, new_versions,
-        store_seconds, stats["watermark_to"],
+        "%s%s",
+        table,
+        rows_read,
+        watermark or "the beginning",
+        read_seconds,
+        new_versions,
+        store_seconds,
+        stats["watermark_to"],
         f"; MISSING columns {stats['missing_columns']}" if missing else "",
     )
     return stats
@@ -167,19 +182,25 @@ def _create_incoming(conn: sa.Connection, wh: Warehouse, columns: Iterable[str])
 
 def _hash_sql(columns: Iterable[str]) -> str:
     """A version's identity: the md5 of all its columns, NULL spelled apart from any text."""
-    return "md5(concat_ws('|', " + ", ".join(
-        f"coalesce({c}, '{NULL_TOKEN}')" for c in columns
-    ) + "))"
+    return (
+        "md5(concat_ws('|', " + ", ".join(f"coalesce({c}, '{NULL_TOKEN}')" for c in columns) + "))"
+    )
 
 
 def _load_arrow(
-    conn: sa.Connection, wh: Warehouse, url: str, src_table: sa.Table, pulled: list[str],
-    columns: Iterable[str], watermark: str | None,
+    conn: sa.Connection,
+    wh: Warehouse,
+    url: str,
+    src_table: sa.Table,
+    pulled: list[str],
+    columns: Iterable[str],
+    watermark: str | None,
 ) -> int:
     """Stream the changed rows into `_incoming` as Arrow batches (crm_pipeline.source_arrow):
     into DuckDB directly, into PostgreSQL through a CSV file and COPY, in bounded memory."""
     select = ", ".join(
-        f"nullif({_q(c)}, '{NULL_TOKEN}') as {_q(c)}" if c in pulled
+        f"nullif({_q(c)}, '{NULL_TOKEN}') as {_q(c)}"
+        if c in pulled
         else f"cast(null as varchar) as {_q(c)}"
         for c in columns
     )
@@ -187,7 +208,8 @@ def _load_arrow(
         if wh.dialect == "duckdb":
             duck = conn.connection.driver_connection
             duck.from_arrow(batches).select(select).select(
-                f"*, {_hash_sql(columns)} as _row_hash").insert_into("_incoming")
+                f"*, {_hash_sql(columns)} as _row_hash"
+            ).insert_into("_incoming")
         else:
             import tempfile
 
@@ -199,14 +221,17 @@ def _load_arrow(
                 try:
                     mem.execute("set memory_limit = '512MB'")
                     mem.from_arrow(batches).select(select).write_csv(
-                        path, header=False, na_rep=NULL_TOKEN)
+                        path, header=False, na_rep=NULL_TOKEN
+                    )
                 finally:
                     mem.close()
                 cur = conn.connection.driver_connection.cursor()
                 with open(path, encoding="utf-8") as fh:
                     cur.copy_expert(
                         f"copy _incoming ({', '.join(columns)}) from stdin "
-                        f"with (format csv, null '{NULL_TOKEN}')", fh)
+                        f"with (format csv, null '{NULL_TOKEN}')",
+                        fh,
+                    )
     return conn.exec_driver_sql("select count(*) from _incoming").scalar_one()
 
 
@@ -215,7 +240,10 @@ def _q(name: str) -> str:
 
 
 def _read_chunks(
-    source: sa.Engine, src_table: sa.Table, columns: list[str], watermark: str | None,
+    source: sa.Engine,
+    src_table: sa.Table,
+    columns: list[str],
+    watermark: str | None,
     chunk_rows: int,
 ) -> Iterable[pd.DataFrame]:
     """Stream the source rows changed since the watermark, as canonical text.
@@ -236,10 +264,12 @@ def _read_chunks(
         result = conn.execute(stmt, params)
         while rows := result.fetchmany(chunk_rows):
             by_column = zip(*rows, strict=True)
-            yield pd.DataFrame({
-                name: canonical_text(pd.Series(values, dtype=object))
-                for name, values in zip(columns, by_column, strict=True)
-            })
+            yield pd.DataFrame(
+                {
+                    name: canonical_text(pd.Series(values, dtype=object))
+                    for name, values in zip(columns, by_column, strict=True)
+                }
+            )
 
 
 def canonical_text(column: pd.Series) -> pd.Series:
@@ -274,7 +304,10 @@ def _canon(value: Any) -> str:
 
 
 def _store_new_versions(
-    conn: sa.Connection, table: str, columns: tuple[str, ...], batch_id: int,
+    conn: sa.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    batch_id: int,
     ceiling: str | None = None,
 ) -> tuple[int, str | None]:
     """Append the versions not stored yet; return their count and the highest updated_at.

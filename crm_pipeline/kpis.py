@@ -40,8 +40,12 @@ from crm_pipeline.warehouse import Warehouse
 log = logging.getLogger(__name__)
 
 MIGRATION_DAYS = 30  # segment_migration, and the cohort of churn_rate and retention_rate
-SEGMENT_LOOKUP_TYPES = {"r_score": "integer", "f_score": "integer", "first_order_days": "integer",
-                        "segment": "varchar"}
+SEGMENT_LOOKUP_TYPES = {
+    "r_score": "integer",
+    "f_score": "integer",
+    "first_order_days": "integer",
+    "segment": "varchar",
+}
 # built once per build (the completed order versions of the whole range, and the first order
 # of each customer among those valid all through it), then per chunk of days, in this order,
 # as temporary tables the snapshot marts read
@@ -71,9 +75,15 @@ def segment_map(config: dict[str, Any]) -> pd.DataFrame:
                     raise ConfigError(
                         f"rfm.segments {rule['segment']}: first_order_within_days must be >= 1"
                     )
-                rows.append({"r_score": r, "f_score": f, "rule_no": rule_no,
-                             "segment": rule["segment"],
-                             "first_order_within_days": None if within is None else int(within)})
+                rows.append(
+                    {
+                        "r_score": r,
+                        "f_score": f,
+                        "rule_no": rule_no,
+                        "segment": rule["segment"],
+                        "first_order_within_days": None if within is None else int(within),
+                    }
+                )
                 if within is None:
                     unconditional = True
                     break
@@ -105,16 +115,28 @@ def segment_lookup(config: dict[str, Any]) -> pd.DataFrame:
             for rule in rules.itertuples():
                 within = rule.first_order_within_days
                 if pd.isna(within) or days < int(within):
-                    rows.append({"r_score": r, "f_score": f, "first_order_days": days,
-                                 "segment": rule.segment})
+                    rows.append(
+                        {
+                            "r_score": r,
+                            "f_score": f,
+                            "first_order_days": days,
+                            "segment": rule.segment,
+                        }
+                    )
                     break
     return pd.DataFrame(rows)
 
 
 def first_order_cap(config: dict[str, Any]) -> int:
     """The longest `first_order_within_days` of the segment rules (0 without any)."""
-    return max((int(rule["first_order_within_days"]) for rule in config["rfm"]["segments"]
-                if rule.get("first_order_within_days") is not None), default=0)
+    return max(
+        (
+            int(rule["first_order_within_days"])
+            for rule in config["rfm"]["segments"]
+            if rule.get("first_order_within_days") is not None
+        ),
+        default=0,
+    )
 
 
 def tier_params(config: dict[str, Any]) -> dict[str, int]:
@@ -122,7 +144,9 @@ def tier_params(config: dict[str, Any]) -> dict[str, int]:
     tiers = config["value_tiers"]
     names = [t["tier"] for t in tiers]
     if names != ["vip", "key", "regular", "small"]:
-        raise ConfigError(f"value_tiers must be vip, key, regular, small in that order, got {names}")
+        raise ConfigError(
+            f"value_tiers must be vip, key, regular, small in that order, got {names}"
+        )
     cumulative = list(accumulate(int(t["percent"]) for t in tiers))
     if cumulative[-1] != 100:
         raise ConfigError(f"value_tiers percents add up to {cumulative[-1]}, not 100")
@@ -154,7 +178,10 @@ def sql_params(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_snapshots(
-    wh: Warehouse, date_from: dt.date, date_to: dt.date, config: dict[str, Any] | None = None,
+    wh: Warehouse,
+    date_from: dt.date,
+    date_to: dt.date,
+    config: dict[str, Any] | None = None,
     chunk_days: int | None = None,
 ) -> dict[str, int]:
     """Rebuild the snapshot marts for every day in [date_from, date_to].
@@ -181,20 +208,26 @@ def build_snapshots(
             plan = [(lo, hi, SNAPSHOT_MARTS) for lo, hi in _chunks(date_from, date_to, chunk_days)]
             # the days 30 before the range that are not built yet get RFM and tiers first:
             # the positions segment_migration and the churn / retention cohorts start from
-            plan[:0] = [(lo, hi, SNAPSHOT_MARTS[:2])
-                        for lo, hi in _runs(_missing_positions(wh, conn, date_from, date_to),
-                                            chunk_days)]
+            plan[:0] = [
+                (lo, hi, SNAPSHOT_MARTS[:2])
+                for lo, hi in _runs(_missing_positions(wh, conn, date_from, date_to), chunk_days)
+            ]
         with conn.begin():  # what every chunk reads, built once (temporary: this connection)
             started = time.perf_counter()
             _drop_temps(conn)
-            wh.temp_table(conn, "rfm_segment_lookup", segment_lookup(config),
-                          SEGMENT_LOOKUP_TYPES)
+            wh.temp_table(conn, "rfm_segment_lookup", segment_lookup(config), SEGMENT_LOOKUP_TYPES)
             build = {"build_from": plan[0][0], "build_to": max(hi for _, hi, _ in plan)}
             for name in BUILD_INTERMEDIATE:
-                conn.exec_driver_sql(f"create temporary table {name} as "
-                                     + wh.render(wh.sql_file("intermediate", name), build))
-            log.info("snapshots: completed order versions and first orders of %s .. %s in %.1f s",
-                     plan[0][0], date_to, time.perf_counter() - started)
+                conn.exec_driver_sql(
+                    f"create temporary table {name} as "
+                    + wh.render(wh.sql_file("intermediate", name), build)
+                )
+            log.info(
+                "snapshots: completed order versions and first orders of %s .. %s in %.1f s",
+                plan[0][0],
+                date_to,
+                time.perf_counter() - started,
+            )
         for part, (lo, hi, marts) in enumerate(plan, 1):
             started = time.perf_counter()
             with conn.begin():
@@ -213,8 +246,15 @@ def build_snapshots(
                     )
                 for name in reversed(INTERMEDIATE):
                     conn.exec_driver_sql(f"drop {_kind(name)} {name}")
-            log.info("snapshots %s .. %s (%d of %d): %s in %.1f s", lo, hi, part, len(plan),
-                     ", ".join(marts), time.perf_counter() - started)
+            log.info(
+                "snapshots %s .. %s (%d of %d): %s in %.1f s",
+                lo,
+                hi,
+                part,
+                len(plan),
+                ", ".join(marts),
+                time.perf_counter() - started,
+            )
         with conn.begin():
             _drop_temps(conn)
     log.info("snapshot marts rebuilt for %s .. %s: %s", date_from, date_to, counts)
@@ -237,8 +277,11 @@ def _missing_positions(
 ) -> list[dt.date]:
     """Days d-30 of the range's days, outside the range, without RFM or tier rows."""
     wanted = [
-        d for d in pd.date_range(date_from - dt.timedelta(days=MIGRATION_DAYS),
-                                 date_to - dt.timedelta(days=MIGRATION_DAYS)).date
+        d
+        for d in pd.date_range(
+            date_from - dt.timedelta(days=MIGRATION_DAYS),
+            date_to - dt.timedelta(days=MIGRATION_DAYS),
+        ).date
         if d < date_from
     ]
     if not wanted:
@@ -248,9 +291,11 @@ def _missing_positions(
         if not wh.table_exists(conn, table):
             return wanted
         days = {
-            r[0] for r in conn.execute(
-                sa.text(f"select distinct as_of_date from {table} "
-                        "where as_of_date between :lo and :hi"),
+            r[0]
+            for r in conn.execute(
+                sa.text(
+                    f"select distinct as_of_date from {table} where as_of_date between :lo and :hi"
+                ),
                 {"lo": wanted[0], "hi": wanted[-1]},
             )
         }
@@ -316,11 +361,12 @@ def _chunk_days(wh: Warehouse, conn: sa.Connection, config: dict[str, Any]) -> i
     return max(1, min(most, budget // max(customers, 1)))
 
 
-
 def _date_spine(wh: Warehouse, conn: sa.Connection, date_from: dt.date, date_to: dt.date) -> None:
     days = pd.date_range(date_from, date_to, freq="D")
-    frame = pd.DataFrame({
-        "as_of_date": [d.date() for d in days],
-        "as_of_end": [end_of_day(d.date()) for d in days],
-    })
+    frame = pd.DataFrame(
+        {
+            "as_of_date": [d.date() for d in days],
+            "as_of_end": [end_of_day(d.date()) for d in days],
+        }
+    )
     wh.temp_table(conn, "as_of_dates", frame, {"as_of_date": "date", "as_of_end": "timestamp"})

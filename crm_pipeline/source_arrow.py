@@ -46,9 +46,7 @@ def supported(url: str) -> bool:
 
 
 @contextmanager
-def stream(
-    url: str, table: sa.Table, columns: list[str], watermark: str | None
-) -> Iterator[Any]:
+def stream(url: str, table: sa.Table, columns: list[str], watermark: str | None) -> Iterator[Any]:
     """The rows of `table` changed since `watermark` (`updated_at >= watermark`), as an
     Arrow stream of canonical text columns named `columns`, NULLs spelled `\\N`.
 
@@ -121,8 +119,10 @@ def _postgresql(url: str, table: sa.Table, columns: list[str], watermark: str | 
         elif isinstance(kind, sa.Boolean):
             expr = f"case when {c} then 'true' when not {c} then 'false' end"
         elif isinstance(kind, sa.Float):
-            expr = (f"case when {c} = trunc({c}) and abs({c}) < 1e15 "
-                    f"then cast(cast({c} as bigint) as text) else cast({c} as text) end")
+            expr = (
+                f"case when {c} = trunc({c}) and abs({c}) < 1e15 "
+                f"then cast(cast({c} as bigint) as text) else cast({c} as text) end"
+            )
         elif isinstance(kind, sa.Numeric):
             expr = f"case when {c} = trunc({c}) then cast(trunc({c}) as text) else cast({c} as text) end"
         else:

@@ -35,29 +35,42 @@ def _txt(name: str, nullable: bool = False, primary_key: bool = False) -> Column
 
 
 customers = Table(
-    "customers", metadata,
+    "customers",
+    metadata,
     _txt("customer_id", primary_key=True),
     _ts("created_at"),
-    _txt("name"), _txt("email"), _txt("city"), _txt("region"), _txt("acquisition_channel"),
+    _txt("name"),
+    _txt("email"),
+    _txt("city"),
+    _txt("region"),
+    _txt("acquisition_channel"),
     Column("birth_year", Integer, nullable=True),
-    _txt("gender", nullable=True), _txt("income_band", nullable=True),
+    _txt("gender", nullable=True),
+    _txt("income_band", nullable=True),
     Column("loyalty_member", Boolean, nullable=False),
     _txt("loyalty_tier", nullable=True),
     _ts("updated_at"),
 )
 
 products = Table(
-    "products", metadata,
+    "products",
+    metadata,
     _txt("product_id", primary_key=True),
-    _txt("name"), _txt("category"),
-    _ts("launched_at"), _ts("discontinued_at", nullable=True),
+    _txt("name"),
+    _txt("category"),
+    _ts("launched_at"),
+    _ts("discontinued_at", nullable=True),
     _ts("updated_at"),
 )
 
 orders = Table(
-    "orders", metadata,
+    "orders",
+    metadata,
     _txt("order_id", primary_key=True),
-    _txt("customer_id"), _ts("ordered_at"), _txt("status"), _txt("channel"),
+    _txt("customer_id"),
+    _ts("ordered_at"),
+    _txt("status"),
+    _txt("channel"),
     Column("gross_amount", MONEY, nullable=False),
     Column("discount_amount", MONEY, nullable=False),
     Column("net_amount", MONEY, nullable=False),
@@ -66,7 +79,8 @@ orders = Table(
 )
 
 order_lines = Table(
-    "order_lines", metadata,
+    "order_lines",
+    metadata,
     _txt("order_id", primary_key=True),
     Column("line_no", Integer, primary_key=True),
     _txt("product_id"),
@@ -77,11 +91,15 @@ order_lines = Table(
 )
 
 surveys = Table(
-    "surveys", metadata,
+    "surveys",
+    metadata,
     _txt("response_id", primary_key=True),
-    _txt("customer_id"), _ts("responded_at"), _txt("survey_type"),
+    _txt("customer_id"),
+    _ts("responded_at"),
+    _txt("survey_type"),
     Column("score", Integer, nullable=False),
-    _txt("comment", nullable=True), _txt("order_id", nullable=True),
+    _txt("comment", nullable=True),
+    _txt("order_id", nullable=True),
     _ts("updated_at"),
 )
 
@@ -95,41 +113,56 @@ COMPLAINT_STEPS = (
 )
 
 complaints = Table(
-    "complaints", metadata,
+    "complaints",
+    metadata,
     _txt("complaint_id", primary_key=True),
-    _txt("customer_id"), _txt("order_id", nullable=True),
+    _txt("customer_id"),
+    _txt("order_id", nullable=True),
     _ts("opened_at"),
     *[_ts(step, nullable=True) for step in COMPLAINT_STEPS],
-    _txt("category"), _txt("severity"), _txt("outcome", nullable=True),
+    _txt("category"),
+    _txt("severity"),
+    _txt("outcome", nullable=True),
     _ts("updated_at"),
 )
 
 interactions = Table(
-    "interactions", metadata,
+    "interactions",
+    metadata,
     _txt("interaction_id", primary_key=True),
-    _txt("customer_id"), _ts("occurred_at"), _txt("channel"), _txt("direction"),
+    _txt("customer_id"),
+    _ts("occurred_at"),
+    _txt("channel"),
+    _txt("direction"),
     _ts("updated_at"),
 )
 
 campaigns = Table(
-    "campaigns", metadata,
+    "campaigns",
+    metadata,
     _txt("campaign_id", primary_key=True),
-    _txt("name"), _txt("channel"), _txt("objective"),
-    _ts("started_at"), _ts("ended_at"),
+    _txt("name"),
+    _txt("channel"),
+    _txt("objective"),
+    _ts("started_at"),
+    _ts("ended_at"),
     Column("spend", MONEY, nullable=False),
     _ts("updated_at"),
 )
 
 campaign_contacts = Table(
-    "campaign_contacts", metadata,
+    "campaign_contacts",
+    metadata,
     _txt("campaign_id", primary_key=True),
     _txt("customer_id", primary_key=True),
-    _ts("contacted_at"), _ts("responded_at", nullable=True),
+    _ts("contacted_at"),
+    _ts("responded_at", nullable=True),
     _ts("updated_at"),
 )
 
 marketing_spend = Table(
-    "marketing_spend", metadata,
+    "marketing_spend",
+    metadata,
     Column("spend_date", Date, primary_key=True),
     _txt("channel", primary_key=True),
     _txt("objective", primary_key=True),
@@ -138,9 +171,12 @@ marketing_spend = Table(
 )
 
 loyalty_events = Table(
-    "loyalty_events", metadata,
+    "loyalty_events",
+    metadata,
     _txt("event_id", primary_key=True),
-    _txt("customer_id"), _ts("occurred_at"), _txt("kind"),
+    _txt("customer_id"),
+    _ts("occurred_at"),
+    _txt("kind"),
     Column("points", Integer, nullable=False),
     _txt("tier", nullable=True),
     _ts("updated_at"),
@@ -172,8 +208,17 @@ class SourceTable:
 
 # Parents before children: the order staging and validation walk the tables in.
 TABLE_ORDER = (
-    "customers", "products", "orders", "order_lines", "surveys", "complaints",
-    "interactions", "campaigns", "campaign_contacts", "marketing_spend", "loyalty_events",
+    "customers",
+    "products",
+    "orders",
+    "order_lines",
+    "surveys",
+    "complaints",
+    "interactions",
+    "campaigns",
+    "campaign_contacts",
+    "marketing_spend",
+    "loyalty_events",
 )
 
 # The order database every mart stands on. The CRM tables beyond it (surveys, complaints,

@@ -60,9 +60,7 @@ from versioned
 PART_ROWS = 4_000_000
 
 
-def build_staging(
-    wh: Warehouse, full: bool = False, part_rows: int = PART_ROWS
-) -> dict[str, int]:
+def build_staging(wh: Warehouse, full: bool = False, part_rows: int = PART_ROWS) -> dict[str, int]:
     """Bring every staging table up to date with raw, in one transaction (all or none).
 
     A staging table is a function of its raw versions minus the held ones, key by key (the
@@ -102,12 +100,16 @@ def build_staging(
                 ).scalar_one()
                 how = f"{restaged:,} key(s) restaged"
             log.info("%s: %s, %d rows", qualified, how, counts[qualified])
-            conn.execute(sa.text("delete from ops.staging_state where table_name = :t"), {"t": table})
+            conn.execute(
+                sa.text("delete from ops.staging_state where table_name = :t"), {"t": table}
+            )
             conn.execute(
                 sa.text("insert into ops.staging_state values (:t, :d, :b)"),
                 {"t": table, "d": digest, "b": int(newest)},
             )
-            conn.execute(sa.text("delete from ops.staging_held where table_name = :t"), {"t": table})
+            conn.execute(
+                sa.text("delete from ops.staging_held where table_name = :t"), {"t": table}
+            )
             conn.execute(
                 sa.text(
                     "insert into ops.staging_held select table_name, row_hash "
@@ -207,8 +209,9 @@ def build_marts(
             table = f"marts.{name}"
             newer = _built_for(wh, conn, table)
             if newer is not None and newer > as_of_date and not allow_rollback:
-                log.info("kept %s as of %s: a run for %s does not roll it back", table, newer,
-                         as_of_date)
+                log.info(
+                    "kept %s as of %s: a run for %s does not roll it back", table, newer, as_of_date
+                )
                 continue
             counts[table] = wh.replace_table(
                 conn, table, wh.sql_file("marts", name), {"as_of_date": as_of_date}

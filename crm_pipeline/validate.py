@@ -239,8 +239,11 @@ def _auto_release_due(conn: sa.Connection, table: str, run_id: str, now: dt.date
     if not held:
         return 0
     stamps = parse_values(pd.Series([v for _, _, v in held], dtype=object), "timestamp")
-    due = [(h, c) for (h, c, _), ts in zip(held, stamps, strict=True)
-           if not pd.isna(ts) and ts.to_pydatetime() <= now]
+    due = [
+        (h, c)
+        for (h, c, _), ts in zip(held, stamps, strict=True)
+        if not pd.isna(ts) and ts.to_pydatetime() <= now
+    ]
     before = _held_count(conn, table)
     for row_hash, column in due:
         conn.execute(
@@ -579,11 +582,15 @@ def _validate_table(
         ).scalar_one()
         chunks = _raw_chunks(reader, table, batch_list, cfg["chunk_rows"], suspect)
         for raw in chunks if total else ():
-            meta = _check_chunk(wh, conn, engine, row_suite, aggs, table, raw, present, orphans, params)
+            meta = _check_chunk(
+                wh, conn, engine, row_suite, aggs, table, raw, present, orphans, params
+            )
             out.rows += len(raw)
         if total and not out.rows:  # no suspect: the table-level checks still run, on no row
             empty = pd.DataFrame(columns=[*spec.columns, "_row_hash", "_batch_id"])
-            meta = _check_chunk(wh, conn, engine, row_suite, aggs, table, empty, present, orphans, params)
+            meta = _check_chunk(
+                wh, conn, engine, row_suite, aggs, table, empty, present, orphans, params
+            )
         for agg in aggs:
             last = (agg.last.result or {}) if agg.last is not None else {}
             if agg.exception is None and (not last or "element_count" in last):

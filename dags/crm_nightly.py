@@ -16,30 +16,16 @@ settings, and mail without `CRM_DATA_ENGINEERS` to tell.
 `crm_warehouse` (1 slot on DuckDB: one writer at a time). A failed task, or a night past its
 `deadline`, tells `CRM_DATA_ENGINEERS` (Slack too: `CRM_SLACK_CONN_ID`); `watcher` fails the run.
 
-**Tables written** (each public mart an asset, `crm_warehouse.marts.<table>`, of its writer)
-- `raw.<table>`, `ops.extract_batches`, `ops.watermarks`: every version of every source row
-- `quarantine.rows`, `ops.dq_results`, `ops.table_status`: validation outcome per row/table
-- `staging.stg_<table>`: typed versions with validity intervals
-- `marts.fct_orders`, `marts.dim_customer`: state as of the covered day
-- `marts.customer_rfm`, `customer_value_tier`, `kpi_daily`, `segment_migration`,
-  `customer_clv`, `customer_churn_risk`, `kpi_evaluation`: snapshots keyed by `as_of_date`
-- `ops.model_runs`, `marts.alerts`, `ops.alert_outbox`: model health and alert state
+**Tables written**: `raw`, `quarantine`, `ops` (every source version, validation outcome,
+model health, alert state), `staging` (typed versions), and the public `marts`, each an
+asset `crm_warehouse.marts.<table>` of its one writer (docs/data_dictionary.md, docs/assets.md).
 """
 
 from __future__ import annotations
 
+import crm_airflow as af
 from airflow.sdk import Param, TriggerRule, dag, task
 from airflow.sdk import task_group as stage
-from crm_airflow import (
-    CONTROL_ARGS,
-    DEFAULT_ARGS,
-    PREFLIGHT_ARGS,
-    fail_if_any_task_failed,
-    nightly_deadline,
-    preflight,
-    smtp_connection,
-    writes,
-)
 from crm_airflow import current_run as _run
 from crm_timetable import CoveredDayTimetable
 
@@ -47,16 +33,22 @@ from crm_pipeline import stages
 from crm_pipeline.source_schema import TABLE_ORDER
 
 
-@dag(dag_id="crm_nightly", schedule=CoveredDayTimetable(hour=2),
-     start_date=None, catchup=False, max_active_runs=1, deadline=nightly_deadline(),
-     default_args=DEFAULT_ARGS, tags=["crm", "nightly"], doc_md=__doc__,
-     params={"history_days": Param(0, type="integer", minimum=0, description=(
-         "Days of snapshots to rebuild ending at the run's day; 0: the configured history "
-         "on a new warehouse, else the run's day only"))})
+@dag(
+    dag_id="crm_nightly",
+    schedule=CoveredDayTimetable(hour=2),
+    start_date=None,
+    catchup=False,
+    max_active_runs=1,
+    deadline=af.nightly_deadline(),
+    default_args=af.DEFAULT_ARGS,
+    tags=["crm", "nightly"],
+    doc_md=__doc__,
+    params={"history_days": Param(0, type="integer", minimum=0, description=af.HISTORY_HELP)},
+)
 def crm_nightly():
-    @task(**PREFLIGHT_ARGS)
+    @task(**af.PREFLIGHT_ARGS)
     def check_run() -> dict:
-        return preflight()
+        return af.preflight()
 
     @stage(tooltip="Pull new and changed source rows into raw, by updated_at watermark")
     def extract():
@@ -84,11 +76,15 @@ def crm_nightly():
 
     @stage(tooltip="Orders, segments, tiers and KPI history as of the covered day")
     def marts():
-        @task(outlets=writes("fct_orders"))
+        @task(outlets=af.writes("fct_orders"))
         def build_fct_orders() -> dict:
             return stages.build_marts(_run(), "fct_orders")
 
-        @task(outlets=writes("customer_rfm", "customer_value_tier", "kpi_daily", "segment_migration"))
+        @task(
+            outlets=af.writes(
+                "customer_rfm", "customer_value_tier", "kpi_daily", "segment_migration"
+            )
+        )
         def build_snapshots(params=None) -> str:  # returns the first day it built
             return stages.snapshots(_run(), params["history_days"])
 
@@ -96,7 +92,7 @@ def crm_nightly():
 
     @stage(tooltip="CLV and churn risk, published only if the health gate passes")
     def models():
-        @task(outlets=writes("customer_clv", "customer_churn_risk"))
+        @task(outlets=af.writes("customer_clv", "customer_churn_risk"))
         def score_customers() -> dict:  # a failed gate: the task fails, no event for either
             return stages.models(_run())
 
@@ -105,7 +101,7 @@ def crm_nightly():
     @stage(tooltip="The customer dimension: today's segment and tier, latest published CLV")
     def publish():
         # runs once the marts are built, also when the model gate kept yesterday's scores
-        @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS, outlets=writes("dim_customer"))
+        @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS, outlets=af.writes("dim_customer"))
         def build_dim_customer() -> dict:
             return stages.build_marts(_run(), "dim_customer")
 
@@ -113,7 +109,7 @@ def crm_nightly():
 
     @stage(tooltip="KPIs against targets and their recent level")
     def kpis():
-        @task(outlets=writes("kpi_evaluation"))
+        @task(outlets=af.writes("kpi_evaluation"))
         def evaluate_kpis(ti=None) -> dict:
             return stages.evaluate(_run(), ti.xcom_pull(task_ids="marts.build_snapshots"))
 
@@ -121,7 +117,7 @@ def crm_nightly():
 
     @stage(tooltip="One email per night: what is new, worse or resolved")
     def alerts():
-        @task(outlets=writes("alerts"))
+        @task(outlets=af.writes("alerts"))
         def prepare_alert_email() -> dict:
             from airflow.sdk import Variable  # recipients: the Variable wins over alerts.yaml
 
@@ -129,14 +125,14 @@ def crm_nightly():
 
         @task(retries=3, retry_delay=120)  # seconds
         def send_alert_email() -> dict:  # no smtp_default connection: the email waits
-            return stages.send_alerts(_run(), smtp_connection())
+            return stages.send_alerts(_run(), af.smtp_connection())
 
         prepare_alert_email() >> send_alert_email()
 
     # Airflow's watcher: runs only if a task failed, and fails the run (else green leaves win)
-    @task(trigger_rule=TriggerRule.ONE_FAILED, **CONTROL_ARGS)
+    @task(trigger_rule=TriggerRule.ONE_FAILED, **af.CONTROL_ARGS)
     def watcher(ti=None) -> None:
-        fail_if_any_task_failed(ti)
+        af.fail_if_any_task_failed(ti)
 
     built = check_run() >> extract() >> validate() >> stage_sources() >> marts()
     scored, published, evaluated = models(), publish(), kpis()

@@ -176,6 +176,12 @@ DEFAULT_ARGS = {
     "post_execute": announce_marts,  # the day and what was published, on the marts' events
 }
 
+# The DAG's one param, `history_days`
+HISTORY_HELP = (
+    "Days of snapshots to rebuild ending at the run's day; 0: the configured history on a new "
+    "warehouse, else the run's day only"
+)
+
 # Tasks that never open the warehouse: outside its one-writer pool, never retried. The
 # preflight tells the data engineers when it refuses a night (broken settings at 02:00
 # would otherwise fail the run unseen); the watcher tells nobody: the failure it reports

@@ -44,8 +44,11 @@ def main() -> None:
     print(f"Tasks of run {sys.argv[1]}:")
     for task in tasks:
         start, end = task.get("start_date"), task.get("end_date")
-        secs = ((dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds()
-                if start and end else float("nan"))
+        secs = (
+            (dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds()
+            if start and end
+            else float("nan")
+        )
         print(f"  {_name(task):<36} {str(task['state']):<16} {secs:7.1f} s")
     bad = verdict(tasks)
     if bad:

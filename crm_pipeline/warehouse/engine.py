@@ -112,7 +112,9 @@ class Warehouse:
                 log.warning(
                     "warehouse file %s is locked by another process (attempt %d): %s; "
                     "retrying in %.0fs",
-                    self.engine.url.database, attempt, message.splitlines()[0],
+                    self.engine.url.database,
+                    attempt,
+                    message.splitlines()[0],
                     self.lock_poll_seconds,
                 )
                 time.sleep(self.lock_poll_seconds)
@@ -148,9 +150,16 @@ class Warehouse:
     # information_schema and cursor metadata, not SQLAlchemy's inspector: duckdb-engine's
     # inspector runs PostgreSQL catalog queries that DuckDB does not answer
     def tables(self, conn: sa.Connection, schema: str) -> list[str]:
-        return [r[0] for r in conn.execute(
-            sa.text("select table_name from information_schema.tables where table_schema = :s "
-                    "order by table_name"), {"s": schema})]
+        return [
+            r[0]
+            for r in conn.execute(
+                sa.text(
+                    "select table_name from information_schema.tables where table_schema = :s "
+                    "order by table_name"
+                ),
+                {"s": schema},
+            )
+        ]
 
     def table_exists(self, conn: sa.Connection, qualified: str) -> bool:
         schema, name = qualified.split(".")
@@ -162,8 +171,12 @@ class Warehouse:
 
     # -- rebuild patterns ----------------------------------------------------------
     def replace_table(
-        self, conn: sa.Connection, qualified: str, select_sql: str,
-        params: Mapping[str, Any] | None = None, more_sql: Sequence[str] = (),
+        self,
+        conn: sa.Connection,
+        qualified: str,
+        select_sql: str,
+        params: Mapping[str, Any] | None = None,
+        more_sql: Sequence[str] = (),
     ) -> int:
         """Build-and-swap: readers see the old table until the transaction commits.
 
@@ -180,8 +193,12 @@ class Warehouse:
         return conn.exec_driver_sql(f"select count(*) from {qualified}").scalar_one()
 
     def replace_partition(
-        self, conn: sa.Connection, qualified: str, select_sql: str,
-        params: Mapping[str, Any], key: str = "as_of_date",
+        self,
+        conn: sa.Connection,
+        qualified: str,
+        select_sql: str,
+        params: Mapping[str, Any],
+        key: str = "as_of_date",
     ) -> int:
         """Delete-insert of one `as_of_date` (or a range of them) in one transaction.
 
@@ -268,7 +285,10 @@ class Warehouse:
         conn.exec_driver_sql(table.ddl())
 
     def temp_table(
-        self, conn: sa.Connection, name: str, frame: pd.DataFrame,
+        self,
+        conn: sa.Connection,
+        name: str,
+        frame: pd.DataFrame,
         columns: Mapping[str, str] | None = None,
     ) -> None:
         """A temporary table holding the frame's rows, for SQL to join: of these columns
@@ -277,8 +297,9 @@ class Warehouse:
             c: "integer" if pd.api.types.is_integer_dtype(frame[c]) else "varchar"
             for c in frame.columns
         }
-        self.load_declared(conn, Table(name, columns, "a frame handed to SQL", temporary=True),
-                           frame)
+        self.load_declared(
+            conn, Table(name, columns, "a frame handed to SQL", temporary=True), frame
+        )
 
     def load_declared(self, conn: sa.Connection, table: Table, frame: pd.DataFrame) -> int:
         """(Re)create a temporary declared table, or ensure a permanent one, and load the
