@@ -9,6 +9,7 @@ CI=true a skip is a failure, since CI must prove the production path.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,8 +18,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Airflow reads its settings at import: point it at a throwaway home before anything
-# imports it, so tests never touch the metadata database of `make run`.
-os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="crm-airflow-test-")
+# imports it, so tests never touch the metadata database of `make run`. Removed at the end
+# of the session (pytest_unconfigure below).
+AIRFLOW_HOME = tempfile.mkdtemp(prefix="crm-airflow-test-")
+_HOME_OWNER = os.getpid()
+os.environ["AIRFLOW_HOME"] = AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -37,14 +41,20 @@ _pg_problem: list[str] = []
 def _admin_engine() -> sa.Engine:
     from crm_pipeline.config import normalise_url
 
-    return sa.create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    return sa.create_engine(
+        normalise_url(PG_URL), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+    )
 
 
 @pytest.fixture(scope="session")
 def airflow_db() -> str:
     """A migrated Airflow metadata database in the throwaway AIRFLOW_HOME."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   capture_output=True, env=os.environ.copy())
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
     return os.environ["AIRFLOW_HOME"]
 
 
@@ -84,6 +94,16 @@ def warehouse(request, tmp_path) -> Warehouse:
     if request.param == "duckdb":
         return Warehouse(f"duckdb:///{tmp_path}/warehouse.duckdb")
     return Warehouse(request.getfixturevalue("pg_database"))
+
+
+def pytest_unconfigure(config):
+    """Remove the throwaway AIRFLOW_HOME once the session is over: every test has ended by
+    then, and with it every subprocess that used the home (`airflow db migrate`, a DAG run's
+    task processes). Only the process that made it removes it: a process forked from the
+    session (a task runner) that happened to run this hook must not pull it from under the
+    tests."""
+    if os.getpid() == _HOME_OWNER:
+        shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):
