@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,20 +74,51 @@ def pg_server() -> str:
     return PG_URL
 
 
+class PgDatabases:
+    """PostgreSQL databases of the tests' own, each dropped when its `with` block ends."""
+
+    @contextmanager
+    def create(self, template: str | None = None) -> Iterator[str]:
+        """A fresh database, empty or a copy of the database named `template` (no session
+        may be connected to that one while it is copied); its SQLAlchemy URL."""
+        name = f"crm_test_{uuid.uuid4().hex[:10]}"
+        admin = _admin_engine()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(
+                f"create database {name}" + (f" template {template}" if template else "")
+            )
+        try:
+            yield (
+                sa.engine.make_url(admin.url)
+                .set(database=name)
+                .render_as_string(hide_password=False)
+            )
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(
+                    f"select pg_terminate_backend(pid) from pg_stat_activity where datname = '{name}'"
+                )
+                conn.exec_driver_sql(f"drop database if exists {name}")
+
+    def read_only(self, url: str) -> None:
+        """From now on, every session on the database is read-only (a copy made with
+        `create(template=...)` is not: a database's settings are not copied)."""
+        name = sa.engine.make_url(url).database
+        with _admin_engine().connect() as conn:
+            conn.exec_driver_sql(f"alter database {name} set default_transaction_read_only = on")
+
+
+@pytest.fixture(scope="session")
+def pg_databases(pg_server: str) -> PgDatabases:
+    """Databases for fixtures of any scope (a warehouse shared by several tests)."""
+    return PgDatabases()
+
+
 @pytest.fixture
-def pg_database(pg_server: str):
+def pg_database(pg_databases: PgDatabases):
     """A fresh, empty PostgreSQL database; its SQLAlchemy URL."""
-    name = f"crm_test_{uuid.uuid4().hex[:10]}"
-    admin = _admin_engine()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"create database {name}")
-    url = sa.engine.make_url(admin.url).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as conn:
-        conn.exec_driver_sql(
-            f"select pg_terminate_backend(pid) from pg_stat_activity where datname = '{name}'"
-        )
-        conn.exec_driver_sql(f"drop database if exists {name}")
+    with pg_databases.create() as url:
+        yield url
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -6,22 +6,22 @@ from business import D
 from crm_pipeline import cli
 
 # the CLI reads the warehouse through the same URL either way: one engine is enough
-pytestmark = pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
+pytestmark = pytest.mark.parametrize("built", ["duckdb"], indirect=True)
 
 
 @pytest.fixture
-def env(built, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_CRM_WAREHOUSE", built.url)
-    return built
+def env(built_copy, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_WAREHOUSE", built_copy.url)
+    return built_copy
 
 
 def test_summary_shows_tables_segments_tiers_and_headline_kpis(env, capsys):
     cli.main(["summary", "--day", D.isoformat()])
     out = capsys.readouterr().out
     assert "marts.kpi_daily" in out and "marts.customer_rfm" in out
-    assert "Champions 2" in out                      # segment sizes (tests/business.py)
-    assert "vip 1" in out                            # tier sizes
-    assert "churn_rate               50.0%" in out   # worked out in test_kpis.py
+    assert "Champions 2" in out  # segment sizes (tests/business.py)
+    assert "vip 1" in out  # tier sizes
+    assert "churn_rate               50.0%" in out  # worked out in test_kpis.py
     assert "csat                     66.7" in out
 
 
