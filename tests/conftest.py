@@ -9,16 +9,22 @@ CI=true a skip is a failure, since CI must prove the production path.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Airflow reads its settings at import: point it at a throwaway home before anything
-# imports it, so tests never touch the metadata database of `make run`.
-os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="crm-airflow-test-")
+# imports it, so tests never touch the metadata database of `make run`. Removed at the end
+# of the session (pytest_unconfigure below).
+AIRFLOW_HOME = tempfile.mkdtemp(prefix="crm-airflow-test-")
+_HOME_OWNER = os.getpid()
+os.environ["AIRFLOW_HOME"] = AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -37,14 +43,20 @@ _pg_problem: list[str] = []
 def _admin_engine() -> sa.Engine:
     from crm_pipeline.config import normalise_url
 
-    return sa.create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    return sa.create_engine(
+        normalise_url(PG_URL), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+    )
 
 
 @pytest.fixture(scope="session")
 def airflow_db() -> str:
     """A migrated Airflow metadata database in the throwaway AIRFLOW_HOME."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   capture_output=True, env=os.environ.copy())
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
     return os.environ["AIRFLOW_HOME"]
 
 
@@ -62,20 +74,51 @@ def pg_server() -> str:
     return PG_URL
 
 
+class PgDatabases:
+    """PostgreSQL databases of the tests' own, each dropped when its `with` block ends."""
+
+    @contextmanager
+    def create(self, template: str | None = None) -> Iterator[str]:
+        """A fresh database, empty or a copy of the database named `template` (no session
+        may be connected to that one while it is copied); its SQLAlchemy URL."""
+        name = f"crm_test_{uuid.uuid4().hex[:10]}"
+        admin = _admin_engine()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(
+                f"create database {name}" + (f" template {template}" if template else "")
+            )
+        try:
+            yield (
+                sa.engine.make_url(admin.url)
+                .set(database=name)
+                .render_as_string(hide_password=False)
+            )
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(
+                    f"select pg_terminate_backend(pid) from pg_stat_activity where datname = '{name}'"
+                )
+                conn.exec_driver_sql(f"drop database if exists {name}")
+
+    def read_only(self, url: str) -> None:
+        """From now on, every session on the database is read-only (a copy made with
+        `create(template=...)` is not: a database's settings are not copied)."""
+        name = sa.engine.make_url(url).database
+        with _admin_engine().connect() as conn:
+            conn.exec_driver_sql(f"alter database {name} set default_transaction_read_only = on")
+
+
+@pytest.fixture(scope="session")
+def pg_databases(pg_server: str) -> PgDatabases:
+    """Databases for fixtures of any scope (a warehouse shared by several tests)."""
+    return PgDatabases()
+
+
 @pytest.fixture
-def pg_database(pg_server: str):
+def pg_database(pg_databases: PgDatabases):
     """A fresh, empty PostgreSQL database; its SQLAlchemy URL."""
-    name = f"crm_test_{uuid.uuid4().hex[:10]}"
-    admin = _admin_engine()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"create database {name}")
-    url = sa.engine.make_url(admin.url).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as conn:
-        conn.exec_driver_sql(
-            f"select pg_terminate_backend(pid) from pg_stat_activity where datname = '{name}'"
-        )
-        conn.exec_driver_sql(f"drop database if exists {name}")
+    with pg_databases.create() as url:
+        yield url
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -84,6 +127,16 @@ def warehouse(request, tmp_path) -> Warehouse:
     if request.param == "duckdb":
         return Warehouse(f"duckdb:///{tmp_path}/warehouse.duckdb")
     return Warehouse(request.getfixturevalue("pg_database"))
+
+
+def pytest_unconfigure(config):
+    """Remove the throwaway AIRFLOW_HOME once the session is over: every test has ended by
+    then, and with it every subprocess that used the home (`airflow db migrate`, a DAG run's
+    task processes). Only the process that made it removes it: a process forked from the
+    session (a task runner) that happened to run this hook must not pull it from under the
+    tests."""
+    if os.getpid() == _HOME_OWNER:
+        shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):

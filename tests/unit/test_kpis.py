@@ -268,19 +268,19 @@ def test_value_tiers_rank_by_margin_with_deterministic_ties(built):
     assert len(rows) == 11 and {r[3] for r in rows[4:]} == {"small"}
 
 
-def test_a_period_with_no_surveys_gives_null_not_zero(built):
-    build_snapshots(built, dt.date(2025, 9, 30), dt.date(2025, 9, 30))
-    k = kpis(built, dt.date(2025, 9, 30))
+def test_a_period_with_no_surveys_gives_null_not_zero(built_copy):
+    build_snapshots(built_copy, dt.date(2025, 9, 30), dt.date(2025, 9, 30))
+    k = kpis(built_copy, dt.date(2025, 9, 30))
     assert k["csat"] == (None, 0, 0) and k["nps"] == (None, 0, 0)
     assert k["aov"][0] is None and k["cac"][0] is None
     assert k["active_customers"] == (0, 0, None)
 
 
-def test_the_refund_is_seen_from_its_own_day_on(built):
-    build_snapshots(built, dt.date(2025, 7, 2), dt.date(2025, 7, 2))
+def test_the_refund_is_seen_from_its_own_day_on(built_copy):
+    build_snapshots(built_copy, dt.date(2025, 7, 2), dt.date(2025, 7, 2))
     # period 06-03..07-02: O05a 30, O06b 25, O11b 50, O13 20 (07-01); O05b refunded on 07-02
-    assert kpis(built, dt.date(2025, 7, 2))["aov"] == (31.25, 125.0, 4)
-    assert kpis(built)["aov"] == (33.0, 165.0, 5)  # d itself untouched
+    assert kpis(built_copy, dt.date(2025, 7, 2))["aov"] == (31.25, 125.0, 4)
+    assert kpis(built_copy)["aov"] == (33.0, 165.0, 5)  # d itself untouched
 
 
 def snapshot(wh, first, last):
@@ -300,38 +300,38 @@ def snapshot(wh, first, last):
     return out
 
 
-def test_a_range_build_equals_the_days_built_one_by_one_and_reruns_are_equal(built):
+def test_a_range_build_equals_the_days_built_one_by_one_and_reruns_are_equal(built_copy):
     first = D - dt.timedelta(days=2)
-    build_snapshots(built, first, D)
-    ranged = snapshot(built, first, D)
+    build_snapshots(built_copy, first, D)
+    ranged = snapshot(built_copy, first, D)
     assert len({r[0] for r in ranged["kpi_daily"]}) == 3 and ranged["segment_migration"]
     for day in (first, first + dt.timedelta(days=1), D):
-        build_snapshots(built, day, day)
-    assert snapshot(built, first, D) == ranged
-    build_snapshots(built, first, D)
-    assert snapshot(built, first, D) == ranged
+        build_snapshots(built_copy, day, day)
+    assert snapshot(built_copy, first, D) == ranged
+    build_snapshots(built_copy, first, D)
+    assert snapshot(built_copy, first, D) == ranged
 
 
-def test_a_large_customer_base_is_built_fewer_days_at_a_time_with_the_same_rows(built, caplog):
+def test_a_large_customer_base_is_built_fewer_days_at_a_time_with_the_same_rows(built_copy, caplog):
     import logging
 
     from crm_pipeline.config import settings
 
     first = D - dt.timedelta(days=2)
-    build_snapshots(built, first, D)
-    ranged = snapshot(built, first, D)
+    build_snapshots(built_copy, first, D)
+    ranged = snapshot(built_copy, first, D)
     config = {**settings()}  # a copy: settings() is cached for the whole process
     config["kpis"] = {**config["kpis"], "history_chunk_customer_days": 1}  # 1 day at a time
     caplog.set_level(logging.INFO, logger="crm_pipeline.kpis")
     caplog.clear()  # only this build's chunks (the one above built the d-30 positions)
-    build_snapshots(built, first, D, config)
+    build_snapshots(built_copy, first, D, config)
     chunks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("snapshots ")]
     assert len(chunks) == 3 and all(" of 3)" in c for c in chunks)
-    assert snapshot(built, first, D) == ranged
+    assert snapshot(built_copy, first, D) == ranged
 
 
 def test_a_history_that_fails_part_way_keeps_whole_days_and_none_of_the_failed_chunk(
-    built, monkeypatch
+    built_copy, monkeypatch
 ):
     """Each chunk commits on its own (DuckDB frees a transaction's dropped temporary tables
     only at commit): a failure leaves the chunks before it whole, in all four marts, and
@@ -339,9 +339,9 @@ def test_a_history_that_fails_part_way_keeps_whole_days_and_none_of_the_failed_c
     from crm_pipeline.warehouse import Warehouse
 
     first = D - dt.timedelta(days=2)
-    build_snapshots(built, first, D)
-    before = snapshot(built, first, D)
-    with built.begin() as conn:
+    build_snapshots(built_copy, first, D)
+    before = snapshot(built_copy, first, D)
+    with built_copy.begin() as conn:
         for table in ("kpi_daily", "customer_rfm", "customer_value_tier", "segment_migration"):
             conn.exec_driver_sql(f"delete from marts.{table} where as_of_date >= date '{first}'")
     real = Warehouse.replace_partition
@@ -356,16 +356,16 @@ def test_a_history_that_fails_part_way_keeps_whole_days_and_none_of_the_failed_c
 
     monkeypatch.setattr(Warehouse, "replace_partition", failing)
     with pytest.raises(RuntimeError, match="went away"):
-        build_snapshots(built, first, D, chunk_days=1)
-    kept = snapshot(built, first, D)
+        build_snapshots(built_copy, first, D, chunk_days=1)
+    kept = snapshot(built_copy, first, D)
     for table, rows in before.items():
         days = {r[0] for r in rows}
         assert days == {first, first + dt.timedelta(days=1), D}, table
         assert [r for r in kept[table] if r[0] < D] == [r for r in rows if r[0] < D], table
         assert not [r for r in kept[table] if r[0] == D], table
     monkeypatch.undo()
-    build_snapshots(built, first, D)
-    assert snapshot(built, first, D) == before
+    build_snapshots(built_copy, first, D)
+    assert snapshot(built_copy, first, D) == before
 
 
 def test_a_customer_who_bought_counts_whatever_created_at_says(tmp_path, warehouse):

@@ -58,14 +58,14 @@ def small_demo(tmp_path_factory):
 # --------------------------------------------------------------------------------------
 
 
-def test_the_built_business_gets_clv_and_churn_is_skipped_with_a_reason(built):
-    result = run_models(built, D, "built-1")
+def test_the_built_business_gets_clv_and_churn_is_skipped_with_a_reason(built_copy):
+    result = run_models(built_copy, D, "built-1")
     assert result["passed"] and result["models"]["churn"]["status"] == "skipped"
     assert "min_customers" in result["models"]["churn"]["message"]
     assert result["metrics"]["clv"]["mode"] == "small_data"
     assert result["published"] == {CLV_TABLE: 11}
 
-    clv = {r.customer_id: r._mapping for r in rows(built, CLV_TABLE)}
+    clv = {r.customer_id: r._mapping for r in rows(built_copy, CLV_TABLE)}
     assert sorted(clv) == [f"C{i:02d}" for i in range(1, 12)]  # buyers up to D; not C13 (D+1)
 
     def inputs(customer_id):
@@ -81,19 +81,19 @@ def test_the_built_business_gets_clv_and_churn_is_skipped_with_a_reason(built):
         assert r["as_of_date"] == D and r["horizon_days"] == 365 and r["run_id"] == "built-1"
         assert 0 <= r["p_alive"] <= 1 and r["expected_purchases"] >= 0 and r["clv"] >= 0
         assert r["margin_ratio"] == pytest.approx(0.4)  # factory orders have a 40% margin
-    assert rows(built, CHURN_TABLE) == []  # exists, empty, for queries that join it
+    assert rows(built_copy, CHURN_TABLE) == []  # exists, empty, for queries that join it
 
-    runs = {r["model"]: r for r in model_runs(built, D) if r["run_id"] == "built-1"}
+    runs = {r["model"]: r for r in model_runs(built_copy, D) if r["run_id"] == "built-1"}
     assert set(runs) == {"bgnbd", "gamma_gamma", "churn"}
     assert runs["bgnbd"]["passed"] and runs["bgnbd"]["published"]
     assert runs["churn"]["status"] == "skipped" and runs["churn"]["passed"] is None
     assert json.loads(runs["bgnbd"]["checks"])["holdout"]["passed"] is None  # too little data
 
-    first = rows(built, CLV_TABLE)
-    run_models(built, D, "built-1")
-    assert rows(built, CLV_TABLE) == first
+    first = rows(built_copy, CLV_TABLE)
+    run_models(built_copy, D, "built-1")
+    assert rows(built_copy, CLV_TABLE) == first
     # the rerun replaced its own model_runs rows (the fixture's run "built" keeps its own)
-    assert len([r for r in model_runs(built, D) if r["run_id"] == "built-1"]) == 3
+    assert len([r for r in model_runs(built_copy, D) if r["run_id"] == "built-1"]) == 3
 
 
 def test_the_tables_can_exist_before_the_first_run(warehouse):
@@ -111,11 +111,11 @@ def test_the_tables_can_exist_before_the_first_run(warehouse):
         ]
 
 
-def test_tier_vs_clv_example_runs_on_the_built_business(built):
-    run_models(built, D, "built-1")
+def test_tier_vs_clv_example_runs_on_the_built_business(built_copy):
+    run_models(built_copy, D, "built-1")
     sql = (ROOT / "examples" / "queries" / "tier_vs_clv.sql").read_text()
-    with built.begin() as conn:
-        result = conn.exec_driver_sql(built.render(sql))
+    with built_copy.begin() as conn:
+        result = conn.exec_driver_sql(built_copy.render(sql))
         columns, found = list(result.keys()), result.fetchall()
     assert columns[:3] == ["disagreement", "customer_id", "tier"]
     assert all(r[0] in ("rising star", "fading VIP") for r in found)
@@ -195,8 +195,7 @@ def test_the_gate_refuses_to_publish_a_broken_night(small_demo, warehouse):
 
 
 @pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
-def test_a_failing_churn_model_never_withholds_a_healthy_clv_nor_the_reverse(
-        small_demo, warehouse):
+def test_a_failing_churn_model_never_withholds_a_healthy_clv_nor_the_reverse(small_demo, warehouse):
     wh = load(small_demo, warehouse)
     # churn cannot reach an AUC above 1: CLV is published all the same, and the task fails
     with pytest.raises(ModelGateError, match="churn.auc") as caught:
@@ -232,7 +231,8 @@ def test_churn_is_judged_against_its_base_rate_not_an_absolute_brier(small_demo,
     base = churn["churn_rate_valid"]
     assert churn["brier_base_rate"] == pytest.approx(base * (1 - base), abs=1e-4)
     assert checks["brier_skill"]["value"] == pytest.approx(
-        1 - churn["brier"] / churn["brier_base_rate"], abs=1e-3)
+        1 - churn["brier"] / churn["brier_base_rate"], abs=1e-3
+    )
     assert checks["brier_skill"]["threshold"] == 0.05 and checks["auc"]["threshold"] == 0.65
 
 
@@ -262,12 +262,13 @@ def test_a_generated_demo_passes_the_gate_with_sane_figures(tmp_path):
     assert result["timings"]["total_seconds"] < 60
 
 
-def test_the_sql_summary_is_the_clv_modules_summary(built):
+def test_the_sql_summary_is_the_clv_modules_summary(built_copy):
     """customer_summary.sql (set-based, for a million customers) computes exactly what
-    clv.summary_from_transactions defines, on the purchases known at the end of D."""
-    with built.begin() as conn:
+    clv.summary_from_transactions defines, on the purchases known at the end of D. (A copy:
+    read_cutoff makes temporary tables, which a read-only PostgreSQL session refuses.)"""
+    with built_copy.begin() as conn:
         data = read_cutoff(
-            built,
+            built_copy,
             conn,
             D,
             {"vip_cum_pct": 1, "key_cum_pct": 5, "regular_cum_pct": 20},

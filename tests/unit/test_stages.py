@@ -10,9 +10,11 @@ from crm_pipeline.alerts import process_alerts
 from crm_pipeline.evaluate import evaluate_day
 
 
-@pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
-def test_without_an_smtp_connection_the_email_waits_in_the_outbox(built):
-    run = stages.Run(day=D, run_id="r", started=dt.datetime(2025, 7, 1, 2), warehouse_url=built.url)
+@pytest.mark.parametrize("built", ["duckdb"], indirect=True)
+def test_without_an_smtp_connection_the_email_waits_in_the_outbox(built_copy):
+    run = stages.Run(
+        day=D, run_id="r", started=dt.datetime(2025, 7, 1, 2), warehouse_url=built_copy.url
+    )
     # a target no business meets, so that the day has something to tell
     targets = {
         "kpis": {
@@ -27,21 +29,23 @@ def test_without_an_smtp_connection_the_email_waits_in_the_outbox(built):
         "recipients": {"to": ["manager@example.com"]},
         "rules": [{"kpi": "active_customers", "dimensions": {"all": "*"}}],
     }
-    evaluate_day(built, D, "r", targets=targets)
-    prepared = process_alerts(built, D, "r", config=rules, targets=targets)
+    evaluate_day(built_copy, D, "r", targets=targets)
+    prepared = process_alerts(built_copy, D, "r", config=rules, targets=targets)
     assert prepared["message_id"], prepared  # the day has something to tell
     result = stages.send_alerts(run, None)
     assert result == {"sent": [], "pending": 1, "reason": "no smtp_default connection"}
-    with built.begin() as conn:
+    with built_copy.begin() as conn:
         waiting = conn.exec_driver_sql(
             "select message_id, state, attempts from ops.alert_outbox"
         ).fetchall()
     assert [tuple(r) for r in waiting] == [(prepared["message_id"], "pending", 0)]
 
 
-@pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
-def test_a_first_run_builds_the_configured_history_and_later_runs_their_day(built):
-    run = stages.Run(day=D, run_id="r", started=dt.datetime(2025, 7, 1, 2), warehouse_url=built.url)
+@pytest.mark.parametrize("built", ["duckdb"], indirect=True)
+def test_a_first_run_builds_the_configured_history_and_later_runs_their_day(built_copy):
+    run = stages.Run(
+        day=D, run_id="r", started=dt.datetime(2025, 7, 1, 2), warehouse_url=built_copy.url
+    )
     # nothing evaluated before D yet: the run builds the configured 90 days ending at D
     first = stages.snapshots(run)
     assert first == (D - dt.timedelta(days=89)).isoformat()
