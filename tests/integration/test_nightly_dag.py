@@ -12,10 +12,20 @@ validation), a model that fails its gate (the run fails, the notifier fires, CLV
 published), and a day that has not ended (refused). Each night's asset events are read back
 from Airflow's metadata database: one per public mart, with the day and what was published;
 a failure reaches Slack (a webhook on a local HTTP server) only when CRM_SLACK_CONN_ID is set.
+
+The nights build on each other, and each test stands alone all the same: the story is a
+chain of module fixtures, each run once (the first night; the next night, on a copy of
+the first), and a test that runs more nights does so on a copy of the nights it builds on,
+so the fixtures' own warehouses stay as they were for the tests that read them.
 """
+
+from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import cdnow
 import pytest
@@ -45,8 +55,36 @@ SNAPSHOTS = (
 ENGINEERS = "data-team@example.com"
 
 
+@dataclass
+class Night:
+    """A source and a warehouse after some nights, and the connections that name them."""
+
+    env: dict[str, str]
+    source: str
+    wh: Warehouse
+
+    def copy(self, tmp: Path) -> Night:
+        """The same nights in `tmp`, for a test that runs more of them."""
+        source, warehouse = tmp / "source.db", tmp / "warehouse.duckdb"
+        shutil.copy(self.source.removeprefix("sqlite:///"), source)
+        for suffix in ("", ".wal"):  # every connection is closed after use: normally no WAL
+            if Path(f"{self.wh.engine.url.database}{suffix}").exists():
+                shutil.copy(f"{self.wh.engine.url.database}{suffix}", f"{warehouse}{suffix}")
+        env = {
+            **self.env,
+            "AIRFLOW_CONN_CRM_SOURCE": f"sqlite:///{source}",
+            "AIRFLOW_CONN_CRM_WAREHOUSE": f"duckdb:///{warehouse}",
+            "CRM_DATA_DIR": str(tmp),
+        }
+        return Night(
+            env, env["AIRFLOW_CONN_CRM_SOURCE"], Warehouse(env["AIRFLOW_CONN_CRM_WAREHOUSE"])
+        )
+
+
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory, airflow_db):
+    """The DAG, the environment a user gives it (a generated source, a warehouse, the
+    local SMTP sink), and the sink. No night has run: `first_night` runs it here."""
     tmp = tmp_path_factory.mktemp("e2e")
     source = f"sqlite:///{tmp}/source.db"
     # 800 customers over 400 days: enough at d-180 and d-90 to train and validate churn
@@ -64,22 +102,62 @@ def nightly(tmp_path_factory, airflow_db):
         yield dag, env, source, Warehouse(env["AIRFLOW_CONN_CRM_WAREHOUSE"]), sink
 
 
+@dataclass
+class FirstNight(Night):
+    events: dict[str, list[dict]]  # the asset events of its run
+
+
 @pytest.fixture(scope="module")
+def first_night(nightly):
+    """DAY on the empty warehouse of `nightly`, which every task must pass, run once for
+    the tests that read it or build on it. Read it, never write it: a test that runs
+    another night does so on a `.copy()`."""
+    dag, env, source, wh, _ = nightly
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        succeeded(dag, env, DAY, monkeypatch)
+    return FirstNight(env, source, wh, asset_events(RUNS[-1]))
+
+
+@dataclass
+class SecondNight(Night):
+    changes: dict[str, int]  # what demo.advance changed in the source for the day
+
+
+@pytest.fixture(scope="module")
+def second_night(first_night, nightly, tmp_path_factory):
+    """The next day's changes in the source, then its night, on a copy of the first night;
+    run once, read-only like `first_night`."""
+    dag = nightly[0]
+    night = first_night.copy(tmp_path_factory.mktemp("second-night"))
+    changes = demo.advance(night.source, DAY + dt.timedelta(days=1))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        succeeded(dag, night.env, DAY + dt.timedelta(days=1), monkeypatch)
+    return SecondNight(night.env, night.source, night.wh, changes)
+
+
+@pytest.fixture
 def slack():
-    """A Slack webhook connection (AIRFLOW_CONN_CRM_SLACK) to a local server; the option
-    is on for a test that sets CRM_SLACK_CONN_ID=crm_slack."""
+    """A Slack webhook connection (AIRFLOW_CONN_CRM_SLACK) to a local server of the test's
+    own; the option is on for a test that sets CRM_SLACK_CONN_ID=crm_slack."""
     with SlackWebhook() as hook:
         yield hook
 
 
+@dataclass(frozen=True)
+class RunRef:
+    run_id: str
+    started: dt.datetime
+
+
 def run(dag, env, day, monkeypatch, logical_date=None):
     """One DAG run; returns (run state, {task: state}) with mapped tasks as task[table],
-    and keeps the run's id in RUNS (its asset events are read by it)."""
+    and keeps the run's id and start in RUNS (its asset events are read by them)."""
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     when = logical_date or dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    started = dt.datetime.now(dt.UTC)
     dag_run = dag.test(logical_date=when)
-    RUNS.append(dag_run.run_id)
+    RUNS.append(RunRef(dag_run.run_id, started))
     states = {}
     for ti in dag_run.get_task_instances():
         name = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
@@ -97,18 +175,24 @@ def succeeded(dag, env, day, monkeypatch):
     return states
 
 
-RUNS: list[str] = []
+RUNS: list[RunRef] = []
 
 
-def asset_events(run_id):
-    """{asset name: [extra, ...]} of the events a run emitted, from Airflow's metadata."""
+def asset_events(run: RunRef):
+    """{asset name: [extra, ...]} of the events a run emitted, from Airflow's metadata. A
+    run for a day that another test ran too has the same run id (manual__<day>): only the
+    events since this one started are its own."""
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     events: dict[str, list[dict]] = {}
     with create_session() as session:
-        for event in session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run_id)):
+        for event in session.scalars(
+            select(AssetEvent).where(
+                AssetEvent.source_run_id == run.run_id, AssetEvent.timestamp >= run.started
+            )
+        ):
             events.setdefault(event.asset.name, []).append(event.extra)
     return events
 
@@ -137,9 +221,12 @@ def model_runs(wh, day):
         }
 
 
-def test_a_night_builds_every_stage_and_a_rerun_gives_the_same_rows(nightly, monkeypatch):
-    dag, env, source, wh, sink = nightly
-    succeeded(dag, env, DAY, monkeypatch)
+def test_a_night_builds_every_stage_and_a_rerun_gives_the_same_rows(
+    nightly, first_night, tmp_path, monkeypatch
+):
+    dag, _, _, _, sink = nightly
+    night = first_night.copy(tmp_path)  # the rerun writes
+    env, wh = night.env, night.wh
     counts = wh.row_counts(("marts", "ops"))
     assert counts["marts.fct_orders"] > 1000 and counts["marts.dim_customer"] > 600
     assert scalar(wh, "select max(order_date) from marts.fct_orders") == DAY
@@ -177,7 +264,7 @@ def test_a_night_builds_every_stage_and_a_rerun_gives_the_same_rows(nightly, mon
     assert scalar(wh, "select count(clv) from marts.dim_customer") == buyers
     assert (sink.directory.parent / "dq_docs" / "index.html").exists()  # GX Data Docs
     # one asset event per public mart, saying the day and that it was published for it
-    events = asset_events(RUNS[-1])
+    events = first_night.events
     assert sorted(events) == sorted(f"crm_warehouse.{t}" for t in PUBLIC_MARTS)
     for name, [extra] in events.items():
         assert extra["as_of_date"] == str(DAY) and extra["published"] is True, (name, extra)
@@ -202,11 +289,9 @@ def test_a_night_builds_every_stage_and_a_rerun_gives_the_same_rows(nightly, mon
     assert len(sink.messages()) == mails  # nothing new, worse or resolved: no second email
 
 
-def test_the_next_night_pulls_only_what_changed(nightly, monkeypatch):
-    dag, env, source, wh, sink = nightly
-    next_day = DAY + dt.timedelta(days=1)
-    changes = demo.advance(source, next_day)
-    succeeded(dag, env, next_day, monkeypatch)
+def test_the_next_night_pulls_only_what_changed(second_night):
+    wh, changes = second_night.wh, second_night.changes
+    next_day = DAY + dt.timedelta(days=1)  # advanced and run by the fixture
     with wh.begin() as conn:
         pulled = dict(
             conn.exec_driver_sql(
@@ -221,8 +306,12 @@ def test_the_next_night_pulls_only_what_changed(nightly, monkeypatch):
     assert scalar(wh, "select count(distinct as_of_date) from marts.kpi_daily") == 91
 
 
-def test_reruns_and_a_backfill_do_not_make_the_next_real_night_fail(nightly, monkeypatch):
-    dag, env, source, wh, sink = nightly
+def test_reruns_and_a_backfill_do_not_make_the_next_real_night_fail(
+    nightly, second_night, tmp_path, monkeypatch
+):
+    dag = nightly[0]
+    night = second_night.copy(tmp_path)
+    env, source, wh = night.env, night.source, night.wh
     last = DAY + dt.timedelta(days=1)
     for _ in range(3):  # a day rerun three times: three pulls with nothing new
         succeeded(dag, env, last, monkeypatch)
@@ -262,10 +351,12 @@ def test_reruns_and_a_backfill_do_not_make_the_next_real_night_fail(nightly, mon
 
 
 def test_a_failed_model_fails_the_run_tells_data_engineers_and_clv_still_publishes(
-    nightly, slack, tmp_path, monkeypatch
+    nightly, first_night, slack, tmp_path, monkeypatch
 ):
-    dag, env, source, wh, sink = nightly
-    env = {**env, **slack.env()}
+    dag, _, _, _, sink = nightly
+    night = first_night.copy(tmp_path)
+    source, wh = night.source, night.wh
+    env = {**night.env, **slack.env()}
     env.pop("CRM_SLACK_CONN_ID")  # the connection exists, the option is off
     day = scalar(wh, "select max(order_date) from marts.fct_orders") + dt.timedelta(days=1)
     demo.advance(source, day)
@@ -307,8 +398,10 @@ def test_a_failed_model_fails_the_run_tells_data_engineers_and_clv_still_publish
         assert events[f"crm_warehouse.marts.{mart}"][0]["as_of_date"] == str(day), mart
 
 
-def test_a_day_that_has_not_ended_is_refused(nightly, monkeypatch):
-    dag, env, _, wh, sink = nightly
+def test_a_day_that_has_not_ended_is_refused(nightly, first_night, tmp_path, monkeypatch):
+    dag, _, _, _, sink = nightly
+    night = first_night.copy(tmp_path)  # a warehouse with nights behind it, to stay as it is
+    env, wh = night.env, night.wh
     batches = scalar(wh, "select count(*) from ops.extract_batches")
     now = dt.datetime.now(dt.UTC)
     before = len(sink.messages())
