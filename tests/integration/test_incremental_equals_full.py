@@ -20,13 +20,30 @@ from crm_pipeline.warehouse import Warehouse
 pytestmark = pytest.mark.slow
 
 DAY = dt.date(2026, 6, 30)
-AS_OF_DAY = ("customer_rfm", "customer_value_tier", "kpi_daily", "segment_migration",
-             "customer_clv", "customer_churn_risk")
+AS_OF_DAY = (
+    "customer_rfm",
+    "customer_value_tier",
+    "kpi_daily",
+    "segment_migration",
+    "customer_clv",
+    "customer_churn_risk",
+)
 # the evaluation's baseline is the KPI's own recent history, which a first build restates
 # with what is known at its end (a row's first version pulled is valid from the start), so
 # the day's figures and targets are compared, not the band around them
-EVALUATED = ("as_of_date", "kpi", "dimension", "dimension_value", "value", "target",
-             "direction", "n", "interval_low", "interval_high", "target_breached")
+EVALUATED = (
+    "as_of_date",
+    "kpi",
+    "dimension",
+    "dimension_value",
+    "value",
+    "target",
+    "direction",
+    "n",
+    "interval_low",
+    "interval_high",
+    "target_breached",
+)
 LATEST_STATE = ("fct_orders", "dim_customer")
 
 
@@ -46,7 +63,8 @@ def current_versions(wh: Warehouse, table: str) -> list[tuple]:
         cols = [c for c in wh.columns(conn, f"staging.{table}") if c not in skip]
         found = conn.exec_driver_sql(
             f"select {', '.join(cols)} from staging.{table} "
-            "where valid_to = timestamp '9999-12-31 00:00:00'")
+            "where valid_to = timestamp '9999-12-31 00:00:00'"
+        )
         return sorted(map(tuple, found.fetchall()), key=repr)
 
 
@@ -68,7 +86,8 @@ def test_nights_on_top_of_each_other_equal_a_first_build(tmp_path):
         staging = inc.tables(conn, "staging")
         restaged = conn.exec_driver_sql(
             "select count(*) from ops.extract_batches where as_of_date = date "
-            f"'{DAY}' and new_versions > 0").scalar_one()
+            f"'{DAY}' and new_versions > 0"
+        ).scalar_one()
     assert restaged > 0  # the last night had changes to carry
     for table in AS_OF_DAY:
         got = rows(inc, table, DAY)

@@ -26,8 +26,14 @@ NEXT = DAY + dt.timedelta(days=1)
 
 
 def night(source, warehouse, day, kill_at=0):
-    cmd = [sys.executable, "-m", "bench.night", f"sqlite:///{source}", f"duckdb:///{warehouse}",
-           str(day)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.night",
+        f"sqlite:///{source}",
+        f"duckdb:///{warehouse}",
+        str(day),
+    ]
     if kill_at:
         cmd += ["--kill-at", str(kill_at)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -71,13 +77,26 @@ def clean(tmp_path_factory):
     copy_warehouse(wh, tmp / "after-day.duckdb")
     after_day = marts(wh)
     n_next = night(second, wh, NEXT)
-    return {"tmp": tmp, "first": first, "second": second, "n_first": n_first,
-            "n_next": n_next, "after_day": after_day, "after_next": marts(wh)}
+    return {
+        "tmp": tmp,
+        "first": first,
+        "second": second,
+        "n_first": n_first,
+        "n_next": n_next,
+        "after_day": after_day,
+        "after_next": marts(wh),
+    }
 
 
 def test_the_clean_nights_publish_every_mart(clean):
-    for table in ("kpi_daily", "kpi_evaluation", "customer_clv", "customer_churn_risk",
-                  "dim_customer", "alerts"):
+    for table in (
+        "kpi_daily",
+        "kpi_evaluation",
+        "customer_clv",
+        "customer_churn_risk",
+        "dim_customer",
+        "alerts",
+    ):
         assert clean["after_day"][table], table
     days = {r[0] for r in clean["after_day"]["kpi_evaluation"]}
     assert len(days) == 90

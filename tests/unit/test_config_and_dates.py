@@ -10,21 +10,43 @@ from crm_pipeline.dates import covered_day, end_of_day
 
 
 def conn(**kw):
-    base = dict(conn_id="x", conn_type=None, host=None, schema=None, login=None, password=None,
-                port=None, extra_dejson={})
+    base = dict(
+        conn_id="x",
+        conn_type=None,
+        host=None,
+        schema=None,
+        login=None,
+        password=None,
+        port=None,
+        extra_dejson={},
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
 
 def test_sqlite_and_duckdb_paths_stay_absolute():
     # Airflow parses AIRFLOW_CONN_X=sqlite:////abs/path/source.db into schema='/abs/path/source.db'
-    assert sqlalchemy_url(conn(conn_type="sqlite", schema="/abs/path/source.db")) == "sqlite:////abs/path/source.db"
-    assert sqlalchemy_url(conn(conn_type="duckdb", schema="/w/wh.duckdb")) == "duckdb:////w/wh.duckdb"
+    assert (
+        sqlalchemy_url(conn(conn_type="sqlite", schema="/abs/path/source.db"))
+        == "sqlite:////abs/path/source.db"
+    )
+    assert (
+        sqlalchemy_url(conn(conn_type="duckdb", schema="/w/wh.duckdb")) == "duckdb:////w/wh.duckdb"
+    )
 
 
 def test_postgres_url_gets_a_driver_and_quoted_password():
-    url = sqlalchemy_url(conn(conn_type="postgres", host="db", schema="crm", login="etl",
-                              password="p@ss/word", port=5432, extra_dejson={"sslmode": "require"}))
+    url = sqlalchemy_url(
+        conn(
+            conn_type="postgres",
+            host="db",
+            schema="crm",
+            login="etl",
+            password="p@ss/word",
+            port=5432,
+            extra_dejson={"sslmode": "require"},
+        )
+    )
     assert url == "postgresql+psycopg2://etl:p%40ss%2Fword@db:5432/crm?sslmode=require"
 
 

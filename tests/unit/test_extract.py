@@ -17,15 +17,23 @@ def pull_all(src, wh, day=DAY, run="run-1", **kw):
 
 def raw_rows(wh, table, cols="*"):
     with wh.begin() as conn:
-        return conn.exec_driver_sql(f"select {cols} from raw.{table} order by 1, updated_at").fetchall()
+        return conn.exec_driver_sql(
+            f"select {cols} from raw.{table} order by 1, updated_at"
+        ).fetchall()
 
 
 @pytest.fixture
 def source(tmp_path):
-    return build_source(f"sqlite:///{tmp_path}/source.db", {
-        "customers": [customer("C1", "2025-01-05"), customer("C2", "2025-02-01")],
-        "orders": [order("O1", "C1", "2025-03-01 09:30"), order("O2", "C2", "2025-03-09 18:00", 35.5)],
-    })
+    return build_source(
+        f"sqlite:///{tmp_path}/source.db",
+        {
+            "customers": [customer("C1", "2025-01-05"), customer("C2", "2025-02-01")],
+            "orders": [
+                order("O1", "C1", "2025-03-01 09:30"),
+                order("O2", "C2", "2025-03-09 18:00", 35.5),
+            ],
+        },
+    )
 
 
 def test_first_run_pulls_everything_as_text(source, warehouse):
@@ -33,24 +41,35 @@ def test_first_run_pulls_everything_as_text(source, warehouse):
     assert stats["orders"]["rows_read"] == 2 and stats["orders"]["new_versions"] == 2
     assert stats["customers"]["watermark_to"] == "2025-02-01 12:00:00.000000"
     rows = raw_rows(warehouse, "orders", "order_id, net_amount, ordered_at, status")
-    assert rows == [("O1", "20", "2025-03-01 09:30:00.000000", "completed"),
-                    ("O2", "35.5", "2025-03-09 18:00:00.000000", "completed")]
+    assert rows == [
+        ("O1", "20", "2025-03-01 09:30:00.000000", "completed"),
+        ("O2", "35.5", "2025-03-09 18:00:00.000000", "completed"),
+    ]
 
 
 def test_incremental_run_picks_up_new_rows_and_late_changes_exactly_once(source, warehouse):
     pull_all(source, warehouse)
     # a day later: O1 is refunded (late change), O3 is new
-    upsert(source, "orders", [
-        order("O1", "C1", "2025-03-01 09:30", status="refunded", updated_at="2025-03-11 08:00"),
-        order("O3", "C2", "2025-03-11 10:00", 12.0),
-    ])
+    upsert(
+        source,
+        "orders",
+        [
+            order("O1", "C1", "2025-03-01 09:30", status="refunded", updated_at="2025-03-11 08:00"),
+            order("O3", "C2", "2025-03-11 10:00", 12.0),
+        ],
+    )
     stats = pull_all(source, warehouse, dt.date(2025, 3, 11), "run-2")
     # the pull is `updated_at >= watermark`: O2 (at the watermark) is read again but not stored again
     assert stats["orders"]["new_versions"] == 2
     again = pull_all(source, warehouse, dt.date(2025, 3, 11), "run-3")
     assert again["orders"]["new_versions"] == 0
     versions = raw_rows(warehouse, "orders", "order_id, status")
-    assert versions == [("O1", "completed"), ("O1", "refunded"), ("O2", "completed"), ("O3", "completed")]
+    assert versions == [
+        ("O1", "completed"),
+        ("O1", "refunded"),
+        ("O2", "completed"),
+        ("O3", "completed"),
+    ]
 
 
 def test_a_pull_killed_before_the_watermark_commits_loses_nothing(source, warehouse):
@@ -113,11 +132,15 @@ def test_a_missing_column_keeps_the_watermark_so_the_fixed_rows_come_again(tmp_p
     url = f"sqlite:///{tmp_path}/s.db"
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.exec_driver_sql("create table surveys (response_id text, customer_id text, "
-                             "responded_at text, survey_type text, comment text, order_id text, "
-                             "updated_at text)")  # score is missing
-        conn.exec_driver_sql("insert into surveys values ('S1', 'C1', '2025-03-01 10:00:00', "
-                             "'csat', null, null, '2025-03-01 10:00:00.000000')")
+        conn.exec_driver_sql(
+            "create table surveys (response_id text, customer_id text, "
+            "responded_at text, survey_type text, comment text, order_id text, "
+            "updated_at text)"
+        )  # score is missing
+        conn.exec_driver_sql(
+            "insert into surveys values ('S1', 'C1', '2025-03-01 10:00:00', "
+            "'csat', null, null, '2025-03-01 10:00:00.000000')"
+        )
     stats = extract_table(url, warehouse, "surveys", DAY, "run-1")
     assert stats["missing_columns"] == "score" and stats["watermark_to"] is None
     with engine.begin() as conn:  # the source is fixed: the column comes back
@@ -128,8 +151,7 @@ def test_a_missing_column_keeps_the_watermark_so_the_fixed_rows_come_again(tmp_p
     assert fixed["watermark_to"] == "2025-03-01 10:00:00.000000"
 
 
-def test_an_optional_table_the_source_lacks_reads_as_empty_until_it_disappears(
-        source, warehouse):
+def test_an_optional_table_the_source_lacks_reads_as_empty_until_it_disappears(source, warehouse):
     import sqlalchemy as sa
 
     from crm_pipeline.errors import PipelineStop
@@ -140,8 +162,12 @@ def test_an_optional_table_the_source_lacks_reads_as_empty_until_it_disappears(
     stats = extract_table(source, warehouse, "complaints", DAY, "run-1")
     assert stats["absent"] and stats["new_versions"] == 0  # a company without the data
     with warehouse.begin() as conn:
-        assert conn.exec_driver_sql("select count(*) from ops.extract_batches "
-                                    "where table_name = 'complaints'").scalar_one() == 0
+        assert (
+            conn.exec_driver_sql(
+                "select count(*) from ops.extract_batches where table_name = 'complaints'"
+            ).scalar_one()
+            == 0
+        )
     # a required table may not be missing, and an optional one that had rows may not vanish
     with engine.begin() as conn:
         conn.exec_driver_sql("drop table products")
@@ -167,21 +193,31 @@ def test_the_same_version_pulled_twice_is_stored_once(tmp_path, warehouse):
 
     url = f"sqlite:///{tmp_path}/s.db"
     engine = sa.create_engine(url)
-    row = ("'{id}', 'C1', '2025-03-01 10:00:00', 'csat', {score}, null, null, "
-           "'2025-03-0{day} 10:00:00.000000'")
+    row = (
+        "'{id}', 'C1', '2025-03-01 10:00:00', 'csat', {score}, null, null, "
+        "'2025-03-0{day} 10:00:00.000000'"
+    )
     with engine.begin() as conn:
-        conn.exec_driver_sql("create table surveys (response_id text, customer_id text, "
-                             "responded_at text, survey_type text, score integer, comment text, "
-                             "order_id text, updated_at text)")
+        conn.exec_driver_sql(
+            "create table surveys (response_id text, customer_id text, "
+            "responded_at text, survey_type text, score integer, comment text, "
+            "order_id text, updated_at text)"
+        )
         for values in (("S1", 5, 1), ("S1", 5, 1), ("S2", 4, 1), ("S1", 3, 2)):
-            conn.exec_driver_sql("insert into surveys values ("
-                                 + row.format(id=values[0], score=values[1], day=values[2]) + ")")
+            conn.exec_driver_sql(
+                "insert into surveys values ("
+                + row.format(id=values[0], score=values[1], day=values[2])
+                + ")"
+            )
     first = extract_table(url, warehouse, "surveys", DAY, "run-1")
     assert (first["rows_read"], first["new_versions"]) == (4, 3)
     with engine.begin() as conn:  # the same rows again, plus a new one twice
         for values in (("S3", 2, 3), ("S3", 2, 3)):
-            conn.exec_driver_sql("insert into surveys values ("
-                                 + row.format(id=values[0], score=values[1], day=values[2]) + ")")
+            conn.exec_driver_sql(
+                "insert into surveys values ("
+                + row.format(id=values[0], score=values[1], day=values[2])
+                + ")"
+            )
     second = extract_table(url, warehouse, "surveys", DAY, "run-2")
     assert second["new_versions"] == 1
     rows = raw_rows(warehouse, "surveys", "response_id, score, _row_hash")

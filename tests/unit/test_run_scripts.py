@@ -14,19 +14,32 @@ import task_report  # noqa: E402 - the script, imported as a module
 
 
 def task(task_id, state, map_index=-1):
-    return {"task_id": task_id, "state": state, "map_index": map_index,
-            "start_date": "2026-11-30T02:00:00+00:00", "end_date": "2026-11-30T02:00:05+00:00"}
+    return {
+        "task_id": task_id,
+        "state": state,
+        "map_index": map_index,
+        "start_date": "2026-11-30T02:00:00+00:00",
+        "end_date": "2026-11-30T02:00:05+00:00",
+    }
 
 
 def test_a_good_night_is_every_task_succeeded_and_the_watcher_skipped():
-    good = [task("check_run", "success"), task("extract.extract_table", "success", 0),
-            task("models.score_customers", "success"), task("watcher", "skipped")]
+    good = [
+        task("check_run", "success"),
+        task("extract.extract_table", "success", 0),
+        task("models.score_customers", "success"),
+        task("watcher", "skipped"),
+    ]
     assert task_report.verdict(good) == []
 
 
 def test_a_failed_task_with_green_leaves_or_a_run_without_tasks_is_not_a_good_night():
-    gate = [task("models.score_customers", "failed"), task("publish.build_dim_customer",
-            "success"), task("alerts.send_alert_email", "success"), task("watcher", "failed")]
+    gate = [
+        task("models.score_customers", "failed"),
+        task("publish.build_dim_customer", "success"),
+        task("alerts.send_alert_email", "success"),
+        task("watcher", "failed"),
+    ]
     assert task_report.verdict(gate) == ["models.score_customers failed", "watcher failed"]
     # Airflow creates no task for a day before a DAG's start_date, and calls the run a success
     assert task_report.verdict([]) == ["no task ran for this run"]
@@ -36,10 +49,17 @@ def test_a_failed_task_with_green_leaves_or_a_run_without_tasks_is_not_a_good_ni
 def test_the_report_exits_1_and_says_why(tmp_path):
     from crm_pipeline.source_schema import TABLE_ORDER
 
-    tasks = [task("extract.extract_table", "failed", 3), task("watcher", "failed"),
-             {**task("extract.extract_table", "success", 0), "rendered_map_index": "customers"}]
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "task_report.py"), "r1"],
-                          input=json.dumps(tasks), capture_output=True, text=True)
+    tasks = [
+        task("extract.extract_table", "failed", 3),
+        task("watcher", "failed"),
+        {**task("extract.extract_table", "success", 0), "rendered_map_index": "customers"},
+    ]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "task_report.py"), "r1"],
+        input=json.dumps(tasks),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1
     # a mapped extract is named by its table, not by its index
     assert f"extract.extract_table[{TABLE_ORDER[3]}] failed" in done.stderr
@@ -49,8 +69,12 @@ def test_the_report_exits_1_and_says_why(tmp_path):
 
 def test_a_day_that_has_not_ended_is_refused_before_any_work():
     today = dt.datetime.now(dt.UTC).date().isoformat()
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "dag_run.sh"), today, "/dev/null"],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "dag_run.sh"), today, "/dev/null"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 2 and f"{today} has not ended yet" in done.stderr
 
 

@@ -19,8 +19,13 @@ TRICKY = 'Ann "the, best"\nO\'Brien, Zoë'
 def rows():
     return {
         "customers": [
-            customer("C1", "2025-01-05 08:00:00.123456", name=TRICKY, loyalty_member=True,
-                     birth_year=None),
+            customer(
+                "C1",
+                "2025-01-05 08:00:00.123456",
+                name=TRICKY,
+                loyalty_member=True,
+                birth_year=None,
+            ),
             customer("C2", "2025-02-01", name="", city="Zürich", gender="f"),
         ],
         "orders": [
@@ -38,8 +43,9 @@ def raw(wh):
     with wh.begin() as conn:
         for table in TABLE_ORDER:
             cols = [c for c in wh.columns(conn, f"raw.{table}") if c != "_batch_id"]
-            out[table] = sorted(conn.exec_driver_sql(
-                f"select {', '.join(cols)} from raw.{table}").fetchall())
+            out[table] = sorted(
+                conn.exec_driver_sql(f"select {', '.join(cols)} from raw.{table}").fetchall()
+            )
     return out
 
 
@@ -64,22 +70,32 @@ def test_a_sqlite_source_reads_the_same_versions_both_ways(tmp_path, monkeypatch
     assert columnar == by_rows
     names = {r[0]: r for r in columnar["customers"]}
     assert TRICKY in names["C1"] and "" in names["C2"]
-    assert ("O1", "C1", "2025-03-01 09:30:00.000000", "completed", "delivery_staff", "20",
-            "0", "20", "12") == columnar["orders"][0][:9]
+    assert (
+        "O1",
+        "C1",
+        "2025-03-01 09:30:00.000000",
+        "completed",
+        "delivery_staff",
+        "20",
+        "0",
+        "20",
+        "12",
+    ) == columnar["orders"][0][:9]
 
 
 @pytest.mark.postgres
-def test_a_postgresql_source_reads_the_same_versions_both_ways(
-        pg_database, tmp_path, monkeypatch):
+def test_a_postgresql_source_reads_the_same_versions_both_ways(pg_database, tmp_path, monkeypatch):
     src = build_source(pg_database, rows())
     with sa.create_engine(pg_database).begin() as conn:  # and a timestamp with time zone
         conn.exec_driver_sql("set time zone 'Europe/Paris'")
-        conn.exec_driver_sql("alter table surveys alter column updated_at type timestamptz "
-                             "using updated_at at time zone 'UTC'")
+        conn.exec_driver_sql(
+            "alter table surveys alter column updated_at type timestamptz "
+            "using updated_at at time zone 'UTC'"
+        )
     columnar, by_rows = both_paths(src, tmp_path, monkeypatch)
     assert columnar == by_rows
     orders = {r[0]: r for r in columnar["orders"]}
-    assert orders["O1"][5:9] == ("20", "0", "20", "12")      # numeric(14,2) 20.00
+    assert orders["O1"][5:9] == ("20", "0", "20", "12")  # numeric(14,2) 20.00
     assert orders["O2"][5:9] == ("35.75", "0.25", "35.50", "21.30")
     customers = {r[0]: r for r in columnar["customers"]}
     assert customers["C1"][10] == "true" and customers["C1"][7] is None  # boolean, NULL

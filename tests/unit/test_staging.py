@@ -37,7 +37,9 @@ def as_rebuilt(wh) -> dict[str, list[tuple]]:
 
 
 def restaged(caplog, table: str) -> str:
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"staging.stg_{table}:")]
+    lines = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith(f"staging.stg_{table}:")
+    ]
     return lines[-1].split(": ", 1)[1].split(",")[0]
 
 
@@ -76,8 +78,11 @@ def test_a_night_restages_the_changed_keys_only_and_equals_a_rebuild(tmp_path, w
     assert len(first["orders"]) == 3
 
     # a new version of O1 (refunded), a new order and a new customer
-    upsert(src, "orders", [order("O1", "C1", "2025-02-20 10:00", status="refunded",
-                                 updated_at="2025-03-02 09:00")])
+    upsert(
+        src,
+        "orders",
+        [order("O1", "C1", "2025-02-20 10:00", status="refunded", updated_at="2025-03-02 09:00")],
+    )
     upsert(src, "orders", [order("O4", "C1", "2025-03-02 11:00")])
     upsert(src, "customers", [customer("C3", created_at="2025-03-02")])
     extract_all(src, warehouse, D + dt.timedelta(days=1))
@@ -120,8 +125,19 @@ def test_a_whole_rebuild_in_key_parts_gives_the_same_rows(tmp_path, warehouse, c
     build_source(src, {"customers": [customer(f"C{i}") for i in range(3)], "orders": orders})
     extract_all(src, warehouse, D)
     for i in (1, 4, 7):  # later versions of some orders
-        upsert(src, "orders", [order(f"O{i}", f"C{i % 3}", f"2025-02-{10 + i} 10:00", 99.0,
-                                     updated_at="2025-03-01 09:00")])
+        upsert(
+            src,
+            "orders",
+            [
+                order(
+                    f"O{i}",
+                    f"C{i % 3}",
+                    f"2025-02-{10 + i} 10:00",
+                    99.0,
+                    updated_at="2025-03-01 09:00",
+                )
+            ],
+        )
     extract_all(src, warehouse, D + dt.timedelta(days=1))
     one_part = as_rebuilt(warehouse)
     build_staging(warehouse, full=True, part_rows=3)
@@ -139,18 +155,37 @@ def test_order_lines_restage_every_line_of_a_changed_order(tmp_path, warehouse, 
     src = f"sqlite:///{tmp_path}/source.db"
 
     def line(order_id, line_no, quantity, updated_at="2025-02-20 10:00"):
-        return {"order_id": order_id, "line_no": line_no, "product_id": "P1",
-                "quantity": quantity, "unit_price": 10.0, "net_amount": 10.0 * quantity,
-                "updated_at": ts(updated_at)}
+        return {
+            "order_id": order_id,
+            "line_no": line_no,
+            "product_id": "P1",
+            "quantity": quantity,
+            "unit_price": 10.0,
+            "net_amount": 10.0 * quantity,
+            "updated_at": ts(updated_at),
+        }
 
-    build_source(src, {
-        "customers": [customer("C1")],
-        "products": [{"product_id": "P1", "name": "Tea", "category": "drinks",
-                      "launched_at": ts("2024-01-01"), "discontinued_at": None,
-                      "updated_at": ts("2024-01-01")}],
-        "orders": [order("O1", "C1", "2025-02-20 10:00"), order("O2", "C1", "2025-02-21 10:00")],
-        "order_lines": [line("O1", 1, 1), line("O1", 2, 2), line("O2", 1, 3)],
-    })
+    build_source(
+        src,
+        {
+            "customers": [customer("C1")],
+            "products": [
+                {
+                    "product_id": "P1",
+                    "name": "Tea",
+                    "category": "drinks",
+                    "launched_at": ts("2024-01-01"),
+                    "discontinued_at": None,
+                    "updated_at": ts("2024-01-01"),
+                }
+            ],
+            "orders": [
+                order("O1", "C1", "2025-02-20 10:00"),
+                order("O2", "C1", "2025-02-21 10:00"),
+            ],
+            "order_lines": [line("O1", 1, 1), line("O1", 2, 2), line("O2", 1, 3)],
+        },
+    )
     extract_all(src, warehouse, D)
     build_staging(warehouse)
     upsert(src, "order_lines", [line("O1", 2, 5, "2025-03-02 09:00")])  # a corrected line

@@ -444,10 +444,14 @@ def test_a_row_changed_while_the_run_read_is_released_the_next_night_a_wrong_clo
     a row changed in between is in that run's future, held, then released by the next run,
     whose start has passed it. A timestamp in 2099 stays held."""
     day2 = DAY + dt.timedelta(days=1)
-    upsert(source, "orders", [
-        order("OSOON", "C1", f"{day2} 00:30", 11.0, updated_at=f"{day2} 01:20"),
-        order("O2099", "C1", f"{DAY} 11:00", 13.0, updated_at="2099-01-01 00:00"),
-    ])
+    upsert(
+        source,
+        "orders",
+        [
+            order("OSOON", "C1", f"{day2} 00:30", 11.0, updated_at=f"{day2} 01:20"),
+            order("O2099", "C1", f"{DAY} 11:00", 13.0, updated_at="2099-01-01 00:00"),
+        ],
+    )
     pull(source, warehouse, DAY, "run-1")
     validate_run(warehouse, DAY, "run-1", now_of(DAY))
     future = "select row_key from quarantine.rows where rule = 'not_in_future' "
@@ -583,6 +587,9 @@ def test_reruns_and_backfills_are_not_the_usual_volume_of_the_next_night(tmp_pat
     spike = nxt + dt.timedelta(days=1)
     add_rows(src, night_rows(spike, n_orders=250))
     pull(src, warehouse, spike, "spike")
-    with pytest.raises(DataQualityError, match=r"orders\.\*: 250 new versions.*12\.\dx the usual "
-                       r"\(median 20 of the last 4 nightly batches\)"):
+    with pytest.raises(
+        DataQualityError,
+        match=r"orders\.\*: 250 new versions.*12\.\dx the usual "
+        r"\(median 20 of the last 4 nightly batches\)",
+    ):
         validate_run(warehouse, spike, "spike", now_of(spike))

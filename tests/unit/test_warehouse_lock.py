@@ -25,8 +25,9 @@ def wh_file(tmp_path):
 
 
 def hold(path, seconds):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, path, str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, path, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "holding"
     return proc
 
@@ -46,7 +47,9 @@ def test_a_lock_held_too_long_fails_naming_the_file(wh_file):
     proc = hold(wh_file.engine.url.database, 5)
     impatient = Warehouse(wh_file.url, lock_wait_seconds=1, lock_poll_seconds=0.2)
     try:
-        with pytest.raises(WarehouseLockedError, match="still locked after 1s.*Reading the warehouse"):
+        with pytest.raises(
+            WarehouseLockedError, match="still locked after 1s.*Reading the warehouse"
+        ):
             with impatient.begin():
                 pass
     finally:
