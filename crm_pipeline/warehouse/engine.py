@@ -30,6 +30,7 @@ from sqlalchemy.pool import NullPool
 
 from crm_pipeline.config import SQL_DIR, normalise_url
 from crm_pipeline.dates import end_of_day
+from crm_pipeline.errors import SchemaMismatchError
 from crm_pipeline.warehouse import frames, tables
 from crm_pipeline.warehouse.tables import Table
 
@@ -272,9 +273,10 @@ class Warehouse:
             if name in have:
                 continue
             if "not null" in kind or "primary key" in kind:
-                raise RuntimeError(
+                raise SchemaMismatchError(
                     f"{table.name} lacks column {name} ({kind}), which cannot be added to "
-                    "rows already there: migrate the table by hand (docs/data_dictionary.md)"
+                    "rows already there: migrate the table by hand (docs/operations.md, "
+                    "Upgrading between versions)"
                 )
             log.info("warehouse: adding column %s %s to %s", name, kind, table.name)
             conn.exec_driver_sql(f"alter table {table.name} add column {name} {kind}")
