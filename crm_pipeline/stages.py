@@ -110,7 +110,13 @@ def extract(run: Run, table: str) -> dict[str, str]:
 
 
 def validate(run: Run) -> dict[str, Any]:
+    # GX's INFO about its own registries and docs sites (~200 lines a run, "Skipping
+    # registering function ... closure") buried the validation's lines in the task log: quiet
+    # before GX is imported, and again for the one module that sets its own level at import
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     from crm_pipeline.validate import validate_run
+
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
     return validate_run(
         run.warehouse, run.day, run.run_id, now=run.started, docs_dir=run.data_dir / "dq_docs"

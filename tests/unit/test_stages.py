@@ -100,3 +100,35 @@ def test_a_broken_setting_is_a_config_error_naming_the_file(monkeypatch, tmp_pat
             stages.check_settings()
     finally:
         config.settings.cache_clear()
+
+
+QUIET_GX = """
+import datetime as dt, logging, sys
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+from crm_pipeline import stages
+run = stages.Run(day=dt.date.fromisoformat(sys.argv[2]), run_id="r",
+                 started=dt.datetime(2025, 7, 1, 2), warehouse_url=sys.argv[1],
+                 data_dir=Path(sys.argv[3]))
+stages.validate(run)
+"""
+
+
+@pytest.mark.parametrize("built", ["duckdb"], indirect=True)
+def test_the_validation_log_is_the_pipelines_not_great_expectations_chatter(built_copy, tmp_path):
+    """A task's log in the Airflow UI: GX's own INFO (about 200 lines of "Skipping
+    registering function ... closure" and temporary docs sites) buried the lines that say
+    what was validated."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", QUIET_GX, built_copy.url, D.isoformat(), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert any(line.startswith("crm_pipeline.validate validation of") for line in lines), lines
+    assert [line for line in lines if line.startswith("great_expectations")] == []
