@@ -17,6 +17,8 @@ from urllib.parse import quote, urlencode
 
 import yaml
 
+from crm_pipeline.errors import ConfigError
+
 CRM_SOURCE_CONN_ID = "crm_source"
 CRM_WAREHOUSE_CONN_ID = "crm_warehouse"
 SMTP_CONN_ID = "smtp_default"
@@ -52,7 +54,7 @@ def sqlalchemy_url(conn: Any) -> str:
     if conn_type in ("sqlite", "duckdb"):
         path = conn.schema or conn.host or ""
         if not path:
-            raise ValueError(f"connection {conn.conn_id!r} ({conn_type}) names no database file")
+            raise ConfigError(f"connection {conn.conn_id!r} ({conn_type}) names no database file")
         return f"{conn_type}:///{path}"
     driver = _DRIVERS.get(conn_type, conn_type)
     auth = ""
@@ -74,12 +76,45 @@ def normalise_url(url: str) -> str:
     return url
 
 
+CONFIG_FILES = ("pipeline", "models", "validation", "targets", "alerts")
+
+
+def config_path(name: str) -> Path:
+    """Where include/config/<name>.yaml is read from: one override convention for all five.
+
+    `CRM_<NAME>_CONFIG` names one file elsewhere (`CRM_MODELS_CONFIG=/etc/crm/models.yaml`);
+    `CRM_CONFIG_DIR` moves the whole directory; otherwise include/config. The pipeline file's
+    older name `CRM_PIPELINE_SETTINGS` is still read."""
+    if name not in CONFIG_FILES:
+        raise ValueError(f"no settings file {name!r}: one of {', '.join(CONFIG_FILES)}")
+    one = os.environ.get(f"CRM_{name.upper()}_CONFIG")
+    if not one and name == "pipeline":
+        one = os.environ.get("CRM_PIPELINE_SETTINGS")
+    if one:
+        return Path(one)
+    return Path(os.environ.get("CRM_CONFIG_DIR") or CONFIG_DIR) / f"{name}.yaml"
+
+
+def read_yaml(name: str, path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The raw mapping of one settings file (`path`, or `config_path(name)`): the one reader
+    every typed loader starts from. A file that is not a mapping is a ConfigError naming it."""
+    where = Path(path) if path is not None else config_path(name)
+    try:
+        with open(where, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top, got {type(raw).__name__}")
+    return raw
+
+
 @cache
 def settings() -> dict[str, Any]:
     """Pipeline settings (windows, thresholds) from include/config/pipeline.yaml."""
-    path = Path(os.environ.get("CRM_PIPELINE_SETTINGS", CONFIG_DIR / "pipeline.yaml"))
-    with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh) or {}
+    return read_yaml("pipeline")
 
 
 @dataclass(frozen=True)
@@ -93,8 +128,6 @@ class Deadline:
 
 def deadline(values: dict[str, Any] | None = None) -> Deadline:
     """The `deadline` settings, checked: a ConfigError names what is wrong."""
-    from crm_pipeline.errors import ConfigError
-
     raw = settings().get("deadline") if values is None else values
     raw = {} if raw is None else raw
     if not isinstance(raw, dict) or set(raw) - {"enabled", "after_queued_minutes"}:

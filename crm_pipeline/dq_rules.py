@@ -29,13 +29,11 @@ import datetime as dt
 import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
-import yaml
 from great_expectations.execution_engine import PandasExecutionEngine
 from great_expectations.expectations.expectation import ColumnMapExpectation
 from great_expectations.expectations.metrics.map_metric_provider import (
@@ -48,7 +46,7 @@ from great_expectations.render.renderer.renderer import renderer
 from sqlalchemy import Boolean, Date, DateTime, Integer, Numeric
 
 from crm_pipeline import source_schema as ss
-from crm_pipeline.config import CONFIG_DIR
+from crm_pipeline.config import read_yaml
 from crm_pipeline.errors import ConfigError
 
 ROW, TABLE = "row", "table"  # an expectation's level: hold the rows, or fail the table
@@ -249,11 +247,9 @@ class ExpectColumnValuesToParseAs(ColumnMapExpectation):
 
 
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """include/config/validation.yaml (or $CRM_VALIDATION_CONFIG), with per-table defaults filled."""
-    path = Path(path or os.environ.get("CRM_VALIDATION_CONFIG", CONFIG_DIR / "validation.yaml"))
-    with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
-    return normalise_config(raw)
+    """include/config/validation.yaml (or $CRM_VALIDATION_CONFIG, see `config.config_path`),
+    with per-table defaults filled."""
+    return normalise_config(read_yaml("validation", path))
 
 
 def normalise_config(raw: dict[str, Any]) -> dict[str, Any]:

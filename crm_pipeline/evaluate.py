@@ -42,16 +42,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-import yaml
 
-from crm_pipeline.config import CONFIG_DIR
+from crm_pipeline.config import config_path, read_yaml
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.source_schema import SOURCE_TABLES
 from crm_pipeline.warehouse import Warehouse, tables
 
 log = logging.getLogger(__name__)
 
-TARGETS_FILE = CONFIG_DIR / "targets.yaml"
+TARGETS_FILE = config_path("targets")
 EVALUATION_TABLE = tables.KPI_EVALUATION.name
 HIGHER = "higher_is_better"
 LOWER = "lower_is_better"
@@ -208,13 +207,12 @@ class Targets:
 
 
 def load_targets(source: str | Path | Mapping[str, Any] | Targets | None = None) -> Targets:
-    """Targets from a YAML file (default include/config/targets.yaml) or a parsed mapping."""
+    """Targets from a YAML file (default include/config/targets.yaml, or $CRM_TARGETS_CONFIG)
+    or a parsed mapping."""
     if isinstance(source, Targets):
         return source
     if source is None or isinstance(source, str | Path):
-        path = Path(source or TARGETS_FILE)
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
+        raw = read_yaml("targets", source)
     else:
         raw = dict(source)
     ev = dict(raw.get("evaluation") or {})

@@ -30,7 +30,7 @@ from sqlalchemy.pool import NullPool
 from crm_pipeline import source_arrow
 from crm_pipeline.config import normalise_url
 from crm_pipeline.dates import naive_utc
-from crm_pipeline.errors import PipelineStop
+from crm_pipeline.errors import SourceSchemaError
 from crm_pipeline.source_schema import OPTIONAL_TABLES, SOURCE_TABLES
 from crm_pipeline.warehouse import Warehouse, tables
 
@@ -38,11 +38,6 @@ log = logging.getLogger(__name__)
 
 TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 NULL_TOKEN = "\\N"
-
-
-class SourceSchemaError(PipelineStop):
-    """The source table is missing or has lost its key or `updated_at`: a broken source
-    contract, which no retry mends."""
 
 
 def extract_table(

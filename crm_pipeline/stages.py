@@ -77,7 +77,7 @@ def check_settings() -> list[str]:
     import yaml
 
     from crm_pipeline.alerts import check_rules_cover_targets, load_alert_config
-    from crm_pipeline.config import CONFIG_DIR, deadline, settings
+    from crm_pipeline.config import config_path, deadline, settings
     from crm_pipeline.dq_rules import load_config as load_validation
     from crm_pipeline.errors import ConfigError
     from crm_pipeline.evaluate import load_targets
@@ -96,7 +96,7 @@ def check_settings() -> list[str]:
             load()
         except (ValueError, KeyError, TypeError, OSError, yaml.YAMLError) as exc:
             kind = "" if isinstance(exc, ConfigError) else f"{type(exc).__name__}: "
-            raise ConfigError(f"{CONFIG_DIR / name}: {kind}{exc}") from exc
+            raise ConfigError(f"{config_path(name.removesuffix('.yaml'))}: {kind}{exc}") from exc
     return list(checks)
 
 

@@ -73,7 +73,7 @@ from crm_pipeline.dq_rules import (
     suite_parameters,
     table_expectations,
 )
-from crm_pipeline.errors import PipelineStop
+from crm_pipeline.errors import DataQualityError
 from crm_pipeline.warehouse import Warehouse
 from crm_pipeline.warehouse import tables as declared
 
@@ -114,24 +114,6 @@ class Failure:
         return (
             f"{self.table}.{self.column}: {self.detail} (rule: {self.rule}) - table-level failure"
         )
-
-
-class DataQualityError(PipelineStop):
-    """Table-level data-quality failures; the message names table, column, rule and rows.
-
-    A PipelineStop: the same data fails the same way on every retry, so the DAG's retry
-    policy fails the task at once; a person must look (then rerun, release or accept)."""
-
-    def __init__(self, failures: list[Failure], summary: dict[str, Any] | None = None):
-        self.failures = failures
-        self.summary = summary or {}
-        tables = sorted({f.table for f in failures})
-        lines = [f.message() for f in failures]
-        head = (
-            f"data quality: {len(failures)} table-level failure(s) in {', '.join(tables)}; "
-            "marts not rebuilt"
-        )
-        super().__init__(head + "\n" + "\n".join(f"  - {line}" for line in lines))
 
 
 def _n(x: int | float) -> str:

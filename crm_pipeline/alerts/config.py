@@ -15,13 +15,11 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from crm_pipeline.config import CONFIG_DIR
+from crm_pipeline.config import config_path, read_yaml
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.evaluate import Targets
 
-ALERTS_FILE = CONFIG_DIR / "alerts.yaml"
+ALERTS_FILE = config_path("alerts")
 
 
 @dataclass(frozen=True)
@@ -82,12 +80,12 @@ class AlertConfig:
 def load_alert_config(
     source: str | Path | Mapping[str, Any] | AlertConfig | None = None,
 ) -> AlertConfig:
-    """Alert settings from YAML (default include/config/alerts.yaml) or a parsed mapping."""
+    """Alert settings from YAML (default include/config/alerts.yaml, or $CRM_ALERTS_CONFIG)
+    or a parsed mapping."""
     if isinstance(source, AlertConfig):
         return source
     if source is None or isinstance(source, str | Path):
-        with open(Path(source or ALERTS_FILE), encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
+        raw = read_yaml("alerts", source)
     else:
         raw = dict(source)
     rules = []

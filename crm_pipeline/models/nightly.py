@@ -45,7 +45,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,10 +54,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-import yaml
 
-from crm_pipeline.config import CONFIG_DIR, settings
-from crm_pipeline.errors import ConfigError, PipelineStop
+from crm_pipeline.config import config_path, read_yaml, settings
+from crm_pipeline.errors import ConfigError, MissingInputError, ModelGateError
 from crm_pipeline.kpis import tier_params
 from crm_pipeline.models import churn, store
 from crm_pipeline.models import clv as clv_model
@@ -66,7 +64,7 @@ from crm_pipeline.warehouse import Warehouse, tables
 
 log = logging.getLogger(__name__)
 
-MODELS_FILE = CONFIG_DIR / "models.yaml"
+MODELS_FILE = config_path("models")
 CLV_TABLE = tables.CUSTOMER_CLV.name
 CHURN_TABLE = tables.CUSTOMER_CHURN_RISK.name
 RUNS_TABLE = tables.MODEL_RUNS.name
@@ -76,15 +74,6 @@ HOLDOUT_DAYS = 90
 #: The gate's groups: what is published together. CLV needs both of its models.
 GATED = {"clv": ("bgnbd", "gamma_gamma"), "churn": ("churn",)}
 GROUP_TABLES = {"clv": CLV_TABLE, "churn": CHURN_TABLE}
-
-
-class ModelGateError(PipelineStop):
-    """A model-health check failed: the night's scores were recorded but not published."""
-
-    def __init__(self, message: str, failures: list[str], result: dict[str, Any]):
-        super().__init__(message)
-        self.failures = failures
-        self.result = result
 
 
 # --------------------------------------------------------------------------------------
@@ -103,12 +92,9 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(overrides: Mapping[str, Any] | None = None, path: Path | None = None) -> dict:
-    """include/config/models.yaml (or $CRM_MODELS_CONFIG) with `overrides` merged over it
-    (key by key)."""
-    path = Path(path or os.environ.get("CRM_MODELS_CONFIG", MODELS_FILE))
-    with open(path, encoding="utf-8") as fh:
-        base = yaml.safe_load(fh) or {}
-    return _merge(base, overrides or {})
+    """include/config/models.yaml (or $CRM_MODELS_CONFIG, see `config.config_path`) with
+    `overrides` merged over it (key by key)."""
+    return _merge(read_yaml("models", path), overrides or {})
 
 
 def model_version(cfg: Mapping[str, Any]) -> str:
@@ -531,7 +517,7 @@ def run_models(
     #    training kept yet (the first night of a week, a new model version)
     with wh.begin() as conn:
         if not wh.table_exists(conn, "staging.stg_orders"):
-            raise RuntimeError("staging.stg_orders does not exist: run the staging step first")
+            raise MissingInputError("staging.stg_orders does not exist: run the staging step first")
         trained = store.load(wh, conn, day, version)
         inputs = None if trained is not None else _read_training(wh, conn, day, tiers)
         at_d = churn.read_cutoff(wh, conn, as_of_date, tiers)

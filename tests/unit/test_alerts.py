@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from crm_pipeline import alerts as alerts_module
 from crm_pipeline.alerts import (
     HISTORY_COLUMNS,
     AlertDeliveryError,
@@ -295,7 +294,7 @@ def test_a_target_without_a_rule_is_a_configuration_error(monkeypatch, tmp_path)
         check_rules_cover_targets(config, targets)
     # the settings check of every run refuses it too; the shipped settings pass
     assert "alerts.yaml" in check_settings()
-    monkeypatch.setattr(alerts_module.config, "ALERTS_FILE", tmp_path / "alerts.yaml")
+    monkeypatch.setenv("CRM_ALERTS_CONFIG", str(tmp_path / "alerts.yaml"))
     (tmp_path / "alerts.yaml").write_text(
         "recipients: {to: [m@example.com]}\nrules:\n  - kpi: churn_rate\n"
     )
