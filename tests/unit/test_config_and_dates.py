@@ -81,3 +81,30 @@ def test_scheduled_and_manual_runs_cover_the_logical_date():
 
 def test_end_of_day_is_the_next_midnight():
     assert end_of_day(dt.date(2026, 2, 28)) == dt.datetime(2026, 3, 1)
+
+
+def test_every_settings_file_moves_by_one_convention(tmp_path, monkeypatch):
+    from crm_pipeline.alerts import load_alert_config
+    from crm_pipeline.config import CONFIG_FILES, config_path, read_yaml
+    from crm_pipeline.errors import ConfigError
+
+    for name in CONFIG_FILES:
+        monkeypatch.delenv(f"CRM_{name.upper()}_CONFIG", raising=False)
+    monkeypatch.delenv("CRM_PIPELINE_SETTINGS", raising=False)
+    monkeypatch.setenv("CRM_CONFIG_DIR", str(tmp_path))
+    assert [config_path(n) for n in CONFIG_FILES] == [tmp_path / f"{n}.yaml" for n in CONFIG_FILES]
+    one = tmp_path / "elsewhere.yaml"
+    one.write_text("recipients: {to: [someone@example.com]}\nrules: []\n")
+    monkeypatch.setenv("CRM_ALERTS_CONFIG", str(one))
+    assert config_path("alerts") == one and config_path("targets") == tmp_path / "targets.yaml"
+    assert load_alert_config().to == ("someone@example.com",)
+    monkeypatch.setenv("CRM_PIPELINE_SETTINGS", str(one))  # the older name still counts
+    assert config_path("pipeline") == one
+    one.write_text("- a list\n")
+    with pytest.raises(ConfigError, match=r"elsewhere.yaml: expected a mapping"):
+        read_yaml("alerts")
+    one.write_text("key: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"elsewhere.yaml: not valid YAML"):
+        read_yaml("alerts")
+    with pytest.raises(ValueError, match="no settings file 'model'"):
+        config_path("model")
