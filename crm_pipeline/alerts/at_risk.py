@@ -1,6 +1,11 @@
 """High-value customers at risk, for the alert email: vip/key customers (settings
 `at_risk` of alerts.yaml) with a high churn probability or a steep drop in P(alive), by CLV,
 from the latest scores the model gate published. Read by the alert stage, shown by the email.
+
+The selection is include/sql/alerts/at_risk.sql (the tiers, the scores on their days, the
+two thresholds), so only the few customers at risk leave the warehouse, not a day of scores
+per customer; here: which night's scores are the latest published, the reason each customer
+is listed, the order, the names, and the sentence the email says about it.
 """
 
 from __future__ import annotations
@@ -30,104 +35,50 @@ def at_risk_customers(
     drop = float(settings.get("p_alive_drop", 0.25))
     lookback = int(settings.get("p_alive_lookback_days", 28))
     limit = int(settings.get("max_customers", 15))
-    has = {
-        t: wh.table_exists(conn, t)
-        for t in ("marts.customer_value_tier", "marts.customer_churn_risk", "marts.customer_clv")
-    }
+    marts = ("marts.customer_value_tier", "marts.customer_churn_risk", "marts.customer_clv")
     unavailable = (
         f"Not available yet: the customer models (marts.customer_churn_risk, marts.customer_clv "
         f"with marts.customer_value_tier) have no rows for {day.isoformat()}."
     )
-    if not has["marts.customer_value_tier"] or not (
-        has["marts.customer_churn_risk"] or has["marts.customer_clv"]
-    ):
+    # the models stage creates both model marts (empty) the first time it runs
+    if not all(wh.table_exists(conn, t) for t in marts):
         return None, unavailable
     # the latest scores the model gate published, on the day or (held that night) before
     max_age = int(settings.get("max_score_age_days", 7))
-    days = {
-        t: _latest_published(conn, t, day, max_age) if has[t] else None
-        for t in ("marts.customer_churn_risk", "marts.customer_clv")
-    }
+    days = {t: _latest_published(conn, t, day, max_age) for t in marts[1:]}
+    if all(d is None for d in days.values()):
+        return None, unavailable
     held = [
         f"{'Churn risk' if t.endswith('churn_risk') else 'CLV and P(alive)'} as of {d}: the "
         f"model gate held the scores of {day} (ops.model_runs says why)."
         for t, d in days.items()
         if d is not None and d < day
     ]
-    for t, d in days.items():
-        has[t] = d is not None
+    held_note = "".join(f" {h}" for h in held)
     params = {
         "d": day,
+        "tiers": tiers,
         "risk_d": days["marts.customer_churn_risk"],
         "clv_d": days["marts.customer_clv"],
         "before": (days["marts.customer_clv"] or day) - dt.timedelta(days=lookback),
+        "min_churn": min_churn,
+        "p_alive_drop": drop,
     }
-    tier_list = ", ".join(wh.render("{{ t }}", {"t": t}) for t in tiers)
-    frame = read_frame(
-        conn,
-        wh.render(
-            "select customer_id, tier from marts.customer_value_tier "
-            f"where as_of_date = {{{{ d }}}} and tier in ({tier_list})",
-            params,
-        ),
-    )
-    risk = clv = prev = pd.DataFrame(columns=["customer_id"])
-    if has["marts.customer_churn_risk"]:
-        cols = wh.columns(conn, "marts.customer_churn_risk")
-        reasons = "top_reasons" if "top_reasons" in cols else "cast(null as varchar)"
-        risk = read_frame(
-            conn,
-            wh.render(
-                f"select customer_id, churn_probability, risk_band, {reasons} as top_reasons "
-                "from marts.customer_churn_risk where as_of_date = {{ risk_d }}",
-                params,
-            ),
-        )
-    if has["marts.customer_clv"]:
-        clv = read_frame(
-            conn,
-            wh.render(
-                "select customer_id, clv, p_alive from marts.customer_clv "
-                "where as_of_date = {{ clv_d }}",
-                params,
-            ),
-        )
-        prev = read_frame(
-            conn,
-            wh.render(
-                "select customer_id, p_alive as p_alive_before from marts.customer_clv "
-                "where as_of_date = {{ before }}",
-                params,
-            ),
-        )
-    if risk.empty and clv.empty:
-        return None, unavailable
-    held_note = "".join(f" {h}" for h in held)
-    if frame.empty:
-        return None, (
-            f"No customer is in the {' or '.join(tiers)} tiers on {day.isoformat()}.{held_note}"
-        )
-    for other in (risk, clv, prev):
-        frame = frame.merge(other, on="customer_id", how="left")
-    for col in (
-        "churn_probability",
-        "risk_band",
-        "top_reasons",
-        "clv",
-        "p_alive",
-        "p_alive_before",
-    ):
-        if col not in frame:
-            frame[col] = None
+    frame = read_frame(conn, wh.render(wh.sql_file("alerts", "at_risk"), params))
     for col in ("tier", "risk_band", "top_reasons"):  # text: missing is None, never NaN
         frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
-    churn = pd.to_numeric(frame["churn_probability"], errors="coerce")
-    alive = pd.to_numeric(frame["p_alive"], errors="coerce")
-    alive_before = pd.to_numeric(frame["p_alive_before"], errors="coerce")
-    high = (churn >= min_churn) | (frame["risk_band"].astype(object) == "high")
-    falling = (alive_before - alive) >= drop
-    frame = frame[high.fillna(False) | falling.fillna(False)].copy()
     if frame.empty:
+        tiered = conn.execute(
+            sa.text(
+                "select count(*) from marts.customer_value_tier "
+                "where as_of_date = :d and tier in :tiers"
+            ).bindparams(sa.bindparam("tiers", expanding=True)),
+            {"d": day, "tiers": list(tiers)},
+        ).scalar()
+        if not tiered:
+            return None, (
+                f"No customer is in the {' or '.join(tiers)} tiers on {day.isoformat()}.{held_note}"
+            )
         return None, (
             f"No {' or '.join(tiers)} customer has a churn probability of {min_churn:.0%} or more "
             f"or a drop in P(alive) of {drop:.2f} or more over {lookback} days.{held_note}"

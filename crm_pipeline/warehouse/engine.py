@@ -332,7 +332,12 @@ class Warehouse:
 
 
 def sql_literal(value: Any) -> str:
-    """A typed SQL literal for the few kinds of value SQL files are given."""
+    """A typed SQL literal for the few kinds of value SQL files are given: None is null
+    (`as_of_date = null` matches nothing), a tuple a parenthesised list for `in`."""
+    if value is None:
+        return "null"
+    if isinstance(value, tuple) and value:
+        return "(" + ", ".join(sql_literal(v) for v in value) + ")"
     if isinstance(value, dt.datetime):
         return f"timestamp '{value:%Y-%m-%d %H:%M:%S}'"
     if isinstance(value, dt.date):
