@@ -58,62 +58,36 @@ def crm_nightly():
 
         extract_table.expand(table=list(TABLE_ORDER))
 
-    @stage(tooltip="Great Expectations: quarantine bad rows, stop on broken tables")
-    def validate():
-        @task
-        def validate_sources() -> dict:
-            return stages.validate(_run())
+    @task(doc_md="Great Expectations: quarantine bad rows, stop on broken tables")
+    def validate_sources() -> dict:
+        return stages.validate(_run())
 
-        validate_sources()
+    @task(doc_md="Typed, versioned staging tables")
+    def build_staging() -> dict:
+        return stages.stage(_run())
 
-    @stage(group_id="stage", tooltip="Typed, versioned staging tables")
-    def stage_sources():
-        @task
-        def build_staging() -> dict:
-            return stages.stage(_run())
+    @task(outlets=af.writes("fct_orders"))
+    def build_fct_orders() -> dict:
+        return stages.build_marts(_run(), "fct_orders")
 
-        build_staging()
+    @task(
+        outlets=af.writes("customer_rfm", "customer_value_tier", "kpi_daily", "segment_migration")
+    )
+    def build_snapshots(params=None) -> str:  # the first day it built, for evaluate_kpis
+        return stages.snapshots(_run(), params["history_days"])
 
-    @stage(tooltip="Orders, segments, tiers and KPI history as of the covered day")
-    def marts():
-        @task(outlets=af.writes("fct_orders"))
-        def build_fct_orders() -> dict:
-            return stages.build_marts(_run(), "fct_orders")
+    @task(outlets=af.writes("customer_clv", "customer_churn_risk"))
+    def score_customers() -> dict:  # a failed health gate: the task fails, no event for either
+        return stages.models(_run())
 
-        @task(
-            outlets=af.writes(
-                "customer_rfm", "customer_value_tier", "kpi_daily", "segment_migration"
-            )
-        )
-        def build_snapshots(params=None) -> str:  # returns the first day it built
-            return stages.snapshots(_run(), params["history_days"])
+    # runs once the marts are built, also when the model gate kept yesterday's scores
+    @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS, outlets=af.writes("dim_customer"))
+    def build_dim_customer() -> dict:  # today's segment and tier, latest published CLV
+        return stages.build_marts(_run(), "dim_customer")
 
-        build_fct_orders() >> build_snapshots()
-
-    @stage(tooltip="CLV and churn risk, published only if the health gate passes")
-    def models():
-        @task(outlets=af.writes("customer_clv", "customer_churn_risk"))
-        def score_customers() -> dict:  # a failed gate: the task fails, no event for either
-            return stages.models(_run())
-
-        score_customers()
-
-    @stage(tooltip="The customer dimension: today's segment and tier, latest published CLV")
-    def publish():
-        # runs once the marts are built, also when the model gate kept yesterday's scores
-        @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS, outlets=af.writes("dim_customer"))
-        def build_dim_customer() -> dict:
-            return stages.build_marts(_run(), "dim_customer")
-
-        build_dim_customer()
-
-    @stage(tooltip="KPIs against targets and their recent level")
-    def kpis():
-        @task(outlets=af.writes("kpi_evaluation"))
-        def evaluate_kpis(ti=None) -> dict:
-            return stages.evaluate(_run(), ti.xcom_pull(task_ids="marts.build_snapshots"))
-
-        evaluate_kpis()
+    @task(outlets=af.writes("kpi_evaluation"))
+    def evaluate_kpis(first_day: str) -> dict:  # against targets and their recent level
+        return stages.evaluate(_run(), first_day)
 
     @stage(tooltip="One email per night: what is new, worse or resolved")
     def alerts():
@@ -134,10 +108,11 @@ def crm_nightly():
     def watcher(ti=None) -> None:
         af.fail_if_any_task_failed(ti)
 
-    built = check_run() >> extract() >> validate() >> stage_sources() >> marts()
-    scored, published, evaluated = models(), publish(), kpis()
-    built >> [scored, evaluated]
-    [built, scored] >> published
+    orders, first_day = build_fct_orders(), build_snapshots()
+    check_run() >> extract() >> validate_sources() >> build_staging() >> orders >> first_day
+    scored, published, evaluated = score_customers(), build_dim_customer(), evaluate_kpis(first_day)
+    first_day >> scored
+    [first_day, scored] >> published
     [published, evaluated] >> alerts()
     watch = watcher()
     [t for t in watch.operator.dag.tasks if t is not watch.operator] >> watch

@@ -136,26 +136,26 @@ def test_stages_run_in_order_without_cycles(dagbag):
         == [
             "check_run",
             "extract.extract_table",
-            "validate.validate_sources",
-            "stage.build_staging",
-            "marts.build_fct_orders",
-            "marts.build_snapshots",
+            "validate_sources",
+            "build_staging",
+            "build_fct_orders",
+            "build_snapshots",
         ]
         + order[6:]
     )
     assert order[-1] == "watcher"
     upstream = {t.task_id: t.upstream_task_ids for t in dag.tasks}
-    assert upstream["models.score_customers"] == {"marts.build_snapshots"}
-    assert upstream["kpis.evaluate_kpis"] == {"marts.build_snapshots"}
+    assert upstream["score_customers"] == {"build_snapshots"}
+    assert upstream["evaluate_kpis"] == {"build_snapshots"}
     # the customer dimension is published even when the model gate kept yesterday's scores
-    assert upstream["publish.build_dim_customer"] == {
-        "marts.build_snapshots",
-        "models.score_customers",
+    assert upstream["build_dim_customer"] == {
+        "build_snapshots",
+        "score_customers",
     }
-    assert dag.get_task("publish.build_dim_customer").trigger_rule == "all_done_min_one_success"
+    assert dag.get_task("build_dim_customer").trigger_rule == "all_done_min_one_success"
     assert upstream["alerts.prepare_alert_email"] == {
-        "kpis.evaluate_kpis",
-        "publish.build_dim_customer",
+        "evaluate_kpis",
+        "build_dim_customer",
     }
     assert upstream["alerts.send_alert_email"] == {"alerts.prepare_alert_email"}
 
@@ -191,15 +191,15 @@ def test_parsing_the_dag_loads_no_heavy_library():
 
 
 WRITERS = {
-    "marts.fct_orders": "marts.build_fct_orders",
-    "marts.customer_rfm": "marts.build_snapshots",
-    "marts.customer_value_tier": "marts.build_snapshots",
-    "marts.kpi_daily": "marts.build_snapshots",
-    "marts.segment_migration": "marts.build_snapshots",
-    "marts.customer_clv": "models.score_customers",
-    "marts.customer_churn_risk": "models.score_customers",
-    "marts.dim_customer": "publish.build_dim_customer",
-    "marts.kpi_evaluation": "kpis.evaluate_kpis",
+    "marts.fct_orders": "build_fct_orders",
+    "marts.customer_rfm": "build_snapshots",
+    "marts.customer_value_tier": "build_snapshots",
+    "marts.kpi_daily": "build_snapshots",
+    "marts.segment_migration": "build_snapshots",
+    "marts.customer_clv": "score_customers",
+    "marts.customer_churn_risk": "score_customers",
+    "marts.dim_customer": "build_dim_customer",
+    "marts.kpi_evaluation": "evaluate_kpis",
     "marts.alerts": "alerts.prepare_alert_email",
 }
 

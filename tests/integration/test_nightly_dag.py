@@ -365,12 +365,12 @@ def test_a_failed_model_fails_the_run_tells_data_engineers_and_clv_still_publish
     impossible.write_text(text.replace("churn_min_auc: 0.65", "churn_min_auc: 1.01"))
     before = len(sink.messages())
     state, states = run(dag, env | {"CRM_MODELS_CONFIG": str(impossible)}, day, monkeypatch)
-    assert state == "failed" and states["models.score_customers"] == "failed"
+    assert state == "failed" and states["score_customers"] == "failed"
     assert states["watcher"] == "failed"
     # what could still run did: the customer dimension, the KPIs and the alerts
     for task in (
-        "publish.build_dim_customer",
-        "kpis.evaluate_kpis",
+        "build_dim_customer",
+        "evaluate_kpis",
         "alerts.prepare_alert_email",
         "alerts.send_alert_email",
     ):
@@ -383,9 +383,7 @@ def test_a_failed_model_fails_the_run_tells_data_engineers_and_clv_still_publish
         == 0
     )
     notices = [m for m in sink.messages()[before:] if m["To"] == ENGINEERS]
-    assert [m["Subject"] for m in notices] == [
-        f"[crm_nightly] models.score_customers failed for {day}"
-    ]
+    assert [m["Subject"] for m in notices] == [f"[crm_nightly] score_customers failed for {day}"]
     body = notices[0].get_body(("html",)).get_content()
     assert "churn.auc" in body and "customer_churn_risk NOT published" in body
     assert slack.posts == []  # CRM_SLACK_CONN_ID unset: nothing posted
@@ -443,24 +441,22 @@ def test_a_broken_source_stops_before_any_mart_and_tells_the_data_engineers(
     }
     before, posted = len(sink.messages()), len(slack.posts)
     state, states = run(dag, broken, dt.date(2025, 3, 10), monkeypatch)
-    assert state == "failed" and states["validate.validate_sources"] == "failed"
-    assert states["marts.build_fct_orders"] == "upstream_failed"  # no mart was touched
+    assert state == "failed" and states["validate_sources"] == "failed"
+    assert states["build_fct_orders"] == "upstream_failed"  # no mart was touched
     assert states["watcher"] == "failed"
     assert not Warehouse(broken["AIRFLOW_CONN_CRM_WAREHOUSE"]).row_counts(("marts",))
     # at once (bad data is not retried), with the message naming table, column and rule
     [notice] = sink.messages()[before:]
     assert notice["To"] == ENGINEERS
-    assert "validate.validate_sources failed for 2025-03-10" in notice["Subject"]
+    assert "validate_sources failed for 2025-03-10" in notice["Subject"]
     body = notice.get_body(("html",)).get_content()
     assert "orders.channel" in body and "rule: column_present" in body
     # and on Slack (CRM_SLACK_CONN_ID set), through the provider's webhook notifier
     [post] = slack.posts[posted:]
-    assert post["text"].startswith(
-        "crm_nightly: validate.validate_sources failed for 2025-03-10 (run "
-    )
+    assert post["text"].startswith("crm_nightly: validate_sources failed for 2025-03-10 (run ")
     _, error, log_line = post["text"].splitlines()
     assert error.startswith("DataQualityError: data quality: 1 table-level failure(s) in orders")
-    assert log_line.startswith("Log: http") and "validate.validate_sources" in log_line
+    assert log_line.startswith("Log: http") and "validate_sources" in log_line
 
 
 def test_cdnow_an_order_database_only_from_1997_publishes_clv_and_churn(

@@ -19,7 +19,7 @@ ERROR = (
 def message(**kw):
     args = dict(
         dag_id="crm_nightly",
-        task_id="validate.validate_sources",
+        task_id="validate_sources",
         day=dt.date(2026, 6, 30),
         run_id="scheduled__2026-06-30T02:00:00+00:00",
         try_number=1,
@@ -37,10 +37,9 @@ def message(**kw):
 
 def test_the_notice_has_text_and_html_a_message_id_and_the_whole_error():
     msg = message()
-    assert msg["Subject"] == "[crm_nightly] validate.validate_sources failed for 2026-06-30"
+    assert msg["Subject"] == "[crm_nightly] validate_sources failed for 2026-06-30"
     assert msg["Message-ID"] == (
-        "<crm_nightly-failure.scheduled__2026-06-30T02-00-00-00-00.validate.validate_sources.1"
-        "@example.com>"
+        "<crm_nightly-failure.scheduled__2026-06-30T02-00-00-00-00.validate_sources.1@example.com>"
     )
     assert msg["Date"].datetime == dt.datetime(2026, 7, 1, 2, 3, 4, tzinfo=dt.UTC)
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
@@ -66,7 +65,7 @@ def test_the_chat_summary_is_the_first_line_of_the_error_and_the_log():
 
     text = failure_summary(
         dag_id="crm_nightly",
-        task_id="validate.validate_sources",
+        task_id="validate_sources",
         day=dt.date(2026, 6, 30),
         run_id="r1",
         try_number=2,
@@ -74,7 +73,7 @@ def test_the_chat_summary_is_the_first_line_of_the_error_and_the_log():
         log_url="http://airflow:8080/log",
     )
     assert text.splitlines() == [
-        "crm_nightly: validate.validate_sources failed for 2026-06-30 (run r1, try 2)",
+        "crm_nightly: validate_sources failed for 2026-06-30 (run r1, try 2)",
         ERROR.splitlines()[0],
         "Log: http://airflow:8080/log",
     ]
