@@ -46,7 +46,9 @@ import sqlalchemy as sa
 from crm_pipeline.config import config_path, read_yaml
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.source_schema import SOURCE_TABLES
+from crm_pipeline.values import as_date, date_or_none, finite_or_none
 from crm_pipeline.warehouse import Warehouse, tables
+from crm_pipeline.warehouse.frames import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -530,8 +532,8 @@ def judge(
         "reference_low": finite_or_none(base.get("reference_low")),
         "reference_high": finite_or_none(base.get("reference_high")),
         "change_vs_reference": None,
-        "past_target_since": _date_or_none(base.get("past_target_since")),
-        "outside_band_since": _date_or_none(base.get("outside_band_since")),
+        "past_target_since": date_or_none(base.get("past_target_since")),
+        "outside_band_since": date_or_none(base.get("outside_band_since")),
         "interval_low": None,
         "interval_high": None,
         "target_breached": False,
@@ -682,29 +684,7 @@ def judge(
     }
 
 
-def _date_or_none(v: Any) -> dt.date | None:
-    if v is None or v is pd.NaT or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return _as_date(v)
-
-
-def finite_or_none(v: Any) -> float | None:
-    """A float, or None for null, NaN and anything that is not a number (rows from SQL)."""
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
 # -- reading inputs ----------------------------------------------------------------------
-def read_frame(conn: sa.Connection, sql: str) -> pd.DataFrame:
-    result = conn.exec_driver_sql(sql)
-    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-
-
 def read_kpi_daily(
     wh: Warehouse,
     date_from: dt.date,
@@ -750,7 +730,7 @@ def unusable_tables(
         if not wh.table_exists(conn, "ops.table_status"):
             return out
         statuses = ", ".join(f"'{s}'" for s in UNUSABLE_STATUSES)
-        frame = read_frame(
+        frame = read_rows(
             conn,
             wh.render(
                 "select as_of_date, table_name, lower(status) as status from ops.table_status "
@@ -759,16 +739,8 @@ def unusable_tables(
             ),
         )
     for d, name, status in frame.itertuples(index=False):
-        out.setdefault(_as_date(d), {})[_source_name(name)] = status
+        out.setdefault(as_date(d), {})[_source_name(name)] = status
     return out
-
-
-def _as_date(v: Any) -> dt.date:
-    if isinstance(v, dt.datetime):
-        return v.date()
-    if isinstance(v, dt.date):
-        return v
-    return pd.Timestamp(v).date()
 
 
 # -- evaluation --------------------------------------------------------------------------
@@ -795,7 +767,7 @@ def compute_evaluation(
         min(days) - dt.timedelta(days=settings.history_days), max(days), freq="D"
     )
     daily = daily.copy()
-    daily["as_of_date"] = pd.to_datetime(daily["as_of_date"].map(_as_date))
+    daily["as_of_date"] = pd.to_datetime(daily["as_of_date"].map(as_date))
     daily = daily[(daily["as_of_date"] >= calendar[0]) & (daily["as_of_date"] <= calendar[-1])]
     daily = daily.drop_duplicates(
         ["kpi", "dimension", "dimension_value", "as_of_date"], keep="last"
@@ -1003,7 +975,7 @@ def evaluate_day(
     summary = evaluate_range(wh, as_of_date, as_of_date, run_id, targets)
     summary["as_of_date"] = str(as_of_date)
     with wh.begin() as conn:
-        flagged = read_frame(
+        flagged = read_rows(
             conn,
             wh.render(
                 f"select kpi, dimension, dimension_value, status, reason from {EVALUATION_TABLE} "

@@ -13,9 +13,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from crm_pipeline.dates import end_of_day
-from crm_pipeline.evaluate import finite_or_none as _f
-from crm_pipeline.evaluate import read_frame
+from crm_pipeline.values import finite_or_none as _f
 from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse.frames import read_rows
 
 
 def at_risk_customers(
@@ -63,7 +63,7 @@ def at_risk_customers(
         "before": (days["marts.customer_clv"] or day) - dt.timedelta(days=lookback),
     }
     tier_list = ", ".join(wh.render("{{ t }}", {"t": t}) for t in tiers)
-    frame = read_frame(
+    frame = read_rows(
         conn,
         wh.render(
             "select customer_id, tier from marts.customer_value_tier "
@@ -75,7 +75,7 @@ def at_risk_customers(
     if has["marts.customer_churn_risk"]:
         cols = wh.columns(conn, "marts.customer_churn_risk")
         reasons = "top_reasons" if "top_reasons" in cols else "cast(null as varchar)"
-        risk = read_frame(
+        risk = read_rows(
             conn,
             wh.render(
                 f"select customer_id, churn_probability, risk_band, {reasons} as top_reasons "
@@ -84,7 +84,7 @@ def at_risk_customers(
             ),
         )
     if has["marts.customer_clv"]:
-        clv = read_frame(
+        clv = read_rows(
             conn,
             wh.render(
                 "select customer_id, clv, p_alive from marts.customer_clv "
@@ -92,7 +92,7 @@ def at_risk_customers(
                 params,
             ),
         )
-        prev = read_frame(
+        prev = read_rows(
             conn,
             wh.render(
                 "select customer_id, p_alive as p_alive_before from marts.customer_clv "

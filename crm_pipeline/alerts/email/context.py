@@ -27,7 +27,7 @@ from crm_pipeline.evaluate import (
     Targets,
     money_text,
 )
-from crm_pipeline.evaluate import finite_or_none as _f
+from crm_pipeline.values import finite_or_none as _f
 
 EVENT_WORDS = {
     "new": "new",
