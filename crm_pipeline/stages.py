@@ -80,7 +80,7 @@ def check_settings() -> list[str]:
     from crm_pipeline.config import config_path, deadline, settings
     from crm_pipeline.dq_rules import load_config as load_validation
     from crm_pipeline.errors import ConfigError
-    from crm_pipeline.evaluate import load_targets
+    from crm_pipeline.kpi.targets import load_targets
     from crm_pipeline.kpis import segment_map, sql_params
     from crm_pipeline.models.nightly import load_config as load_models
 
@@ -160,7 +160,7 @@ def models(run: Run) -> dict[str, Any]:
 
 
 def evaluate(run: Run, first_day: str) -> dict[str, Any]:
-    from crm_pipeline.evaluate import evaluate_range
+    from crm_pipeline.kpi.evaluate import evaluate_range
 
     return evaluate_range(run.warehouse, dt.date.fromisoformat(first_day), run.day, run.run_id)
 

@@ -54,12 +54,8 @@ from crm_pipeline.alerts.state import (
     transitions,
 )
 from crm_pipeline.errors import ConfigError
-from crm_pipeline.evaluate import (
-    EVALUATION_TABLE,
-    Targets,
-    load_targets,
-    read_kpi_daily,
-)
+from crm_pipeline.kpi.evaluate import EVALUATION_TABLE, read_kpi_daily
+from crm_pipeline.kpi.targets import Targets, load_targets
 from crm_pipeline.warehouse import Warehouse
 from crm_pipeline.warehouse.frames import read_rows
 

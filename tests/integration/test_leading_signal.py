@@ -16,8 +16,8 @@ import pytest
 
 from crm_pipeline import demo
 from crm_pipeline.alerts import process_alerts
-from crm_pipeline.evaluate import evaluate_range
 from crm_pipeline.extract import extract_table
+from crm_pipeline.kpi.evaluate import evaluate_range
 from crm_pipeline.kpis import build_snapshots
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform import build_staging
