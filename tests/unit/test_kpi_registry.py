@@ -75,3 +75,23 @@ def test_the_kpi_modules_import_each_other_one_way_only():
     for module in MODULES:
         visit(module, ())
     assert "crm_pipeline.kpi.registry" in edges["crm_pipeline.kpi.evaluate"]
+
+
+def test_a_survey_kpi_counts_responses_without_being_named_in_code():
+    import datetime as dt
+
+    from crm_pipeline.kpi.judge import judge
+
+    targets = load_targets(CONFIG_DIR / "targets.yaml")
+    day = dt.date(2026, 11, 22)
+
+    def reason(kpi, value):
+        spec = targets.spec(kpi)
+        target, margin = spec.target_for(day)
+        return judge(spec, value, 1000, target, margin, {}, targets.settings, (), "all", day)[
+            "reason"
+        ]
+
+    assert "on 1000 responses" in reason("csat", 40.0)
+    assert "on 1000 responses" in reason("nps", -20.0)
+    assert "on 1000 observations" in reason("churn_rate", 0.3)
