@@ -80,9 +80,9 @@ def check_settings() -> list[str]:
     from crm_pipeline.config import config_path, deadline, settings
     from crm_pipeline.dq_rules import load_config as load_validation
     from crm_pipeline.errors import ConfigError
-    from crm_pipeline.evaluate import load_targets
-    from crm_pipeline.kpis import segment_map, sql_params
+    from crm_pipeline.kpi.targets import load_targets
     from crm_pipeline.models.nightly import load_config as load_models
+    from crm_pipeline.transform.settings import segment_map, sql_params
 
     checks = {
         "pipeline.yaml": lambda: (segment_map(settings()), sql_params(settings()), deadline()),
@@ -124,13 +124,13 @@ def validate(run: Run) -> dict[str, Any]:
 
 
 def stage(run: Run) -> dict[str, int]:
-    from crm_pipeline.transform import build_staging
+    from crm_pipeline.transform.staging import build_staging
 
     return build_staging(run.warehouse)
 
 
 def build_marts(run: Run, *names: str) -> dict[str, int]:
-    from crm_pipeline.transform import build_marts as build
+    from crm_pipeline.transform.marts import build_marts as build
 
     return build(run.warehouse, names, run.day)
 
@@ -142,7 +142,7 @@ def snapshots(run: Run, history_days: int = 0) -> str:
     configured history on a new warehouse and the run's day otherwise.
     """
     from crm_pipeline.config import settings
-    from crm_pipeline.kpis import build_snapshots, history_start
+    from crm_pipeline.transform.snapshots import build_snapshots, history_start
 
     wh = run.warehouse
     if history_days:
@@ -160,7 +160,7 @@ def models(run: Run) -> dict[str, Any]:
 
 
 def evaluate(run: Run, first_day: str) -> dict[str, Any]:
-    from crm_pipeline.evaluate import evaluate_range
+    from crm_pipeline.kpi.evaluate import evaluate_range
 
     return evaluate_range(run.warehouse, dt.date.fromisoformat(first_day), run.day, run.run_id)
 
@@ -205,7 +205,7 @@ def mart_event(table: str, result: Any) -> dict[str, Any]:
     written, where the step counts them; `from_date`: the first day of a history rebuilt in
     the same pass (the snapshots and their evaluation on a new warehouse).
     """
-    from crm_pipeline.kpis import SNAPSHOT_MARTS
+    from crm_pipeline.transform.snapshots import SNAPSHOT_MARTS
     from crm_pipeline.warehouse import tables
 
     if table in ("marts.fct_orders", "marts.dim_customer"):  # build_marts: rows by table

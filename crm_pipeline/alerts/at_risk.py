@@ -18,9 +18,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from crm_pipeline.dates import end_of_day
-from crm_pipeline.evaluate import finite_or_none as _f
-from crm_pipeline.evaluate import read_frame
+from crm_pipeline.values import finite_or_none as _f
 from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse.frames import read_rows
 
 
 def at_risk_customers(
@@ -64,7 +64,7 @@ def at_risk_customers(
         "min_churn": min_churn,
         "p_alive_drop": drop,
     }
-    frame = read_frame(conn, wh.render(wh.sql_file("alerts", "at_risk"), params))
+    frame = read_rows(conn, wh.render(wh.sql_file("alerts", "at_risk"), params))
     for col in ("tier", "risk_band", "top_reasons"):  # text: missing is None, never NaN
         frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
     if frame.empty:

@@ -17,7 +17,7 @@ from typing import Any
 
 from crm_pipeline.config import config_path, read_yaml
 from crm_pipeline.errors import ConfigError
-from crm_pipeline.evaluate import Targets
+from crm_pipeline.kpi.targets import Targets
 
 ALERTS_FILE = config_path("alerts")
 

@@ -54,14 +54,10 @@ from crm_pipeline.alerts.state import (
     transitions,
 )
 from crm_pipeline.errors import ConfigError
-from crm_pipeline.evaluate import (
-    EVALUATION_TABLE,
-    Targets,
-    load_targets,
-    read_frame,
-    read_kpi_daily,
-)
+from crm_pipeline.kpi.evaluate import EVALUATION_TABLE, read_kpi_daily
+from crm_pipeline.kpi.targets import Targets, load_targets
 from crm_pipeline.warehouse import Warehouse
+from crm_pipeline.warehouse.frames import read_rows
 
 log = logging.getLogger("crm_pipeline.alerts")
 
@@ -192,7 +188,7 @@ def read_day(
     if previous_day is None:
         previous = pd.DataFrame(columns=list(HISTORY_COLUMNS))
     else:
-        previous = read_frame(
+        previous = read_rows(
             conn,
             wh.render(
                 f"select * from {HISTORY_TABLE} where as_of_date = {{{{ p }}}} "
@@ -201,7 +197,7 @@ def read_day(
             ),
         )
     if wh.table_exists(conn, EVALUATION_TABLE):
-        evaluation = read_frame(
+        evaluation = read_rows(
             conn,
             wh.render(
                 f"select * from {EVALUATION_TABLE} where as_of_date = {{{{ d }}}}",

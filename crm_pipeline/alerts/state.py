@@ -22,8 +22,9 @@ import pandas as pd
 
 from crm_pipeline.alerts.config import AlertConfig, Rule, dimension_text
 from crm_pipeline.dates import end_of_day
-from crm_pipeline.evaluate import HIGHER, KpiSpec, Targets
-from crm_pipeline.evaluate import finite_or_none as _f
+from crm_pipeline.kpi.registry import HIGHER, KpiSpec
+from crm_pipeline.kpi.targets import Targets
+from crm_pipeline.values import finite_or_none as _f
 from crm_pipeline.warehouse import tables
 
 HISTORY_TABLE = tables.ALERT_HISTORY.name

@@ -57,9 +57,9 @@ import sqlalchemy as sa
 
 from crm_pipeline.config import config_path, read_yaml, settings
 from crm_pipeline.errors import ConfigError, MissingInputError, ModelGateError
-from crm_pipeline.kpis import tier_params
 from crm_pipeline.models import churn, store
 from crm_pipeline.models import clv as clv_model
+from crm_pipeline.transform.settings import tier_params
 from crm_pipeline.warehouse import Warehouse, tables
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,11 @@
 
 Reading: DuckDB hands over a result as columns (no row objects); PostgreSQL streams it
 with COPY as CSV, read as text and converted by the column types the server reports, so
-a text id such as '00123' stays text. Loading: DuckDB inserts from the registered frame
+a text id such as '00123' stays text. `read_rows` is the plain row-by-row read that
+`read_frame` falls back to: its cells are the driver's Python values (None, date), which
+is what code judging a few rows one cell at a time (the evaluation's reads of
+ops.table_status, the alert state and the at-risk list) was written against; a large
+read (a year of kpi_daily) takes `read_frame`. Loading: DuckDB inserts from the registered frame
 (no copy); PostgreSQL takes it with COPY. Any other dialect falls back to SQLAlchemy's
 row by row (tests and odd warehouses only).
 """
@@ -31,8 +35,7 @@ def read_frame(dialect: str, conn: sa.Connection, sql: str) -> pd.DataFrame:
                 frame[col] = frame[col].astype(object)
         return frame
     if dialect != "postgresql":
-        result = conn.exec_driver_sql(sql)
-        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        return read_rows(conn, sql)
     cur = conn.connection.driver_connection.cursor()
     sql = sql.replace("%%", "%")  # render() doubled it for exec_driver_sql; COPY takes it raw
     cur.execute(f"select * from ({sql}) as q limit 0")
@@ -53,6 +56,13 @@ def read_frame(dialect: str, conn: sa.Connection, sql: str) -> pd.DataFrame:
         else:
             frame[name] = frame[name].astype(object)
     return frame
+
+
+def read_rows(conn: sa.Connection, sql: str) -> pd.DataFrame:
+    """A rendered select read row by row into a DataFrame: cells are the driver's values
+    (None for null, datetime.date for a date), on every engine alike."""
+    result = conn.exec_driver_sql(sql)
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
 def load_frame(dialect: str, conn: sa.Connection, qualified: str, frame: pd.DataFrame) -> int:

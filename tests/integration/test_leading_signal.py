@@ -16,11 +16,11 @@ import pytest
 
 from crm_pipeline import demo
 from crm_pipeline.alerts import process_alerts
-from crm_pipeline.evaluate import evaluate_range
 from crm_pipeline.extract import extract_table
-from crm_pipeline.kpis import build_snapshots
+from crm_pipeline.kpi.evaluate import evaluate_range
 from crm_pipeline.source_schema import TABLE_ORDER
-from crm_pipeline.transform import build_staging
+from crm_pipeline.transform.snapshots import build_snapshots
+from crm_pipeline.transform.staging import build_staging
 from crm_pipeline.warehouse import Warehouse
 
 pytestmark = pytest.mark.slow

@@ -34,9 +34,10 @@ from factories import build_source, complaint, order, survey
 
 from crm_pipeline.config import CONFIG_DIR
 from crm_pipeline.extract import extract_table
-from crm_pipeline.kpis import build_snapshots
 from crm_pipeline.source_schema import TABLE_ORDER
-from crm_pipeline.transform import build_marts, build_staging
+from crm_pipeline.transform.marts import build_marts
+from crm_pipeline.transform.snapshots import build_snapshots
+from crm_pipeline.transform.staging import build_staging
 from crm_pipeline.validate import DataQualityError, failed_tables, validate_run
 from crm_pipeline.warehouse import Warehouse
 

@@ -15,10 +15,11 @@ from business import D, business
 from factories import build_source, order, upsert
 
 from crm_pipeline.extract import extract_table
-from crm_pipeline.kpis import build_snapshots
 from crm_pipeline.models.nightly import run_models
 from crm_pipeline.source_schema import TABLE_ORDER
-from crm_pipeline.transform import build_marts, build_staging
+from crm_pipeline.transform.marts import build_marts
+from crm_pipeline.transform.snapshots import build_snapshots
+from crm_pipeline.transform.staging import build_staging
 from crm_pipeline.warehouse import Warehouse
 
 ENGINES = ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)]

@@ -26,7 +26,8 @@ from crm_pipeline.alerts import (
     uncovered_targets,
 )
 from crm_pipeline.errors import ConfigError
-from crm_pipeline.evaluate import evaluate_day, load_targets
+from crm_pipeline.kpi.evaluate import evaluate_day
+from crm_pipeline.kpi.targets import load_targets
 from crm_pipeline.smtp_sink import SmtpSink, free_port, is_listening, read_messages
 from crm_pipeline.stages import check_settings
 

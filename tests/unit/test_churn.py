@@ -24,7 +24,7 @@ from crm_pipeline.extract import extract_table
 from crm_pipeline.models import churn
 from crm_pipeline.models.nightly import features_at, load_config
 from crm_pipeline.source_schema import TABLE_ORDER
-from crm_pipeline.transform import build_staging
+from crm_pipeline.transform.staging import build_staging
 
 CFG = load_config()["churn"]
 

@@ -29,7 +29,7 @@ def test_summary_counts_the_days_rows_and_says_why_there_is_no_alert_email(env, 
     import datetime as dt
 
     from crm_pipeline.alerts import process_alerts
-    from crm_pipeline.evaluate import evaluate_day
+    from crm_pipeline.kpi.evaluate import evaluate_day
 
     cli.main(["summary", "--day", D.isoformat()])
     out = capsys.readouterr().out

@@ -10,16 +10,10 @@ from factories import kpi_history
 
 from crm_pipeline.alerts import load_alert_config
 from crm_pipeline.errors import ConfigError
-from crm_pipeline.evaluate import (
-    EvaluationSettings,
-    baseline_frame,
-    evaluate_day,
-    evaluate_range,
-    judge,
-    load_targets,
-    nps_interval,
-    wilson_interval,
-)
+from crm_pipeline.kpi.evaluate import evaluate_day, evaluate_range
+from crm_pipeline.kpi.judge import judge
+from crm_pipeline.kpi.stats import baseline_frame, nps_interval, wilson_interval
+from crm_pipeline.kpi.targets import EvaluationSettings, load_targets
 
 D = dt.date(2026, 11, 22)
 Z95 = 1.6448536269514722

@@ -8,7 +8,7 @@ import pytest
 from business import D
 from factories import ROOT
 
-from crm_pipeline.kpis import build_snapshots
+from crm_pipeline.transform.snapshots import build_snapshots
 
 QUERIES = sorted((ROOT / "examples" / "queries").glob("*.sql"))
 MONTH_LATER = D + dt.timedelta(days=30)  # 2025-07-30, whose "30 days before" is d

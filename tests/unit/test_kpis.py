@@ -11,7 +11,7 @@ import datetime as dt
 import pytest
 from business import D
 
-from crm_pipeline.kpis import build_snapshots
+from crm_pipeline.transform.snapshots import build_snapshots
 
 
 def kpis(wh, day=D, dimension="all", value="all"):
@@ -184,7 +184,7 @@ def test_retention_is_the_cohort_still_active_and_a_return_after_a_lapse_is_reac
 
     from crm_pipeline.extract import extract_table
     from crm_pipeline.source_schema import TABLE_ORDER
-    from crm_pipeline.transform import build_staging
+    from crm_pipeline.transform.staging import build_staging
 
     # A bought in November, lapsed, and is back on 06-15; N is new; K stays; L leaves
     src = build_source(
@@ -322,7 +322,7 @@ def test_a_large_customer_base_is_built_fewer_days_at_a_time_with_the_same_rows(
     ranged = snapshot(built_copy, first, D)
     config = {**settings()}  # a copy: settings() is cached for the whole process
     config["kpis"] = {**config["kpis"], "history_chunk_customer_days": 1}  # 1 day at a time
-    caplog.set_level(logging.INFO, logger="crm_pipeline.kpis")
+    caplog.set_level(logging.INFO, logger="crm_pipeline.transform.snapshots")
     caplog.clear()  # only this build's chunks (the one above built the d-30 positions)
     build_snapshots(built_copy, first, D, config)
     chunks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("snapshots ")]
@@ -373,7 +373,8 @@ def test_a_customer_who_bought_counts_whatever_created_at_says(tmp_path, warehou
 
     from crm_pipeline.extract import extract_table
     from crm_pipeline.source_schema import TABLE_ORDER
-    from crm_pipeline.transform import build_marts, build_staging
+    from crm_pipeline.transform.marts import build_marts
+    from crm_pipeline.transform.staging import build_staging
 
     # a CRM that back-fills created_at later than the customer's first order
     src = build_source(
@@ -399,7 +400,7 @@ def test_a_customer_who_bought_counts_whatever_created_at_says(tmp_path, warehou
 
 def test_the_segment_lookup_gives_each_cell_and_first_order_age_its_first_matching_rule():
     from crm_pipeline.config import settings
-    from crm_pipeline.kpis import first_order_cap, segment_lookup
+    from crm_pipeline.transform.settings import first_order_cap, segment_lookup
 
     config = settings()
     lookup = segment_lookup(config)
@@ -430,7 +431,7 @@ def test_overdue_regulars_counts_regular_buyers_past_one_and_a_half_usual_gaps(t
 
     from crm_pipeline.extract import extract_table
     from crm_pipeline.source_schema import TABLE_ORDER
-    from crm_pipeline.transform import build_staging
+    from crm_pipeline.transform.staging import build_staging
 
     def every(cid, first, n, step):
         start = dt.date.fromisoformat(first)

@@ -15,7 +15,7 @@ from crm_pipeline.models import clv
 from crm_pipeline.models.churn import read_cutoff
 from crm_pipeline.models.nightly import ModelGateError, ensure_tables, run_models
 from crm_pipeline.source_schema import TABLE_ORDER
-from crm_pipeline.transform import build_staging
+from crm_pipeline.transform.staging import build_staging
 from crm_pipeline.warehouse import Warehouse
 
 DEMO_DAY = dt.date(2026, 6, 30)

@@ -7,7 +7,7 @@ from business import D
 
 from crm_pipeline import stages
 from crm_pipeline.alerts import process_alerts
-from crm_pipeline.evaluate import evaluate_day
+from crm_pipeline.kpi.evaluate import evaluate_day
 
 
 @pytest.mark.parametrize("built", ["duckdb"], indirect=True)

@@ -10,7 +10,7 @@ from factories import build_source, customer, order, ts, upsert
 
 from crm_pipeline.extract import extract_table
 from crm_pipeline.source_schema import TABLE_ORDER
-from crm_pipeline.transform import build_staging
+from crm_pipeline.transform.staging import build_staging
 
 D = dt.date(2025, 3, 1)
 
@@ -58,7 +58,7 @@ def hold(wh, table: str, key: str, release: bool = False) -> None:
 
 
 def test_a_night_restages_the_changed_keys_only_and_equals_a_rebuild(tmp_path, warehouse, caplog):
-    caplog.set_level(logging.INFO, logger="crm_pipeline.transform")
+    caplog.set_level(logging.INFO, logger="crm_pipeline.transform.staging")
     src = f"sqlite:///{tmp_path}/source.db"
     build_source(
         src,
@@ -119,7 +119,7 @@ def test_a_night_restages_the_changed_keys_only_and_equals_a_rebuild(tmp_path, w
 def test_a_whole_rebuild_in_key_parts_gives_the_same_rows(tmp_path, warehouse, caplog):
     """Large tables are rebuilt in parts by a hash of the key on DuckDB (bounded memory);
     each key's versions fall in one part, so the validity intervals are the same."""
-    caplog.set_level(logging.INFO, logger="crm_pipeline.transform")
+    caplog.set_level(logging.INFO, logger="crm_pipeline.transform.staging")
     src = f"sqlite:///{tmp_path}/source.db"
     orders = [order(f"O{i}", f"C{i % 3}", f"2025-02-{10 + i} 10:00") for i in range(1, 9)]
     build_source(src, {"customers": [customer(f"C{i}") for i in range(3)], "orders": orders})
@@ -151,7 +151,7 @@ def test_a_whole_rebuild_in_key_parts_gives_the_same_rows(tmp_path, warehouse, c
 def test_order_lines_restage_every_line_of_a_changed_order(tmp_path, warehouse, caplog):
     """order_lines' key has a typed column (line_no): the changed keys are matched on the
     order alone, and every line of a changed order is restaged."""
-    caplog.set_level(logging.INFO, logger="crm_pipeline.transform")
+    caplog.set_level(logging.INFO, logger="crm_pipeline.transform.staging")
     src = f"sqlite:///{tmp_path}/source.db"
 
     def line(order_id, line_no, quantity, updated_at="2025-02-20 10:00"):

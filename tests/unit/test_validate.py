@@ -13,7 +13,7 @@ from crm_pipeline.dq_rules import parse_values
 from crm_pipeline.errors import PipelineStop
 from crm_pipeline.extract import extract_table
 from crm_pipeline.source_schema import SOURCE_TABLES, TABLE_ORDER
-from crm_pipeline.transform import build_staging
+from crm_pipeline.transform.staging import build_staging
 from crm_pipeline.validate import (
     DataQualityError,
     failed_tables,

@@ -20,7 +20,7 @@ from crm_pipeline.alerts.state import (
     Item,
     _d,
 )
-from crm_pipeline.evaluate import baseline_frame
+from crm_pipeline.kpi.stats import baseline_frame
 
 
 def render_charts(ctx: EmailContext) -> dict[tuple[str, str, str], bytes]:

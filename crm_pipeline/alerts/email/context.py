@@ -21,13 +21,10 @@ from crm_pipeline.alerts.state import (
     Item,
     _d,
 )
-from crm_pipeline.evaluate import (
-    HIGHER,
-    KpiSpec,
-    Targets,
-    money_text,
-)
-from crm_pipeline.evaluate import finite_or_none as _f
+from crm_pipeline.kpi.format import money_text
+from crm_pipeline.kpi.registry import HIGHER, KpiSpec
+from crm_pipeline.kpi.targets import Targets
+from crm_pipeline.values import finite_or_none as _f
 
 EVENT_WORDS = {
     "new": "new",

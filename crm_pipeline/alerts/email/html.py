@@ -32,7 +32,7 @@ from crm_pipeline.alerts.state import (
     Item,
 )
 from crm_pipeline.config import TEMPLATE_DIR
-from crm_pipeline.evaluate import finite_or_none as _f
+from crm_pipeline.values import finite_or_none as _f
 
 E = html.escape
 

@@ -23,7 +23,7 @@ from crm_pipeline.alerts.email.text import email_text
 from crm_pipeline.alerts.outbox import OUTBOX_TABLE
 from crm_pipeline.alerts.state import ALERTS_TABLE
 from crm_pipeline.dates import end_of_day
-from crm_pipeline.evaluate import EVALUATION_TABLE
+from crm_pipeline.kpi.evaluate import EVALUATION_TABLE
 
 
 def build_email(ctx: EmailContext) -> str:

@@ -15,7 +15,7 @@ from crm_pipeline.alerts.email.context import (
     breakdown_rows,
     grouped,
 )
-from crm_pipeline.evaluate import finite_or_none as _f
+from crm_pipeline.values import finite_or_none as _f
 
 
 def email_text(ctx: EmailContext) -> str:

@@ -4,7 +4,7 @@ with order_versions as (
 ),
 
 -- a version is valid at the end of day d when valid_from < d + 1 and valid_to >= d + 1
--- (transform.py): from the day of valid_from to the day before valid_to
+-- (transform/staging.py): from the day of valid_from to the day before valid_to
 completed as (
     select
         customer_id,

@@ -1,4 +1,4 @@
-"""Building the staging and mart layers from the SQL files under include/sql.
+"""The staging layer: `staging.stg_<table>`, every stored version of every source row, typed.
 
 Staging (`staging.stg_<table>`) holds every stored version of every source row, typed,
 with its validity interval: `valid_from` (the version's `updated_at`, or 1900-01-01 for
@@ -9,12 +9,12 @@ rerun or a backfill of a past day sees the data as it was known then, as far as 
 layer kept its versions.
 
 The versioning is the same for every table, so it is written once here and wraps each
-staging file, which only types and renames.
+staging file (include/sql/staging), which only types and renames. Grain: one row per
+stored version of a source row.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 
@@ -190,37 +190,3 @@ def _restage_changed_keys(
         conn.exec_driver_sql(wh.render(insert))
     conn.exec_driver_sql("drop table if exists _stage_keys")
     return changed
-
-
-def build_marts(
-    wh: Warehouse, names: tuple[str, ...], as_of_date: dt.date, allow_rollback: bool = False
-) -> dict[str, int]:
-    """Rebuild state-as-of-the-run marts (build and swap), in order, in one transaction.
-
-    These tables hold one state, the latest: a backfill of an earlier day leaves a newer
-    state in place (its snapshot marts are what it rebuilds), unless `allow_rollback`.
-    """
-    counts = {}
-    with wh.begin() as conn:
-        # dim_customer reads the latest published CLV and churn risk: before the models
-        # first pass their gate, those marts are there and empty
-        wh.ensure(conn, *(tables.MODEL_TABLES if "dim_customer" in names else ()))
-        for name in names:
-            table = f"marts.{name}"
-            newer = _built_for(wh, conn, table)
-            if newer is not None and newer > as_of_date and not allow_rollback:
-                log.info(
-                    "kept %s as of %s: a run for %s does not roll it back", table, newer, as_of_date
-                )
-                continue
-            counts[table] = wh.replace_table(
-                conn, table, wh.sql_file("marts", name), {"as_of_date": as_of_date}
-            )
-    log.info("marts rebuilt for %s: %s", as_of_date, counts)
-    return counts
-
-
-def _built_for(wh: Warehouse, conn, table: str) -> dt.date | None:
-    if not wh.table_exists(conn, table):
-        return None
-    return conn.exec_driver_sql(f"select max(as_of_date) from {table}").scalar()
