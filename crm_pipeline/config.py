@@ -9,6 +9,7 @@ YAML under include/config.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -109,6 +110,14 @@ def read_yaml(name: str, path: str | os.PathLike | None = None) -> dict[str, Any
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top, got {type(raw).__name__}")
     return raw
+
+
+def read_settings(name: str, source: str | os.PathLike | Mapping[str, Any] | None) -> dict:
+    """What a typed loader parses: the file (`source` a path, or None for the configured one)
+    or a mapping given in code (tests, a rerun with a setting changed)."""
+    if source is None or isinstance(source, str | os.PathLike):
+        return read_yaml(name, source)
+    return dict(source)
 
 
 @cache

@@ -15,7 +15,7 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
-from crm_pipeline.config import config_path, read_yaml
+from crm_pipeline.config import config_path, read_settings
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.kpi.targets import Targets
 
@@ -84,10 +84,7 @@ def load_alert_config(
     or a parsed mapping."""
     if isinstance(source, AlertConfig):
         return source
-    if source is None or isinstance(source, str | Path):
-        raw = read_yaml("alerts", source)
-    else:
-        raw = dict(source)
+    raw = read_settings("alerts", source)
     rules = []
     for item in raw.get("rules") or []:
         dims = {}

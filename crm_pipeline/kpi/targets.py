@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from crm_pipeline.config import config_path, read_yaml
+from crm_pipeline.config import config_path, read_settings
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.kpi.registry import KpiSpec, TargetVersion, describe, opt_float
 
@@ -68,10 +68,7 @@ def load_targets(source: str | Path | Mapping[str, Any] | Targets | None = None)
     or a parsed mapping."""
     if isinstance(source, Targets):
         return source
-    if source is None or isinstance(source, str | Path):
-        raw = read_yaml("targets", source)
-    else:
-        raw = dict(source)
+    raw = read_settings("targets", source)
     ev = dict(raw.get("evaluation") or {})
     settings = EvaluationSettings(
         baseline_days=int(ev.get("baseline_days", 28)),
