@@ -78,11 +78,11 @@ def check_settings() -> list[str]:
 
     from crm_pipeline.alerts import check_rules_cover_targets, load_alert_config
     from crm_pipeline.config import config_path, deadline, settings
-    from crm_pipeline.dq_rules import load_config as load_validation
     from crm_pipeline.errors import ConfigError
     from crm_pipeline.evaluate import load_targets
     from crm_pipeline.kpis import segment_map, sql_params
     from crm_pipeline.models.nightly import load_config as load_models
+    from crm_pipeline.quality.settings import load_config as load_validation
 
     checks = {
         "pipeline.yaml": lambda: (segment_map(settings()), sql_params(settings()), deadline()),

@@ -7,7 +7,7 @@ read in chunks of `chunk_rows` versions, every version of a key in a batch in th
 (the uniqueness check stays exact), so memory is bounded by the chunk: PostgreSQL streams one
 key-sorted query through a server-side cursor, DuckDB reads key ranges.
 
-On DuckDB a SQL screen (`dq_prescreen`) first keeps only the versions some rule could
+On DuckDB a SQL screen (`quality.prescreen`) first keeps only the versions some rule could
 flag; the others pass every expectation by construction and are counted in. Each chunk of
 what is left goes through the table's row suite (`<table>.rows`; GX 1.x: an ephemeral context,
 a pandas datasource, a dataframe asset, a whole-dataframe batch definition, a
@@ -32,8 +32,9 @@ Everything a run writes (quarantine, `ops.dq_results`, `ops.table_status`,
 half-written. Data Docs (HTML) are built into `docs_dir` from a file-backed results store in
 `docs_dir/_results`, so the site keeps every run. docs/data_quality.md lists the rules.
 
-The rules (the suites per table, parsing, the config) live in `dq_rules`, the GX context,
-results summed over chunks and Data Docs in `dq_gx`; this module is the stage: which batches,
+The rules (the suites per table, parsing) live in `quality.rules`, the config in
+`quality.settings`, the GX context, results summed over chunks and Data Docs in `quality.gx`;
+this module is the stage: which batches,
 read how, and what the results lead to (quarantine, `ops.dq_results`, `ops.table_status`,
 `DataQualityError`), plus the operator's release and accept.
 
@@ -59,21 +60,21 @@ from great_expectations.core import ExpectationValidationResult
 
 from crm_pipeline import source_schema as ss
 from crm_pipeline.dates import end_of_day
-from crm_pipeline.dq_gx import Agg, DataDocs, gx_engine, suite_result
-from crm_pipeline.dq_prescreen import suspect_condition
-from crm_pipeline.dq_rules import (
+from crm_pipeline.errors import DataQualityError
+from crm_pipeline.quality.gx import Agg, DataDocs, gx_engine, suite_result
+from crm_pipeline.quality.prescreen import suspect_condition
+from crm_pipeline.quality.rules import (
     FOREIGN_KEYS,
     KIND_WORDS,
     ROW,
     TABLE,
     check_frame,
-    load_config,
     parse_values,
     row_expectations,
     suite_parameters,
     table_expectations,
 )
-from crm_pipeline.errors import DataQualityError
+from crm_pipeline.quality.settings import load_config
 from crm_pipeline.warehouse import Warehouse
 from crm_pipeline.warehouse import tables as declared
 
@@ -552,7 +553,7 @@ def _validate_table(
     _findings_table(wh, conn)
     meta: dict[str, Any] = {}
     if out.batches:
-        # GX reads only the versions that could fail a rule (dq_prescreen); the others pass
+        # GX reads only the versions that could fail a rule (quality.prescreen); the others pass
         # every expectation and are counted in below
         suspect = (
             suspect_condition(table, row_suite.expectations, params, orphans, batch_list)

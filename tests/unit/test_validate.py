@@ -8,10 +8,11 @@ import pytest
 from corpus import add_rows, base_rows, drop_primary_key, execute, night_rows
 from factories import build_source, customer, order, upsert
 
-from crm_pipeline import dq_rules, validate
-from crm_pipeline.dq_rules import parse_values
+from crm_pipeline import validate
 from crm_pipeline.errors import PipelineStop
 from crm_pipeline.extract import extract_table
+from crm_pipeline.quality.rules import parse_values
+from crm_pipeline.quality.settings import normalise_config
 from crm_pipeline.source_schema import SOURCE_TABLES, TABLE_ORDER
 from crm_pipeline.transform import build_staging
 from crm_pipeline.validate import (
@@ -112,7 +113,7 @@ def test_ranges_and_value_sets():
     assert found("orders", an_order(channel="marketplace")) == {
         ("O1", "accepted_values", "channel")
     }
-    config = dq_rules.normalise_config({"extra_values": {"orders.channel": ["marketplace"]}})
+    config = normalise_config({"extra_values": {"orders.channel": ["marketplace"]}})
     assert found("orders", an_order(channel="marketplace"), config=config) == set()
     surveys = [
         dict(
@@ -386,7 +387,7 @@ def test_quarantine_results_status_and_an_idempotent_rerun(source, warehouse, tm
     assert rerun["orders"]["rows"] == 0
     # the next night with nothing new validates nothing again
     pull(source, warehouse, DAY + dt.timedelta(days=1), "run-2")
-    config = dq_rules.normalise_config({})  # no daily/freshness rules: a quiet source is fine
+    config = normalise_config({})  # no daily/freshness rules: a quiet source is fine
     nxt = validate_run(warehouse, DAY + dt.timedelta(days=1), "run-2", now_of(DAY), config=config)
     assert nxt["orders"]["rows"] == 0 and nxt["orders"]["status"] == "passed"
     assert q(warehouse, "select count(*) from quarantine.rows") == [(2,)]
@@ -398,7 +399,7 @@ def test_release_after_a_config_fix_and_orphans_released_when_the_parent_arrives
     # nothing passes yet
     assert release_quarantine(warehouse, DAY, "ops-1", dt.datetime(2025, 3, 11, 9)) == 0
     # a new channel is accepted in the config: the held order is let through
-    config = dq_rules.normalise_config({"extra_values": {"orders.channel": ["marketplace"]}})
+    config = normalise_config({"extra_values": {"orders.channel": ["marketplace"]}})
     released_at = dt.datetime(2025, 3, 11, 9, 30)
     assert (
         release_quarantine(
@@ -472,7 +473,7 @@ def test_a_table_level_failure_is_recorded_then_the_rerun_validates_the_same_bat
 ):
     pull(source, warehouse, DAY, "run-1")
     # judged from the first load on (settle_batches 0), an hour's tolerance
-    strict = dq_rules.normalise_config(
+    strict = normalise_config(
         {"tables": {"orders": {"freshness_max_age_hours": 1, "settle_batches": 0}}}
     )
     with pytest.raises(DataQualityError) as err:
@@ -528,7 +529,7 @@ def test_chunks_keep_every_version_of_a_key_together(tmp_path, warehouse):
     drop_primary_key(src, "customers")
     add_rows(src, {"customers": [customer("C5", "2025-01-01", city="Paris")]})
     pull(src, warehouse, DAY, "run-1")
-    config = dq_rules.normalise_config({"chunk_rows": 3})
+    config = normalise_config({"chunk_rows": 3})
     summary = validate_run(warehouse, DAY, "run-1", now_of(DAY), config=config)
     assert summary["customers"]["quarantined"] == 2
     assert q(

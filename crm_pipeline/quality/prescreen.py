@@ -23,7 +23,7 @@ from typing import Any
 import great_expectations.expectations as gxe
 
 from crm_pipeline import source_schema as ss
-from crm_pipeline.dq_rules import _LIMITS, _PATTERNS, NET_DIFF, column_kind
+from crm_pipeline.quality.rules import _LIMITS, _PATTERNS, NET_DIFF, column_kind
 
 __all__ = ["suspect_condition"]
 
@@ -94,7 +94,7 @@ class _Columns:
 
 
 def _parses(raw: str, kind: str) -> str:
-    """check_frame's parse (dq_rules.parse_values) in SQL: the text matches and casts."""
+    """check_frame's parse (rules.parse_values) in SQL: the text matches and casts."""
     ok = f"regexp_full_match({raw}, {_q(_PATTERNS[kind].pattern)})"
     if kind in ("number", "integer"):
         ok += f" and abs(try_cast({raw} as double)) <= {_LIMITS[kind]!r}"
