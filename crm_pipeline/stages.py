@@ -114,7 +114,7 @@ def validate(run: Run) -> dict[str, Any]:
     # registering function ... closure") buried the validation's lines in the task log: quiet
     # before GX is imported, and again for the one module that sets its own level at import
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    from crm_pipeline.validate import validate_run
+    from crm_pipeline.quality.stage import validate_run
 
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 

@@ -9,7 +9,7 @@ version the expectation could flag (a superset: a few versions that pass are let
 GX too, none that fails is kept from it), over the raw text columns, in DuckDB's dialect.
 The versions outside the condition pass every expectation by construction and are added to
 each expectation's element count, so `ops.dq_results`, the findings and the Data Docs are the
-same as when GX reads every version (tests/unit/test_validate.py checks both ways).
+same as when GX reads every version (tests/unit/test_quality.py checks both ways).
 
 An expectation this module does not know makes every version a suspect: a new rule is
 correct before it is fast.

@@ -8,20 +8,16 @@ import pytest
 from corpus import add_rows, base_rows, drop_primary_key, execute, night_rows
 from factories import build_source, customer, order, upsert
 
-from crm_pipeline import validate
-from crm_pipeline.errors import PipelineStop
+from crm_pipeline.errors import DataQualityError, PipelineStop
 from crm_pipeline.extract import extract_table
+from crm_pipeline.quality import commands, reader, stage
+from crm_pipeline.quality.commands import release_quarantine
+from crm_pipeline.quality.outcome import failed_tables
 from crm_pipeline.quality.rules import parse_values
 from crm_pipeline.quality.settings import normalise_config
+from crm_pipeline.quality.stage import validate_frame, validate_run
 from crm_pipeline.source_schema import SOURCE_TABLES, TABLE_ORDER
 from crm_pipeline.transform import build_staging
-from crm_pipeline.validate import (
-    DataQualityError,
-    failed_tables,
-    release_quarantine,
-    validate_frame,
-    validate_run,
-)
 
 NOW = dt.datetime(2025, 3, 11, 1, 0)
 DAY = dt.date(2025, 3, 10)
@@ -292,7 +288,7 @@ def test_unparseable_values_are_table_level_findings():
 
 def test_key_chunks_never_split_a_key():
     blocks = [pd.DataFrame({"k": list(b)}) for b in ("aab", "bbb", "bc", "c")]
-    chunks = [c.k.tolist() for c in validate.key_chunks(blocks, ("k",))]
+    chunks = [c.k.tolist() for c in reader.key_chunks(blocks, ("k",))]
     assert chunks == [["a", "a"], ["b", "b", "b", "b", "b"], ["c", "c"]]
 
 
@@ -508,14 +504,14 @@ def test_a_first_load_is_not_refused_for_being_quiet_on_the_day(source, warehous
 
 def test_a_run_killed_half_way_writes_nothing(source, warehouse, monkeypatch):
     pull(source, warehouse, DAY, "run-1")
-    real = validate._profile
+    real = reader.table_profile
 
     def crash(conn, table, *args):
         if table == "surveys":
             raise RuntimeError("worker killed")
         return real(conn, table, *args)
 
-    monkeypatch.setattr(validate, "_profile", crash)
+    monkeypatch.setattr(stage, "table_profile", crash)
     with pytest.raises(RuntimeError, match="worker killed"):
         validate_run(warehouse, DAY, "run-1", now_of(DAY))
     for table in ("quarantine.rows", "ops.dq_results", "ops.table_status", "ops.validated_batches"):
@@ -552,7 +548,7 @@ def test_an_operator_accepts_a_failed_table_and_the_night_goes_on(tmp_path, ware
         ("OTXT", "type_number", "twelve")
     ]
     assert (
-        validate.accept_failed_batches(warehouse, "orders", "ops-1", dt.datetime(2025, 3, 11, 8))
+        commands.accept_failed_batches(warehouse, "orders", "ops-1", dt.datetime(2025, 3, 11, 8))
         == 1
     )
     summary = validate_run(warehouse, DAY, "run-1b", now_of(DAY))
