@@ -206,7 +206,7 @@ def _fmt(kpi: str, value: float | None) -> str:
 
 def release(day: dt.date, table: str | None, rule: str | None) -> None:
     """Re-validate held rows and release those that pass now (a person's action: wall clock)."""
-    from crm_pipeline.validate import release_quarantine
+    from crm_pipeline.quality.commands import release_quarantine
 
     wh = Warehouse(env_url("AIRFLOW_CONN_CRM_WAREHOUSE"), lock_wait_seconds=60)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -218,7 +218,7 @@ def release(day: dt.date, table: str | None, rule: str | None) -> None:
 
 def accept(table: str) -> None:
     """Accept a table's failed batches as they are (their bad rows stay held)."""
-    from crm_pipeline.validate import accept_failed_batches
+    from crm_pipeline.quality.commands import accept_failed_batches
 
     wh = Warehouse(env_url("AIRFLOW_CONN_CRM_WAREHOUSE"), lock_wait_seconds=60)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)

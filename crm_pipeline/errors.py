@@ -50,7 +50,7 @@ class DataQualityError(PipelineStop):
 
     A PipelineStop: the same data fails the same way on every retry, so the DAG's retry
     policy fails the task at once; a person must look (then rerun, release or accept).
-    `failures` are the validate stage's `Failure`s (table, column, rule, detail)."""
+    `failures` are `quality.outcome.Failure`s (table, column, rule, detail)."""
 
     def __init__(self, failures: list[Any], summary: dict[str, Any] | None = None):
         self.failures = failures

@@ -78,10 +78,10 @@ def check_settings() -> list[str]:
 
     from crm_pipeline.alerts import check_rules_cover_targets, load_alert_config
     from crm_pipeline.config import config_path, deadline, settings
-    from crm_pipeline.dq_rules import load_config as load_validation
     from crm_pipeline.errors import ConfigError
     from crm_pipeline.kpi.targets import load_targets
     from crm_pipeline.models.nightly import load_config as load_models
+    from crm_pipeline.quality.settings import load_config as load_validation
     from crm_pipeline.transform.settings import segment_map, sql_params
 
     checks = {
@@ -114,7 +114,7 @@ def validate(run: Run) -> dict[str, Any]:
     # registering function ... closure") buried the validation's lines in the task log: quiet
     # before GX is imported, and again for the one module that sets its own level at import
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    from crm_pipeline.validate import validate_run
+    from crm_pipeline.quality.stage import validate_run
 
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 

@@ -11,7 +11,7 @@ for each day, from ops.table_status), compute (pure: every series' bands, refere
 transaction).
 
 A KPI whose input source tables failed validation or are stale for d (ops.table_status,
-crm_pipeline.validate) is `not_evaluated`, never an alarm; a breakdown adds its own inputs
+crm_pipeline.quality) is `not_evaluated`, never an alarm; a breakdown adds its own inputs
 (`DIMENSION_INPUTS`). Grain: one row per (as_of_date, kpi, dimension, dimension_value).
 """
 
@@ -79,8 +79,8 @@ def unusable_tables(
 ) -> dict[dt.date, dict[str, str]]:
     """Source tables that failed validation or are stale, per day: {day: {table: status}}.
 
-    Read from ops.table_status (written by crm_pipeline.validate; absent table: nothing
-    failed), with the same test as `validate.failed_tables` (status failed or stale). The
+    Read from ops.table_status (written by crm_pipeline.quality; absent table: nothing
+    failed), with the same test as `quality.outcome.failed_tables` (status failed or stale). The
     table is read directly rather than through that function so this task does not import
     the validation stack (Great Expectations, ~10 s) nor create its tables. Names are
     reduced to the source table ('staging.stg_surveys' -> 'surveys').

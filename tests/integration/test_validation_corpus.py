@@ -33,12 +33,14 @@ from corpus import (
 from factories import build_source, complaint, order, survey
 
 from crm_pipeline.config import CONFIG_DIR
+from crm_pipeline.errors import DataQualityError
 from crm_pipeline.extract import extract_table
+from crm_pipeline.quality.outcome import failed_tables
+from crm_pipeline.quality.stage import validate_run
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform.marts import build_marts
 from crm_pipeline.transform.snapshots import build_snapshots
 from crm_pipeline.transform.staging import build_staging
-from crm_pipeline.validate import DataQualityError, failed_tables, validate_run
 from crm_pipeline.warehouse import Warehouse
 
 D = dt.date(2025, 3, 10)  # the last good night

@@ -66,7 +66,7 @@ def held(wh):
 def test_release_quarantine_reports_what_it_released(env, capsys):
     import datetime as dt
 
-    from crm_pipeline.validate import validate_run
+    from crm_pipeline.quality.stage import validate_run
 
     # the night of d validated at 01:00 the next morning: what the second extract brought
     # with a later timestamp was in that night's future and is held (not_in_future): O05b's

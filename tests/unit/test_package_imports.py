@@ -9,6 +9,8 @@ imports it back (importing a submodule runs the parent's __init__ first, which i
 long as the parent is not imported again from below)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import crm_pipeline
@@ -113,3 +115,35 @@ def test_the_package_imports_neither_airflow_nor_the_dev_tools():
     for path in TOP.rglob("*.py"):
         outside = {n.split(".")[0] for n in imports(path, set(), everything=True)}
         assert not outside & {"airflow", "crm_devtools"}, (path, outside)
+
+
+def test_the_quality_modules_import_each_other_one_way_only():
+    """stage and commands -> reader -> quarantine -> outcome -> rules; the settings (read by
+    the preflight check) need nothing of the package, so checking them loads no GX."""
+    edges = graph(TOP / "quality")
+    package = "crm_pipeline.quality"
+    assert {f"{package}.stage", f"{package}.commands", f"{package}.outcome"} <= set(edges)
+    assert sorted(name for name, targets in edges.items() if package in targets) == []
+    assert edges[f"{package}.settings"] == set()
+    assert f"{package}.stage" not in edges[f"{package}.reader"]
+
+
+def test_the_kpi_stage_reads_the_registry():
+    edges = graph(TOP / "kpi")
+    assert "crm_pipeline.kpi.registry" in edges["crm_pipeline.kpi.evaluate"]
+    assert sorted(name for name, targets in edges.items() if "crm_pipeline.kpi" in targets) == []
+
+
+def test_every_module_imports_without_airflow():
+    """Each module of the package imports (lazy imports hide a broken one from the other
+    tests) and none of them brings Airflow in: one fresh interpreter imports them all."""
+    modules = sorted(graph(TOP))
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "assert 'airflow' not in sys.modules, 'airflow'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=TOP.parent
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

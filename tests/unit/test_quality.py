@@ -8,19 +8,16 @@ import pytest
 from corpus import add_rows, base_rows, drop_primary_key, execute, night_rows
 from factories import build_source, customer, order, upsert
 
-from crm_pipeline import dq_rules, validate
-from crm_pipeline.dq_rules import parse_values
-from crm_pipeline.errors import PipelineStop
+from crm_pipeline.errors import DataQualityError, PipelineStop
 from crm_pipeline.extract import extract_table
+from crm_pipeline.quality import commands, reader, stage
+from crm_pipeline.quality.commands import release_quarantine
+from crm_pipeline.quality.outcome import failed_tables
+from crm_pipeline.quality.rules import parse_values
+from crm_pipeline.quality.settings import normalise_config
+from crm_pipeline.quality.stage import validate_frame, validate_run
 from crm_pipeline.source_schema import SOURCE_TABLES, TABLE_ORDER
 from crm_pipeline.transform.staging import build_staging
-from crm_pipeline.validate import (
-    DataQualityError,
-    failed_tables,
-    release_quarantine,
-    validate_frame,
-    validate_run,
-)
 
 NOW = dt.datetime(2025, 3, 11, 1, 0)
 DAY = dt.date(2025, 3, 10)
@@ -112,7 +109,7 @@ def test_ranges_and_value_sets():
     assert found("orders", an_order(channel="marketplace")) == {
         ("O1", "accepted_values", "channel")
     }
-    config = dq_rules.normalise_config({"extra_values": {"orders.channel": ["marketplace"]}})
+    config = normalise_config({"extra_values": {"orders.channel": ["marketplace"]}})
     assert found("orders", an_order(channel="marketplace"), config=config) == set()
     surveys = [
         dict(
@@ -291,7 +288,7 @@ def test_unparseable_values_are_table_level_findings():
 
 def test_key_chunks_never_split_a_key():
     blocks = [pd.DataFrame({"k": list(b)}) for b in ("aab", "bbb", "bc", "c")]
-    chunks = [c.k.tolist() for c in validate.key_chunks(blocks, ("k",))]
+    chunks = [c.k.tolist() for c in reader.key_chunks(blocks, ("k",))]
     assert chunks == [["a", "a"], ["b", "b", "b", "b", "b"], ["c", "c"]]
 
 
@@ -386,7 +383,7 @@ def test_quarantine_results_status_and_an_idempotent_rerun(source, warehouse, tm
     assert rerun["orders"]["rows"] == 0
     # the next night with nothing new validates nothing again
     pull(source, warehouse, DAY + dt.timedelta(days=1), "run-2")
-    config = dq_rules.normalise_config({})  # no daily/freshness rules: a quiet source is fine
+    config = normalise_config({})  # no daily/freshness rules: a quiet source is fine
     nxt = validate_run(warehouse, DAY + dt.timedelta(days=1), "run-2", now_of(DAY), config=config)
     assert nxt["orders"]["rows"] == 0 and nxt["orders"]["status"] == "passed"
     assert q(warehouse, "select count(*) from quarantine.rows") == [(2,)]
@@ -398,7 +395,7 @@ def test_release_after_a_config_fix_and_orphans_released_when_the_parent_arrives
     # nothing passes yet
     assert release_quarantine(warehouse, DAY, "ops-1", dt.datetime(2025, 3, 11, 9)) == 0
     # a new channel is accepted in the config: the held order is let through
-    config = dq_rules.normalise_config({"extra_values": {"orders.channel": ["marketplace"]}})
+    config = normalise_config({"extra_values": {"orders.channel": ["marketplace"]}})
     released_at = dt.datetime(2025, 3, 11, 9, 30)
     assert (
         release_quarantine(
@@ -472,7 +469,7 @@ def test_a_table_level_failure_is_recorded_then_the_rerun_validates_the_same_bat
 ):
     pull(source, warehouse, DAY, "run-1")
     # judged from the first load on (settle_batches 0), an hour's tolerance
-    strict = dq_rules.normalise_config(
+    strict = normalise_config(
         {"tables": {"orders": {"freshness_max_age_hours": 1, "settle_batches": 0}}}
     )
     with pytest.raises(DataQualityError) as err:
@@ -507,14 +504,14 @@ def test_a_first_load_is_not_refused_for_being_quiet_on_the_day(source, warehous
 
 def test_a_run_killed_half_way_writes_nothing(source, warehouse, monkeypatch):
     pull(source, warehouse, DAY, "run-1")
-    real = validate._profile
+    real = reader.table_profile
 
     def crash(conn, table, *args):
         if table == "surveys":
             raise RuntimeError("worker killed")
         return real(conn, table, *args)
 
-    monkeypatch.setattr(validate, "_profile", crash)
+    monkeypatch.setattr(stage, "table_profile", crash)
     with pytest.raises(RuntimeError, match="worker killed"):
         validate_run(warehouse, DAY, "run-1", now_of(DAY))
     for table in ("quarantine.rows", "ops.dq_results", "ops.table_status", "ops.validated_batches"):
@@ -528,7 +525,7 @@ def test_chunks_keep_every_version_of_a_key_together(tmp_path, warehouse):
     drop_primary_key(src, "customers")
     add_rows(src, {"customers": [customer("C5", "2025-01-01", city="Paris")]})
     pull(src, warehouse, DAY, "run-1")
-    config = dq_rules.normalise_config({"chunk_rows": 3})
+    config = normalise_config({"chunk_rows": 3})
     summary = validate_run(warehouse, DAY, "run-1", now_of(DAY), config=config)
     assert summary["customers"]["quarantined"] == 2
     assert q(
@@ -551,7 +548,7 @@ def test_an_operator_accepts_a_failed_table_and_the_night_goes_on(tmp_path, ware
         ("OTXT", "type_number", "twelve")
     ]
     assert (
-        validate.accept_failed_batches(warehouse, "orders", "ops-1", dt.datetime(2025, 3, 11, 8))
+        commands.accept_failed_batches(warehouse, "orders", "ops-1", dt.datetime(2025, 3, 11, 8))
         == 1
     )
     summary = validate_run(warehouse, DAY, "run-1b", now_of(DAY))

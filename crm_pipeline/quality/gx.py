@@ -3,7 +3,7 @@ frame, results summed over chunks, and the Data Docs site.
 
 Why a module of its own: this is the part that speaks GX's API (contexts, datasources,
 validation definitions, result formats, stores, site builders), which changes with GX
-versions; it knows neither the rules (`dq_rules`) nor the warehouse (`validate`).
+versions; it knows neither the rules (`quality.rules`) nor the warehouse (the stage).
 
 Grain:
 

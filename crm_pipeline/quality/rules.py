@@ -1,11 +1,11 @@
 """The data-quality rules: what the contract expects of each raw table, as code.
 
 Why a module of its own: the rules are the part people read and change (a new value set, a
-new range, a threshold), so they sit apart from the machinery that runs them (`dq_gx`) and
-from the stage that decides what to validate and what follows from a failure (`validate`).
-Nothing here touches the warehouse or a GX context: apart from `load_config`, which reads
-the YAML, every function is pure, a function of the table, the contract columns the source had
-and the config.
+new range, a threshold), so they sit apart from the machinery that runs them (`quality.gx`),
+from their settings (`quality.settings`) and from the stage that decides what to validate and
+what follows from a failure (the stage). Nothing here touches the warehouse, a GX
+context or a file: every function is a function of the table, the contract columns the
+source had and the settings.
 
 Grain: per table, two Great Expectations 1.x suites, built in `row_expectations` and
 `table_expectations`.
@@ -18,15 +18,13 @@ Grain: per table, two Great Expectations 1.x suites, built in `row_expectations`
 
 Every expectation carries `meta = {"rule", "level", "column", "value_columns"}`; level `row`
 (`ROW`) holds the offending versions, level `table` (`TABLE`) fails the table. Parsing text
-the way staging casts it (`parse_values`, the custom `ExpectColumnValuesToParseAs`) and the
-thresholds (`load_config`: include/config/validation.yaml, per-table defaults filled) are
-here too. docs/data_quality.md lists the rules.
+the way staging casts it (`parse_values`, the custom `ExpectColumnValuesToParseAs`) is here
+too. docs/data_quality.md lists the rules.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -46,8 +44,6 @@ from great_expectations.render.renderer.renderer import renderer
 from sqlalchemy import Boolean, Date, DateTime, Integer, Numeric
 
 from crm_pipeline import source_schema as ss
-from crm_pipeline.config import read_yaml
-from crm_pipeline.errors import ConfigError
 
 ROW, TABLE = "row", "table"  # an expectation's level: hold the rows, or fail the table
 
@@ -241,47 +237,6 @@ class ExpectColumnValuesToParseAs(ColumnMapExpectation):
                 },
             )
         ]
-
-
-# -- configuration --------------------------------------------------------------------------------
-
-
-def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """include/config/validation.yaml (or $CRM_VALIDATION_CONFIG, see `config.config_path`),
-    with per-table defaults filled."""
-    return normalise_config(read_yaml("validation", path))
-
-
-def normalise_config(raw: dict[str, Any]) -> dict[str, Any]:
-    defaults = {
-        "max_bad_share": 0.05,
-        "bad_share_min_rows": 50,
-        "non_empty": False,
-        "daily": False,
-        "freshness_max_age_hours": None,
-        "settle_batches": 3,
-        "volume": None,
-    } | dict(raw.get("defaults") or {})
-    tables = {}
-    for table in ss.TABLE_ORDER:
-        rules = defaults | dict((raw.get("tables") or {}).get(table) or {})
-        if rules.get("volume"):
-            rules["volume"] = {
-                "max_factor": 10,
-                "history_batches": 14,
-                "min_history": 3,
-                "min_baseline": 5,
-            } | dict(rules["volume"])
-        tables[table] = rules
-    unknown = set(raw.get("tables") or {}) - set(ss.TABLE_ORDER)
-    if unknown:
-        raise ConfigError(f"validation config names unknown table(s): {', '.join(sorted(unknown))}")
-    return {
-        "chunk_rows": int(raw.get("chunk_rows") or 200_000),
-        "prescreen": bool(raw.get("prescreen", True)),
-        "tables": tables,
-        "extra_values": {k: list(v or []) for k, v in (raw.get("extra_values") or {}).items()},
-    }
 
 
 # -- the suites -----------------------------------------------------------------------------------

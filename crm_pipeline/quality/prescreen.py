@@ -9,7 +9,7 @@ version the expectation could flag (a superset: a few versions that pass are let
 GX too, none that fails is kept from it), over the raw text columns, in DuckDB's dialect.
 The versions outside the condition pass every expectation by construction and are added to
 each expectation's element count, so `ops.dq_results`, the findings and the Data Docs are the
-same as when GX reads every version (tests/unit/test_validate.py checks both ways).
+same as when GX reads every version (tests/unit/test_quality.py checks both ways).
 
 An expectation this module does not know makes every version a suspect: a new rule is
 correct before it is fast.
@@ -23,7 +23,7 @@ from typing import Any
 import great_expectations.expectations as gxe
 
 from crm_pipeline import source_schema as ss
-from crm_pipeline.dq_rules import _LIMITS, _PATTERNS, NET_DIFF, column_kind
+from crm_pipeline.quality.rules import _LIMITS, _PATTERNS, NET_DIFF, column_kind
 
 __all__ = ["suspect_condition"]
 
@@ -94,7 +94,7 @@ class _Columns:
 
 
 def _parses(raw: str, kind: str) -> str:
-    """check_frame's parse (dq_rules.parse_values) in SQL: the text matches and casts."""
+    """check_frame's parse (rules.parse_values) in SQL: the text matches and casts."""
     ok = f"regexp_full_match({raw}, {_q(_PATTERNS[kind].pattern)})"
     if kind in ("number", "integer"):
         ok += f" and abs(try_cast({raw} as double)) <= {_LIMITS[kind]!r}"
