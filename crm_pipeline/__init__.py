@@ -11,7 +11,6 @@ churn risk).
 What does not: Airflow (operators, notifiers, the timetable, assets, the task context:
 dags/ and plugins/); SQL (include/sql, one statement per table); business settings
 (include/config); table DDL outside `warehouse.tables`; the benchmark (bench/) and test
-helpers (tests/); the local SMTP sink (crm_devtools.smtp_sink). The demo source (`demo`) is
-a development tool, not the product: it is still here, used by `make run`, the benchmark
-and the tests, and by the CLI's `prepare-demo` only.
+helpers (tests/); the development tools (crm_devtools: the demo source, the local SMTP sink),
+which may import this package but are never imported by it.
 """
