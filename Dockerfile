@@ -2,6 +2,8 @@
 FROM apache/airflow:3.3.2-python3.11
 COPY --chown=airflow:root requirements.txt constraints.txt pyproject.toml README.md /opt/crm/
 COPY --chown=airflow:root crm_pipeline /opt/crm/crm_pipeline
+# the demo source generator, for compose's demo mode (CRM_DEMO_SOURCE)
+COPY --chown=airflow:root crm_devtools /opt/crm/crm_devtools
 # SQL and settings: the installed package finds them through CRM_INCLUDE_DIR (compose points
 # it at the mounted, editable copy instead)
 COPY --chown=airflow:root include /opt/crm/include

@@ -129,7 +129,7 @@ def python(*args: str) -> list[str]:
 
 def generate(source: Path, customers: int, end: dt.date) -> Measured:
     code = (
-        "import datetime as dt, sys; from crm_pipeline import demo; "
+        "import datetime as dt, sys; from crm_devtools import demo; "
         f"demo.generate({f'sqlite:///{source}'!r}, customers={customers}, days=730, "
         f"seed=42, end_date=dt.date.fromisoformat({end.isoformat()!r}))"
     )
@@ -138,7 +138,7 @@ def generate(source: Path, customers: int, end: dt.date) -> Measured:
 
 def advance(source: Path, day: dt.date) -> Measured:
     code = (
-        "import datetime as dt; from crm_pipeline import demo; "
+        "import datetime as dt; from crm_devtools import demo; "
         f"print(demo.advance({f'sqlite:///{source}'!r}, dt.date.fromisoformat({day.isoformat()!r})))"
     )
     return measure(python("-c", code))

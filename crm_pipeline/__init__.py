@@ -11,7 +11,6 @@ churn risk).
 What does not: Airflow (operators, notifiers, the timetable, assets, the task context:
 dags/ and plugins/); SQL (include/sql, one statement per table); business settings
 (include/config); table DDL outside `warehouse.tables`; the benchmark (bench/) and test
-helpers (tests/). The demo source (`demo`) and the local SMTP sink (`smtp_sink`) are
-development tools, not the product: they are still here, used by `make run`, the
-benchmark and the tests, and by the CLI's `prepare-demo` only.
+helpers (tests/); the development tools (crm_devtools: the demo source, the local SMTP sink),
+which may import this package but are never imported by it.
 """

@@ -1,8 +1,4 @@
-"""Command line for the run script and for people: prepare the demo source, summarise a run.
-
-`python -m crm_pipeline.cli prepare-demo --day D`: generate the demo source if it is
-missing, or advance it day by day until it covers D (a demo business that keeps living
-between nightly runs, so incremental extraction has something to pull).
+"""Command line for the run script and for people: summarise a run, answer a validation failure.
 
 `python -m crm_pipeline.cli summary --day D`: where the warehouse is, its tables with
 row counts, and a short analyst's summary of the day.
@@ -11,8 +7,9 @@ row counts, and a short analyst's summary of the day.
 `accept-batches --table T`: a data engineer's answers to a validation failure
 (docs/data_quality.md).
 
-URLs come from the same variables Airflow reads (`AIRFLOW_CONN_CRM_SOURCE`,
-`AIRFLOW_CONN_CRM_WAREHOUSE`), so the CLI and the DAG always agree.
+The URL comes from the variable Airflow reads (`AIRFLOW_CONN_CRM_WAREHOUSE`), so the CLI
+and the DAG always agree. The demo source has a command line of its own, with the
+development tools: `python -m crm_devtools prepare-demo`.
 """
 
 from __future__ import annotations
@@ -21,8 +18,6 @@ import argparse
 import datetime as dt
 import os
 import sys
-
-import sqlalchemy as sa
 
 from crm_pipeline.config import normalise_url
 from crm_pipeline.warehouse import Warehouse
@@ -33,34 +28,6 @@ def env_url(var: str) -> str:
     if not value:
         sys.exit(f"{var} is not set (scripts/airflow_env.sh sets the embedded default)")
     return normalise_url(value)
-
-
-def prepare_demo(day: dt.date, customers: int, days: int, seed: int) -> None:
-    from crm_pipeline import demo
-
-    today = dt.datetime.now(dt.UTC).date()
-    if day >= today:
-        sys.exit(
-            f"demo: {day} has not ended yet (UTC): the demo would write rows in the future; "
-            f"the latest complete day is {today - dt.timedelta(days=1)}"
-        )
-    url = env_url("AIRFLOW_CONN_CRM_SOURCE")
-    has_source = sa.inspect(sa.create_engine(url)).has_table("demo_meta")
-    if not has_source:
-        print(f"demo: generating {customers:,} customers, {days} days of history to {day} at {url}")
-        counts = demo.generate(url, customers=customers, days=days, seed=seed, end_date=day)
-        print("demo: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
-        return
-    last = demo.last_day(url)
-    if last >= day:
-        print(f"demo: source already covers {day} (last day {last})")
-        return
-    while last < day:
-        last += dt.timedelta(days=1)
-        counts = demo.advance(url, last)
-        print(
-            f"demo: advanced to {last}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items() if n)
-        )
 
 
 HEADLINE_KPIS = (
@@ -229,11 +196,6 @@ def accept(table: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="crm-pipeline", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare-demo", help="generate or advance the demo source to a day")
-    p.add_argument("--day", type=dt.date.fromisoformat, required=True)
-    p.add_argument("--customers", type=int, default=20_000)
-    p.add_argument("--days", type=int, default=730)
-    p.add_argument("--seed", type=int, default=42)
     s = sub.add_parser("summary", help="print the warehouse tables and the day's headline figures")
     s.add_argument("--day", type=dt.date.fromisoformat, required=True)
     r = sub.add_parser("release-quarantine", help="re-validate held rows, release those that pass")
@@ -243,9 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     a = sub.add_parser("accept-batches", help="accept a table's failed batches as they are")
     a.add_argument("--table", required=True)
     args = parser.parse_args(argv)
-    if args.command == "prepare-demo":
-        prepare_demo(args.day, args.customers, args.days, args.seed)
-    elif args.command == "release-quarantine":
+    if args.command == "release-quarantine":
         release(args.day, args.table, args.rule)
     elif args.command == "accept-batches":
         accept(args.table)

@@ -89,7 +89,7 @@ start() {
   local day
   day=$(date -u -d yesterday +%F)
   if [ "$AIRFLOW_CONN_CRM_SOURCE" = "sqlite:///$CRM_DATA_DIR/source.db" ]; then
-    python -m crm_pipeline.cli prepare-demo --day "$day" \
+    python -m crm_devtools prepare-demo --day "$day" \
       --customers "${DEMO_CUSTOMERS:-20000}" --days "${DEMO_DAYS:-730}" --seed "${DEMO_SEED:-42}"
   fi
   # one signing secret for every service: each would otherwise make its own, and the

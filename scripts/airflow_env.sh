@@ -23,9 +23,9 @@ export PATH=$ROOT/.venv/bin:$PATH
 # backfill or a run that sends an alert needs it up.
 uses_smtp_sink() { [ "$AIRFLOW_CONN_SMTP_DEFAULT" = "$CRM_SMTP_SINK_URL" ]; }
 start_smtp_sink() {
-  python -m crm_pipeline.smtp_sink start --dir "$CRM_SMTP_SINK_DIR" --port "$CRM_SMTP_SINK_PORT" \
+  python -m crm_devtools.smtp_sink start --dir "$CRM_SMTP_SINK_DIR" --port "$CRM_SMTP_SINK_PORT" \
     --pid-file "$CRM_DATA_DIR/smtp_sink.pid"
 }
 stop_smtp_sink() {
-  python -m crm_pipeline.smtp_sink stop --pid-file "$CRM_DATA_DIR/smtp_sink.pid" >/dev/null 2>&1 || true
+  python -m crm_devtools.smtp_sink stop --pid-file "$CRM_DATA_DIR/smtp_sink.pid" >/dev/null 2>&1 || true
 }

@@ -16,7 +16,7 @@ if [[ ! "$DAY" < "$(date -u +%F)" ]]; then
 fi
 
 if [ "$AIRFLOW_CONN_CRM_SOURCE" = "sqlite:///$CRM_DATA_DIR/source.db" ]; then
-  python -m crm_pipeline.cli prepare-demo --day "$DAY" \
+  python -m crm_devtools prepare-demo --day "$DAY" \
     --customers "${DEMO_CUSTOMERS:-20000}" --days "${DEMO_DAYS:-730}" --seed "${DEMO_SEED:-42}"
 fi
 

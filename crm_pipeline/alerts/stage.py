@@ -11,7 +11,7 @@ Three steps, each its own DAG task (docs/alerts.md):
    change. Nothing is sent here.
 2. `send_pending(wh, smtp)` sends what the outbox holds and marks it sent. SMTP down: the
    message stays pending, the task fails clearly, the next attempt sends it once.
-3. The local SMTP sink (crm_pipeline.smtp_sink) receives the email on the embedded default.
+3. The local SMTP sink (crm_devtools.smtp_sink) receives the email on the embedded default.
 
 State lives in `ops.alert_history` (one row per alert per processed day: the state after
 that day) and `ops.alert_runs` (the days processed); `marts.alerts` is the latest row of

@@ -66,7 +66,7 @@ say "UI login written for user '$user' ($passwords)"
 if [ "$demo" = true ]; then
   source_file=${AIRFLOW_CONN_CRM_SOURCE#sqlite:///}
   mkdir -p "$(dirname "$source_file")"
-  run python -m crm_pipeline.cli prepare-demo --day "$(date -u -d yesterday +%F)" \
+  run python -m crm_devtools prepare-demo --day "$(date -u -d yesterday +%F)" \
     --customers "${CRM_DEMO_CUSTOMERS:-20000}" --days "${CRM_DEMO_DAYS:-730}" \
     --seed "${CRM_DEMO_SEED:-42}"
 fi

@@ -11,9 +11,9 @@ import datetime as dt
 import pandas as pd
 from factories import kpi_history
 
+from crm_devtools.smtp_sink import SmtpSink
 from crm_pipeline.alerts import process_alerts, send_pending
 from crm_pipeline.kpi.evaluate import evaluate_day, evaluate_range
-from crm_pipeline.smtp_sink import SmtpSink
 
 D = dt.date(2026, 11, 22)
 TARGETS = {

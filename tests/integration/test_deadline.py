@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from factories import ROOT
 from webhook import SlackWebhook
 
-from crm_pipeline.smtp_sink import SmtpSink
+from crm_devtools.smtp_sink import SmtpSink
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 DAY = dt.date(2026, 6, 30)

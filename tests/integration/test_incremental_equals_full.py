@@ -14,7 +14,7 @@ import datetime as dt
 import pytest
 
 from bench.night import night
-from crm_pipeline import demo
+from crm_devtools import demo
 from crm_pipeline.warehouse import Warehouse
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from factories import ROOT
 
-from crm_pipeline import demo
+from crm_devtools import demo
 from crm_pipeline.warehouse import Warehouse
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import sys
 import pytest
 from factories import ROOT
 
-from crm_pipeline import demo
+from crm_devtools import demo
 from crm_pipeline.warehouse import Warehouse
 
 pytestmark = pytest.mark.slow

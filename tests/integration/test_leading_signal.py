@@ -14,7 +14,7 @@ import sqlite3
 
 import pytest
 
-from crm_pipeline import demo
+from crm_devtools import demo
 from crm_pipeline.alerts import process_alerts
 from crm_pipeline.extract import extract_table
 from crm_pipeline.kpi.evaluate import evaluate_range

@@ -34,8 +34,8 @@ from airflow.dag_processing.dagbag import DagBag
 from factories import ROOT
 from webhook import SlackWebhook
 
-from crm_pipeline import demo
-from crm_pipeline.smtp_sink import SmtpSink
+from crm_devtools import demo
+from crm_devtools.smtp_sink import SmtpSink
 from crm_pipeline.warehouse import Warehouse
 from crm_pipeline.warehouse.tables import PUBLIC_MARTS
 

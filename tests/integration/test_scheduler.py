@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from conftest import _admin_engine
 from factories import ROOT
 
-from crm_pipeline import demo
+from crm_devtools import demo
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.warehouse import Warehouse
 from crm_pipeline.warehouse.tables import PUBLIC_MARTS

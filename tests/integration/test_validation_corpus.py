@@ -515,7 +515,7 @@ def whole_read_outcome(history: History, case: Case, tmp_path) -> dict[str, list
 
 
 def test_the_demo_business_passes_with_zero_quarantined_rows(tmp_path, warehouse):
-    from crm_pipeline import demo
+    from crm_devtools import demo
 
     src = f"sqlite:///{tmp_path}/demo.db"
     demo.generate(src, customers=300, days=120, seed=11, end_date=D)

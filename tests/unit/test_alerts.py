@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from crm_devtools.smtp_sink import SmtpSink, free_port, is_listening, read_messages
 from crm_pipeline.alerts import (
     HISTORY_COLUMNS,
     AlertDeliveryError,
@@ -28,7 +29,6 @@ from crm_pipeline.alerts import (
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.kpi.evaluate import evaluate_day
 from crm_pipeline.kpi.targets import load_targets
-from crm_pipeline.smtp_sink import SmtpSink, free_port, is_listening, read_messages
 from crm_pipeline.stages import check_settings
 
 D = dt.date(2026, 11, 22)
@@ -424,7 +424,7 @@ def test_a_send_interrupted_by_a_crash_is_resent_or_held(warehouse, tmp_path, po
 
 def test_the_sink_runs_in_the_background_from_the_command_line(tmp_path):
     port, pid_file, folder = free_port(), tmp_path / "sink.pid", tmp_path / "eml"
-    cli = [sys.executable, "-m", "crm_pipeline.smtp_sink"]
+    cli = [sys.executable, "-m", "crm_devtools.smtp_sink"]
     started = subprocess.run(
         [*cli, "start", "--dir", str(folder), "--port", str(port), "--pid-file", str(pid_file)],
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Tests of the demo CRM source generator (crm_pipeline.demo).
+"""Tests of the demo CRM source generator (crm_devtools.demo).
 
 Small sizes (hundreds of customers, a few months) keep them fast; the shape checks use a
 fixed seed, so they are deterministic, with margins wide enough not to depend on it.
@@ -17,7 +17,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from crm_pipeline import demo
+from crm_devtools import cli, demo
+from crm_devtools.demo.business import _campaigns, _World
+from crm_devtools.demo.customers import _Ids, _traits
+from crm_devtools.demo.draws import _date_of, _day_number
+from crm_devtools.demo.history import _simulate_chunk
+from crm_devtools.demo.replay import _load_population
+from crm_devtools.demo.settings import CORE_PRODUCTS, CUSTOMER_KINDS, LOYALTY_TIERS, NULL, format_id
 from crm_pipeline import source_schema as ss
 
 END = dt.date(2025, 6, 30)
@@ -92,7 +98,7 @@ def test_counts_are_the_rows_written_and_every_table_has_rows(source, tables):
     for name, df in tables.items():
         assert counts[name] == len(df) > 0, name
     # Core products plus one launch every ~55 days (37 over the default two years).
-    assert len(demo.CORE_PRODUCTS) < counts["products"] <= 40
+    assert len(CORE_PRODUCTS) < counts["products"] <= 40
 
 
 def test_types_ids_text_amounts_numeric_timestamps_parse(source):
@@ -141,7 +147,7 @@ def test_same_parameters_give_identical_tables_and_another_seed_differs(tmp_path
 
 def _kinds(customers: pd.DataFrame, seed: int) -> pd.Series:
     nums = customers["customer_id"].str[1:].astype(int).to_numpy()
-    kinds = np.array(demo.CUSTOMER_KINDS)[demo._traits(seed, nums).kind]
+    kinds = np.array(CUSTOMER_KINDS)[_traits(seed, nums).kind]
     return pd.Series(kinds, index=customers["customer_id"])
 
 
@@ -199,7 +205,7 @@ def test_rates_are_in_the_expected_ranges(tables):
     contacts = tables["campaign_contacts"]
     assert 0.03 < contacts.responded_at.notna().mean() < 0.2
     assert tables["customers"].gender.isna().any() and tables["customers"].birth_year.isna().any()
-    assert set(tables["customers"].loyalty_tier.dropna()) <= set(demo.LOYALTY_TIERS)
+    assert set(tables["customers"].loyalty_tier.dropna()) <= set(LOYALTY_TIERS)
     assert tables["surveys"].comment.str.contains('[<>&"]', regex=True).any()
 
 
@@ -274,7 +280,7 @@ def _check_integrity(t: dict[str, pd.DataFrame], end: pd.Timestamp) -> None:
     le = t["loyalty_events"]
     assert set(le.kind) <= set(ss.LOYALTY_KINDS)
     assert (le[le.kind != "tier_change"].points > 0).all()
-    assert set(le.tier.dropna()) <= set(demo.LOYALTY_TIERS)
+    assert set(le.tier.dropna()) <= set(LOYALTY_TIERS)
     assert set(t["marketing_spend"].objective) <= set(ss.CAMPAIGN_OBJECTIVES)
 
     fks = [
@@ -343,11 +349,11 @@ def test_advance_adds_the_next_day_only_and_changes_older_rows(source, advanced,
 def test_advance_during_a_campaign_contacts_customers_and_extends_it(tmp_path):
     """A running campaign's row shows it so far: ended_at and spend grow day by day."""
     seed, n = 5, 400
-    year = (demo._day_number(dt.date(2025, 1, 1)), demo._day_number(dt.date(2025, 12, 31)))
-    plan = demo._campaigns(seed, *year, scale=n / 20_000)
+    year = (_day_number(dt.date(2025, 1, 1)), _day_number(dt.date(2025, 12, 31)))
+    plan = _campaigns(seed, *year, scale=n / 20_000)
     campaign = next(c for c in plan if c.objective == "retention" and c.days >= 7)
-    end = demo._date_of(campaign.start_day + 2)
-    url, cid = _url(tmp_path / "c.db"), demo.format_id("campaign_id", campaign.num)
+    end = _date_of(campaign.start_day + 2)
+    url, cid = _url(tmp_path / "c.db"), format_id("campaign_id", campaign.num)
     demo.generate(url, n, 150, seed, end, chunk_customers=n)
 
     def row():
@@ -415,19 +421,19 @@ def test_replayed_state_matches_the_generator(tmp_path):
     """advance() rebuilds the simulation state from the tables; it must be the state the
     generator ended with (same churned customers, same experience and hazard)."""
     seed, n, days = 9, 400, 150
-    last = demo._day_number(END)
+    last = _day_number(END)
     demo.generate(_url(tmp_path / "s.db"), n, days, seed, END, chunk_customers=n)
-    world = demo._World.build(seed, last - days + 1, days, n, last)
-    ids = demo._Ids()
-    pop, _ = demo._simulate_chunk(world, 0, ids.take("customer", n), days, ids)
+    world = _World.build(seed, last - days + 1, days, n, last)
+    ids = _Ids()
+    pop, _ = _simulate_chunk(world, 0, ids.take("customer", n), days, ids)
     engine = sa.create_engine(_url(tmp_path / "s.db"))
     with engine.connect() as conn:
-        rebuilt = demo._load_population(conn, world, last + 1)
+        rebuilt = _load_population(conn, world, last + 1)
     engine.dispose()
     for name in ("n_orders", "last_order", "earned", "balance", "tier", "segment", "churn_day"):
         assert (getattr(pop, name) == getattr(rebuilt, name)).all(), name
     assert np.allclose(pop.level, rebuilt.level) and np.allclose(pop.cum_hazard, rebuilt.cum_hazard)
-    assert (pop.churn_day != demo.NULL).sum() > 0
+    assert (pop.churn_day != NULL).sum() > 0
     assert sorted(pop.pending[1].tolist()) == sorted(rebuilt.pending[1].tolist())
 
 
@@ -436,13 +442,13 @@ def test_replayed_state_matches_the_generator(tmp_path):
 
 def test_command_line_generate_and_advance(tmp_path, capsys):
     url = _url(tmp_path / "cli.db")
-    demo.main(["generate", "--url", url, "--customers", "150", "--days", "60", "--seed", "3",
+    cli.main(["generate", "--url", url, "--customers", "150", "--days", "60", "--seed", "3",
                "--end-date", "2025-01-31"])  # fmt: skip
     assert "orders\t" in capsys.readouterr().out
-    demo.main(["advance", "--url", url])
+    cli.main(["advance", "--url", url])
     assert "orders.inserted\t" in capsys.readouterr().out
     assert demo.last_day(url) == dt.date(2025, 2, 1)
-    demo.main(["advance", "--url", url, "--day", "2025-02-04"])  # three days in one call
+    cli.main(["advance", "--url", url, "--day", "2025-02-04"])  # three days in one call
     assert demo.last_day(url) == dt.date(2025, 2, 4)
     orders = _frame(tmp_path / "cli.db", "orders")
     assert orders.ordered_at.between("2025-02-04", "2025-02-05", inclusive="left").any()

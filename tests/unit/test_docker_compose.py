@@ -146,7 +146,7 @@ def test_init_migrates_sets_the_pool_and_creates_the_ui_user():
             assert "AIRFLOW_ADMIN_PASSWORD" not in SERVICES[service]["environment"], service
     assert "http://localhost:8080" in INIT_SCRIPT
     # the demo source, generated as scripts/run.sh does, into the data volume
-    assert "crm_pipeline.cli prepare-demo" in INIT_SCRIPT
+    assert "crm_devtools prepare-demo" in INIT_SCRIPT
     assert init["environment"]["CRM_DEMO_SOURCE"] == "${CRM_DEMO_SOURCE:-false}"
 
 

@@ -9,7 +9,7 @@ import pytest
 from business import D
 from factories import ROOT
 
-from crm_pipeline import demo
+from crm_devtools import demo
 from crm_pipeline.extract import extract_table
 from crm_pipeline.models import clv
 from crm_pipeline.models.churn import read_cutoff

@@ -79,7 +79,7 @@ def test_a_day_that_has_not_ended_is_refused_before_any_work():
 
 
 def test_the_demo_is_not_advanced_into_a_day_that_has_not_ended(tmp_path, monkeypatch):
-    from crm_pipeline import cli
+    from crm_devtools import cli
 
     monkeypatch.setenv("AIRFLOW_CONN_CRM_SOURCE", f"sqlite:///{tmp_path}/source.db")
     today = dt.datetime.now(dt.UTC).date().isoformat()

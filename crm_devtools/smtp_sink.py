@@ -3,11 +3,12 @@
 The embedded default sends the manager alerts here instead of to a real mail server
 (Airflow connection `smtp_default` = smtp://127.0.0.1:8025 with the extras
 disable_ssl=true and disable_tls=true). It listens on loopback only and accepts anything.
+A development tool, not part of the pipeline: production mail goes to a real relay.
 
-    python -m crm_pipeline.smtp_sink --dir data/outbox_sink --port 8025     # foreground
-    python -m crm_pipeline.smtp_sink start --dir data/outbox_sink --port 8025 \
+    python -m crm_devtools.smtp_sink --dir data/outbox_sink --port 8025     # foreground
+    python -m crm_devtools.smtp_sink start --dir data/outbox_sink --port 8025 \
         --pid-file data/smtp_sink.pid                                        # background
-    python -m crm_pipeline.smtp_sink stop --pid-file data/smtp_sink.pid
+    python -m crm_devtools.smtp_sink stop --pid-file data/smtp_sink.pid
 
 From Python: `with SmtpSink(directory) as sink: ... sink.port, sink.messages()`, or
 `start_background(...)` / `stop_background(...)`.
@@ -186,7 +187,7 @@ def start_background(
             [
                 sys.executable,
                 "-m",
-                "crm_pipeline.smtp_sink",
+                "crm_devtools.smtp_sink",
                 "serve",
                 "--dir",
                 str(directory),
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in ("serve", "start", "stop"):
         argv = ["serve", *argv]
     parser = argparse.ArgumentParser(
-        prog="python -m crm_pipeline.smtp_sink", description=__doc__.split("\n")[0]
+        prog="python -m crm_devtools.smtp_sink", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("serve", "start"):
