@@ -3,7 +3,7 @@ never the reverse (issue 14, item 5).
 
 Two checks: no import of crm_devtools anywhere in the product's source (crm_pipeline, dags,
 plugins), lazy imports inside functions included; and importing every crm_pipeline module in a
-fresh interpreter leaves no crm_devtools module loaded.
+fresh interpreter leaves no crm_devtools module loaded (nor any of Airflow's).
 """
 
 import ast
@@ -51,6 +51,7 @@ print(json.dumps({
     "imported": names,
     "file": crm_pipeline.__file__,
     "devtools": sorted(m for m in sys.modules if m.split(".")[0] == "crm_devtools"),
+    "airflow": sorted(m for m in sys.modules if m.split(".")[0] == "airflow"),
 }))
 """
     done = subprocess.run(
@@ -61,3 +62,4 @@ print(json.dumps({
     assert len(result["imported"]) > 20  # the whole package, subpackages included
     assert Path(result["file"]).is_relative_to(ROOT)  # this checkout's package
     assert result["devtools"] == []
+    assert result["airflow"] == []  # the package never needs Airflow either

@@ -9,8 +9,6 @@ imports it back (importing a submodule runs the parent's __init__ first, which i
 long as the parent is not imported again from below)."""
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import crm_pipeline
@@ -111,10 +109,11 @@ def test_the_package_has_no_import_cycle_and_its_plumbing_imports_no_stage():
             assert above == [], (name, above)
 
 
-def test_the_package_imports_neither_airflow_nor_the_dev_tools():
+def test_the_package_never_imports_airflow():
+    # (nor the dev tools: test_devtools_boundary.py, which also imports every module)
     for path in TOP.rglob("*.py"):
         outside = {n.split(".")[0] for n in imports(path, set(), everything=True)}
-        assert not outside & {"airflow", "crm_devtools"}, (path, outside)
+        assert "airflow" not in outside, path
 
 
 def test_the_quality_modules_import_each_other_one_way_only():
@@ -132,18 +131,3 @@ def test_the_kpi_stage_reads_the_registry():
     edges = graph(TOP / "kpi")
     assert "crm_pipeline.kpi.registry" in edges["crm_pipeline.kpi.evaluate"]
     assert sorted(name for name, targets in edges.items() if "crm_pipeline.kpi" in targets) == []
-
-
-def test_every_module_imports_without_airflow():
-    """Each module of the package imports (lazy imports hide a broken one from the other
-    tests) and none of them brings Airflow in: one fresh interpreter imports them all."""
-    modules = sorted(graph(TOP))
-    code = (
-        "import importlib, sys\n"
-        f"for m in {modules!r}: importlib.import_module(m)\n"
-        "assert 'airflow' not in sys.modules, 'airflow'"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=TOP.parent
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
