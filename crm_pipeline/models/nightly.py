@@ -58,8 +58,10 @@ import sqlalchemy as sa
 from crm_pipeline.config import config_path, read_yaml, settings
 from crm_pipeline.errors import ConfigError, MissingInputError, ModelGateError
 from crm_pipeline.kpis import tier_params
-from crm_pipeline.models import churn, store
 from crm_pipeline.models import clv as clv_model
+from crm_pipeline.models import store
+from crm_pipeline.models.churn import classifier as churn_classifier
+from crm_pipeline.models.churn import inputs as churn_inputs
 from crm_pipeline.warehouse import Warehouse, tables
 
 log = logging.getLogger(__name__)
@@ -510,8 +512,8 @@ def run_models(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     tiers = tier_params(settings())
-    day = churn.training_day(as_of_date, int(cfg["churn"]["train_every_days"]))
-    c1, c2 = churn.time_split(day)
+    day = churn_inputs.training_day(as_of_date, int(cfg["churn"]["train_every_days"]))
+    c1, c2 = churn_inputs.time_split(day)
 
     # 1. read: the day's inputs; the training day's cut-offs only when its week has no
     #    training kept yet (the first night of a week, a new model version)
@@ -520,7 +522,7 @@ def run_models(
             raise MissingInputError("staging.stg_orders does not exist: run the staging step first")
         trained = store.load(wh, conn, day, version)
         inputs = None if trained is not None else _read_training(wh, conn, day, tiers)
-        at_d = churn.read_cutoff(wh, conn, as_of_date, tiers)
+        at_d = churn_inputs.read_cutoff(wh, conn, as_of_date, tiers)
         previous = _previous_fits(wh, conn, as_of_date, cfg)
     timings["read_seconds"] = time.perf_counter() - started
 
@@ -743,8 +745,8 @@ class _TrainingInputs:
 
     summary: pd.DataFrame
     actuals: pd.DataFrame
-    at_c2: churn.CutoffData
-    at_c1: churn.CutoffData
+    at_c2: churn_inputs.CutoffData
+    at_c1: churn_inputs.CutoffData
     buyers_c2: set[str]
     buyers_c1: set[str]
 
@@ -752,18 +754,18 @@ class _TrainingInputs:
 def _read_training(
     wh: Warehouse, conn: sa.Connection, day: dt.date, tiers: Mapping[str, int]
 ) -> _TrainingInputs:
-    c1, c2 = churn.time_split(day)
-    at_day = churn.read_cutoff(wh, conn, day, tiers, with_features=False)
+    c1, c2 = churn_inputs.time_split(day)
+    at_day = churn_inputs.read_cutoff(wh, conn, day, tiers, with_features=False)
     actuals = wh.read_frame(
         conn,
         wh.render(
             wh.sql_file("models", "holdout_actuals"), {"as_of_date": day, "holdout_from": c2}
         ),
     )
-    at_c2 = churn.read_cutoff(wh, conn, c2, tiers)
-    buyers_c2 = churn.read_labels(wh, conn, c2)
-    at_c1 = churn.read_cutoff(wh, conn, c1, tiers)
-    buyers_c1 = churn.read_labels(wh, conn, c1)
+    at_c2 = churn_inputs.read_cutoff(wh, conn, c2, tiers)
+    buyers_c2 = churn_inputs.read_labels(wh, conn, c2)
+    at_c1 = churn_inputs.read_cutoff(wh, conn, c1, tiers)
+    buyers_c1 = churn_inputs.read_labels(wh, conn, c1)
     return _TrainingInputs(at_day.summary, actuals, at_c2, at_c1, buyers_c2, buyers_c1)
 
 
@@ -793,8 +795,8 @@ def train_week(
     )
     c = cfg["churn"]
     at_c1, at_c2 = inputs.at_c1, inputs.at_c2
-    y_train = churn.label(at_c1.features, inputs.buyers_c1)
-    y_valid = churn.label(at_c2.features, inputs.buyers_c2)
+    y_train = churn_inputs.label(at_c1.features, inputs.buyers_c1)
+    y_valid = churn_inputs.label(at_c2.features, inputs.buyers_c2)
     trained.churn_metrics = {
         "n_train": len(y_train),
         "n_valid": len(y_valid),
@@ -802,9 +804,9 @@ def train_week(
         "valid_cutoff": at_c2.cutoff.isoformat(),
     }
     try:
-        churn.check_trainable(f"training cut-off {at_c1.cutoff}", y_train, c)
-        churn.check_trainable(f"validation cut-off {at_c2.cutoff}", y_valid, c)
-    except churn.NotTrainable as exc:
+        churn_classifier.check_trainable(f"training cut-off {at_c1.cutoff}", y_train, c)
+        churn_classifier.check_trainable(f"validation cut-off {at_c2.cutoff}", y_valid, c)
+    except churn_classifier.NotTrainable as exc:
         trained.churn_reason = str(exc)
         log.warning("churn model skipped: %s", exc)
         return trained
@@ -813,16 +815,20 @@ def train_week(
     bg_c1 = _fit_bgnbd_on(at_c1.summary, penalizer, int(cfg["clv"]["maxiter"]))
     trained.fits = {"train": _fit_info(bg_c1), "validation": _fit_info(bg_c2)}
     scores_c1 = purchase_scores(bg_c1, at_c1.summary, HOLDOUT_DAYS)
-    train_x = churn.with_purchase_model(at_c1.features, scores_c1)
-    train_x, y_train = churn.subsample(train_x, y_train, int(c["max_train_customers"]))
-    left_out = churn.features_without_data(train_x)
+    train_x = churn_inputs.with_purchase_model(at_c1.features, scores_c1)
+    train_x, y_train = churn_classifier.subsample(train_x, y_train, int(c["max_train_customers"]))
+    left_out = churn_classifier.features_without_data(train_x)
     if left_out:
         log.info("churn: features left out for want of data: %s", ", ".join(left_out))
     trained.left_out = left_out
     train_x = train_x.drop(columns=list(left_out))
-    valid_x = churn.with_purchase_model(at_c2.features, scores_c2).drop(columns=list(left_out))
+    valid_x = churn_inputs.with_purchase_model(at_c2.features, scores_c2).drop(
+        columns=list(left_out)
+    )
     try:
-        model = churn.train(train_x, y_train, valid_x, y_valid, at_c1.cutoff, at_c2.cutoff, c)
+        model = churn_classifier.train(
+            train_x, y_train, valid_x, y_valid, at_c1.cutoff, at_c2.cutoff, c
+        )
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
         # the data cannot train this classifier: a failed model (no retry would help),
         # recorded with the error; CLV is judged and published on its own
@@ -830,7 +836,7 @@ def train_week(
         trained.churn_reason = f"the classifier could not be trained: {type(exc).__name__}: {exc}"
         trained.churn_metrics = {"n_train": len(y_train), "n_valid": len(y_valid)}
         trained.churn_params = {
-            "features": churn.feature_columns(train_x),
+            "features": churn_classifier.feature_columns(train_x),
             "features_left_out": left_out,
         }
         trained.fit_seconds = time.perf_counter() - t0
@@ -844,7 +850,7 @@ def train_week(
         "classifier": "HistGradientBoostingClassifier",
         **model.params,
         "calibration": model.method,
-        "features": churn.feature_columns(train_x),
+        "features": churn_classifier.feature_columns(train_x),
         "features_left_out": left_out,
         "risk_bands": dict(c["risk_bands"]),
         "purchase_model_at_train_cutoff": dict(bg_c1.params),
@@ -853,7 +859,7 @@ def train_week(
 
 
 def _churn(
-    at_d: churn.CutoffData,
+    at_d: churn_inputs.CutoffData,
     fitted: ClvFit,
     trained: store.Training,
     cfg: Mapping[str, Any],
@@ -895,9 +901,9 @@ def _churn(
 
     t0 = time.perf_counter()
     left_out = trained.left_out
-    score_x = churn.with_purchase_model(at_d.features, fitted.scores)
+    score_x = churn_inputs.with_purchase_model(at_d.features, fitted.scores)
     try:
-        scores, info = churn.score_frame(
+        scores, info = churn_classifier.score_frame(
             trained.model, score_x.drop(columns=list(left_out)), c, reason_features=score_x
         )
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
@@ -980,10 +986,12 @@ def features_at(
     CLV fit would be for that many buyers). For tests and for looking into a score."""
     cfg = load_config(config)
     with wh.begin() as conn:
-        data = churn.read_cutoff(wh, conn, cutoff, tier_params(settings()))
+        data = churn_inputs.read_cutoff(wh, conn, cutoff, tier_params(settings()))
     _, penalizer = _penalizer(len(data.summary), cfg)
     bg = _fit_bgnbd_on(data.summary, penalizer, int(cfg["clv"]["maxiter"]))
-    return churn.with_purchase_model(data.features, purchase_scores(bg, data.summary, HOLDOUT_DAYS))
+    return churn_inputs.with_purchase_model(
+        data.features, purchase_scores(bg, data.summary, HOLDOUT_DAYS)
+    )
 
 
 def _clv_rows(

@@ -5,7 +5,7 @@ Why it exists: training the churn classifier reads the features of two earlier c
 over all history, their labels, and fits and calibrates the classifier; at a million
 customers that is most of the models stage, and it gives the same model every night of a
 week. So the classifier, with the CLV holdout that shares its validation cut-off, is
-trained once per training day (crm_pipeline.models.churn.training_day) and kept here; every
+trained once per training day (crm_pipeline.models.churn.inputs.training_day) and kept here; every
 night of the week reads it back and only scores. The gate judges the kept metrics against
 the night's own thresholds, so a changed threshold takes effect the same night; a changed
 model setting is a new model version, trained anew.
@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from crm_pipeline.models.churn import ChurnModel
+from crm_pipeline.models.churn.classifier import ChurnModel
 from crm_pipeline.warehouse import Warehouse, tables
 
 TRAINING_TABLE = tables.MODEL_TRAINING.name

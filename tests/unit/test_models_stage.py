@@ -12,7 +12,7 @@ from factories import ROOT
 from crm_pipeline import demo
 from crm_pipeline.extract import extract_table
 from crm_pipeline.models import clv
-from crm_pipeline.models.churn import read_cutoff
+from crm_pipeline.models.churn.inputs import read_cutoff
 from crm_pipeline.models.nightly import ModelGateError, ensure_tables, run_models
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform import build_staging
