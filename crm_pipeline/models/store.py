@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ import sqlalchemy as sa
 
 from crm_pipeline.models.churn.classifier import ChurnModel
 from crm_pipeline.warehouse import Warehouse, tables
+
+log = logging.getLogger(__name__)
 
 TRAINING_TABLE = tables.MODEL_TRAINING.name
 
@@ -81,6 +84,19 @@ def load(wh: Warehouse, conn: sa.Connection, day: dt.date, version: str) -> Trai
     if row is None:
         return None
     run_id, record, model = row
+    try:
+        classifier = pickle.loads(base64.b64decode(model)) if model else None  # noqa: S301 (ours)
+    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+        # kept by a release whose classes lived elsewhere (issue 14 moved ChurnModel to
+        # crm_pipeline.models.churn.classifier): train the week again, which gives the same
+        # model (it depends on the training day's cut-offs only) and replaces this row
+        log.warning(
+            "the model kept for %s (%s) cannot be read back (%s): training it again",
+            day,
+            version,
+            exc,
+        )
+        return None
     rec = json.loads(record)
     return Training(
         training_day=day,
@@ -94,7 +110,7 @@ def load(wh: Warehouse, conn: sa.Connection, day: dt.date, version: str) -> Trai
         fits=rec["fits"],
         left_out=rec["left_out"],
         fit_seconds=float(rec["fit_seconds"]),
-        model=pickle.loads(base64.b64decode(model)) if model else None,  # noqa: S301 (ours)
+        model=classifier,
     )
 
 
