@@ -46,7 +46,7 @@ class Training:
     training_day: dt.date
     model_version: str
     run_id: str
-    holdout: dict[str, Any]  # what nightly.holdout_check judges, with the metrics
+    holdout: dict[str, Any]  # what gate.holdout_check judges, with the metrics
     churn_status: str  # trained, skipped (not enough data) or failed (cannot be trained)
     churn_reason: str = ""
     churn_params: dict[str, Any] = field(default_factory=dict)

@@ -16,7 +16,7 @@ from factories import build_source, order, upsert
 
 from crm_pipeline.extract import extract_table
 from crm_pipeline.kpis import build_snapshots
-from crm_pipeline.models.nightly import run_models
+from crm_pipeline.models.stage import run_models
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform import build_marts, build_staging
 from crm_pipeline.warehouse import Warehouse

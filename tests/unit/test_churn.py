@@ -22,7 +22,8 @@ from factories import (
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.extract import extract_table
 from crm_pipeline.models.churn import classifier, inputs, reasons
-from crm_pipeline.models.nightly import features_at, load_config
+from crm_pipeline.models.settings import load_config
+from crm_pipeline.models.stage import features_at
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform import build_staging
 

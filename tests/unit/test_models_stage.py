@@ -12,10 +12,12 @@ from business import D
 from factories import ROOT
 
 from crm_pipeline import demo
+from crm_pipeline.errors import ModelGateError
 from crm_pipeline.extract import extract_table
 from crm_pipeline.models import clv, store
 from crm_pipeline.models.churn.inputs import read_cutoff
-from crm_pipeline.models.nightly import ModelGateError, ensure_tables, run_models
+from crm_pipeline.models.publish import ensure_tables
+from crm_pipeline.models.stage import run_models
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform import build_staging
 from crm_pipeline.warehouse import Warehouse
