@@ -193,7 +193,7 @@ def clv_runs(
     scores = fitted.scores
     horizon = float(cfg["clv"]["horizon_days"])
     x, tx, big_t, m = (
-        fitted.summary[c].to_numpy(float) for c in ("frequency", "recency", "t", "monetary_value")
+        fitted.summary[c].to_numpy(float) for c in ("frequency", "recency", "T", "monetary_value")
     )
     values = scores[["p_alive", "expected_purchases", "expected_avg_value", "clv"]]
     finite = bool(np.isfinite(values.to_numpy(float)).all())

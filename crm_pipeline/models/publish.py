@@ -70,7 +70,7 @@ def clv_mart_rows(
             "customer_id": summary["customer_id"].to_numpy(),
             "frequency": summary["frequency"].to_numpy(np.int64),
             "recency": summary["recency"].to_numpy(np.int64),
-            "t": summary["t"].to_numpy(np.int64),
+            "t": summary["T"].to_numpy(np.int64),  # the mart spells it t (data_dictionary.md)
             "monetary_value": summary["monetary_value"].to_numpy(float).round(2),
             "p_alive": s["p_alive"].to_numpy(float).round(6),
             "expected_purchases": s["expected_purchases"].to_numpy(float).round(4),

@@ -315,7 +315,7 @@ def test_the_sql_summary_is_the_clv_modules_summary(built_copy):
     expected = clv.summary_from_transactions(
         purchases, "customer_id", "ordered_at", "net_amount", D
     )
-    got = data.summary.rename(columns={"t": "T"})
+    got = data.summary
     for col in ("frequency", "recency", "T", "monetary_value", "historic_value"):
         assert got[col].astype(float).tolist() == pytest.approx(
             expected[col].astype(float).tolist()

@@ -60,8 +60,9 @@ def _temp_table(wh: Warehouse, conn: sa.Connection, name: str, sql: str, params:
 
 @dataclass
 class CutoffData:
-    """What the models read at one cut-off: CLV inputs for every buyer, churn features for
-    the active ones (both sorted by customer_id)."""
+    """What the models read at one cut-off: CLV inputs for every buyer (frequency, recency,
+    T, monetary_value, ...), churn features for the active ones (both sorted by
+    customer_id)."""
 
     cutoff: dt.date
     summary: pd.DataFrame
@@ -86,6 +87,9 @@ def read_cutoff(
         wh, conn, "model_purchase_days", wh.sql_file("models", "model_purchase_days"), params
     )
     summary = wh.read_frame(conn, wh.render(wh.sql_file("models", "customer_summary"), params))
+    # SQL names are lower case; in frames the customer's age is T, as in lifetimes,
+    # pymc-marketing and crm_pipeline.models.clv (the marts keep t: docs/data_dictionary.md)
+    summary = summary.rename(columns={"t": "T"})
     summary = summary.sort_values("customer_id", kind="stable").reset_index(drop=True)
     features = None
     if with_features:

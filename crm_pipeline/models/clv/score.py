@@ -107,11 +107,11 @@ def fit_bgnbd_on(summary: pd.DataFrame, penalizer: float, maxiter: int) -> FitRe
     Maximises :math:`\sum_k w_k \log L(r, \alpha, a, b \mid x_k, t_{x,k}, T_k)` over the
     distinct rows k, :math:`w_k` the number of customers on row k.
     """
-    rows = summary.groupby(["frequency", "recency", "t"], sort=True).size().reset_index(name="w")
+    rows = summary.groupby(["frequency", "recency", "T"], sort=True).size().reset_index(name="w")
     return fit_bgnbd(
         rows["frequency"].to_numpy(float),
         rows["recency"].to_numpy(float),
-        rows["t"].to_numpy(float),
+        rows["T"].to_numpy(float),
         weights=rows["w"].to_numpy(float),
         penalizer=penalizer,
         maxiter=maxiter,
@@ -192,7 +192,7 @@ def purchase_scores(bg: FitResult, summary: pd.DataFrame, horizon: float) -> pd.
     """
     x = summary["frequency"].to_numpy(float)
     tx = summary["recency"].to_numpy(float)
-    big_t = summary["t"].to_numpy(float)
+    big_t = summary["T"].to_numpy(float)
     out = pd.DataFrame({"customer_id": summary["customer_id"].to_numpy()})
     if not usable(bg) or summary.empty:
         for c in ("p_alive", "expected_purchases", "expected_purchases_90"):
@@ -363,7 +363,7 @@ def fit_clv(summary: pd.DataFrame, cfg: Mapping[str, Any]) -> ClvFit:
             fitted.gg_params,
             x,
             summary["recency"].to_numpy(float),
-            summary["t"].to_numpy(float),
+            summary["T"].to_numpy(float),
             m,
             margin,
             horizon,
