@@ -293,7 +293,9 @@ def fallback_gamma_gamma(summary: pd.DataFrame, prior_purchases: float) -> dict[
     return {"p": 1.0, "q": 1.0 + k, "v": k * mu}
 
 
-def fit_clv(summary: pd.DataFrame, cfg: Mapping[str, Any]) -> ClvFit:
+def fit_clv(
+    summary: pd.DataFrame, cfg: Mapping[str, Any], margin_ratio: np.ndarray | None = None
+) -> ClvFit:
     r"""Both fits on the buyers known at d and every score: the one CLV pipeline.
 
     In small-data mode (fewer than clv.small_data_customers buyers) a Gamma-Gamma fit that
@@ -310,6 +312,9 @@ def fit_clv(summary: pd.DataFrame, cfg: Mapping[str, Any]) -> ClvFit:
         The models settings; reads the ``clv`` section (horizon_days,
         annual_discount_rate, margin, margin_shrinkage_orders, penalizer, maxiter,
         small_data_customers, small_data_penalizer, small_data_prior_purchases).
+    margin_ratio : array_like, optional
+        The margin ratio per summary row, when the caller has one; None (the nightly): from
+        the summary's historic margin by :func:`margin_ratios`.
 
     Returns
     -------
@@ -353,7 +358,10 @@ def fit_clv(summary: pd.DataFrame, cfg: Mapping[str, Any]) -> ClvFit:
         )
     horizon = float(c["horizon_days"])
     scores = purchase_scores(bg, summary, horizon)
-    margin, company = margin_ratios(summary, cfg)
+    if margin_ratio is None:
+        margin, company = margin_ratios(summary, cfg)
+    else:
+        margin, company = np.broadcast_to(np.asarray(margin_ratio, dtype=float), len(summary)), None
     x = summary["frequency"].to_numpy(float)
     m = summary["monetary_value"].to_numpy(float)
     if usable(bg) and fitted.gg_params:
@@ -387,7 +395,7 @@ def fit_clv(summary: pd.DataFrame, cfg: Mapping[str, Any]) -> ClvFit:
         "penalizer": penalizer,
         "n_customers": len(summary),
         "n_repeat_buyers": len(repeat),
-        "company_margin_ratio": round(company, 4),
+        "company_margin_ratio": None if company is None else round(company, 4),
         "corr_frequency_monetary": None if corr is None else round(corr, 4),
         "total_clv": round_finite(scores["clv"].sum(), 2) if scores["clv"].notna().all() else None,
         "mean_clv": round_finite(scores["clv"].mean(), 2) if scores["clv"].notna().all() else None,
@@ -437,70 +445,86 @@ def fit_and_score(
     *,
     penalizer: float = 0.0,
     maxiter: int = 1000,
-    month_length: float = 30.0,
 ) -> tuple[pd.DataFrame, FitResult, FitResult]:
-    """Fit both models on ``summary`` and score every customer in it.
+    r"""Fit both models on ``summary`` and score every customer in it, by :func:`fit_clv`.
 
-    ``summary`` is the output of :func:`summary_from_transactions` (customer_id, frequency,
-    recency, T, monetary_value; other columns are ignored). ``margin_ratio`` is a scalar,
-    one value per summary row, or the name of a summary column. Returns (scores, bg_fit,
-    gg_fit); scores has one row per customer with SCORE_COLUMNS, ``expected_purchases`` over
-    ``horizon_days``. The scores are computed even when a fit did not converge: check
-    ``bg_fit.converged and gg_fit.converged`` before publishing them. If either fit had no
-    data at all (no customers, or no repeat buyer with positive value), the columns that
-    depend on it are NaN.
+    A thin call into the nightly's pipeline for a summary built with
+    :func:`summary_from_transactions` (any time unit; discounting months of 30 units):
+    the same weighted fits, the same Gamma-Gamma condition (converged, q > 1) and the same
+    scores, with the given penalizer for any number of customers (no small-data mode) and
+    the given margin instead of the nightly's margin rule.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        customer_id, frequency, recency, T, monetary_value (other columns are ignored
+        unless ``margin_ratio`` names one).
+    as_of : date, datetime or str
+        The day the summary was built for (the ``as_of`` column).
+    horizon_days : float
+        Horizon of ``expected_purchases`` and ``clv``, in the summary's time unit.
+    annual_discount_rate : float
+        Yearly discount rate of :func:`crm_pipeline.models.clv.clv`.
+    margin_ratio : float, sequence or str
+        A scalar, one value per summary row, or the name of a summary column.
+    penalizer : float
+        L2 penalty of both fits.
+    maxiter : int
+        Optimiser iterations per fit.
+
+    Returns
+    -------
+    (pandas.DataFrame, FitResult, FitResult)
+        The scores, one row per customer with SCORE_COLUMNS, and the BG/NBD and
+        Gamma-Gamma fits. A column is NaN where the fit it depends on is not usable (no
+        customer, no repeat buyer with positive value, parameters not finite and > 0, or
+        for Gamma-Gamma not converged or q <= 1): check ``bg_fit.converged and
+        gg_fit.converged`` before publishing them.
+
+    References
+    ----------
+    .. [1] Fader, P. S., Hardie, B. G. S. & Lee, K. L. (2005). "Counting your customers"
+           the easy way: an alternative to the Pareto/NBD model. Marketing Science 24(2),
+           275-284. http://brucehardie.com/papers/018/fader_et_al_mksc_05.pdf
+    .. [2] Fader, P. S. & Hardie, B. G. S. (2013). The Gamma-Gamma model of monetary
+           value. http://brucehardie.com/notes/025/gamma_gamma.pdf
+
+    The formulas are those of :func:`fit_clv`.
     """
     required = ["customer_id", "frequency", "recency", "T", "monetary_value"]
     missing = [c for c in required if c not in summary.columns]
     if missing:
         raise ValueError(f"summary lacks columns {missing}")
-    x = summary["frequency"].to_numpy(dtype=float)
-    tx = summary["recency"].to_numpy(dtype=float)
-    TT = summary["T"].to_numpy(dtype=float)
-    m = summary["monetary_value"].to_numpy(dtype=float)
     if isinstance(margin_ratio, str):
         margin = summary[margin_ratio].to_numpy(dtype=float)
     else:
-        margin = np.broadcast_to(np.asarray(margin_ratio, dtype=float), x.shape)
-
-    bg = fit_bgnbd(x, tx, TT, penalizer=penalizer, maxiter=maxiter)
-    gg = fit_gamma_gamma(x, m, penalizer=penalizer, maxiter=maxiter)
-    n = x.size
-    nan = np.full(n, np.nan)
-    bg_ok = n > 0 and all(math.isfinite(v) for v in bg.params.values())
-    gg_ok = n > 0 and all(math.isfinite(v) for v in gg.params.values())
-    alive = p_alive(bg, x, tx, TT) if bg_ok else nan
-    purchases = expected_purchases(bg, horizon_days, x, tx, TT) if bg_ok else nan
-    value = expected_avg_value(gg, x, m) if gg_ok else nan
-    if bg_ok and gg_ok:
-        lifetime = clv(
-            bg,
-            gg,
-            x,
-            tx,
-            TT,
-            m,
-            margin,
-            horizon_days,
-            annual_discount_rate,
-            month_length=month_length,
-        )
-    else:
-        lifetime = nan
+        margin = np.broadcast_to(np.asarray(margin_ratio, dtype=float), len(summary))
+    settings = {
+        "horizon_days": horizon_days,
+        "annual_discount_rate": annual_discount_rate,
+        "penalizer": penalizer,
+        "maxiter": maxiter,
+        "small_data_customers": 0,  # never small-data mode: the given penalizer throughout
+        "small_data_penalizer": penalizer,
+        "small_data_prior_purchases": 0,
+    }
+    fitted = fit_clv(summary, {"clv": settings}, margin_ratio=margin)
+    n = len(summary)
+    s = fitted.scores
     scores = pd.DataFrame(
         {
             "customer_id": summary["customer_id"].to_numpy(),
             "as_of": [_day(as_of).date()] * n,
             "horizon_days": np.full(n, float(horizon_days)),
-            "frequency": x,
-            "recency": tx,
-            "T": TT,
-            "monetary_value": m,
-            "p_alive": alive,
-            "expected_purchases": purchases,
-            "expected_avg_value": value,
-            "clv": lifetime,
+            "frequency": summary["frequency"].to_numpy(dtype=float),
+            "recency": summary["recency"].to_numpy(dtype=float),
+            "T": summary["T"].to_numpy(dtype=float),
+            "monetary_value": summary["monetary_value"].to_numpy(dtype=float),
+            "p_alive": s["p_alive"].to_numpy(dtype=float),
+            "expected_purchases": s["expected_purchases"].to_numpy(dtype=float),
+            "expected_avg_value": s["expected_avg_value"].to_numpy(dtype=float),
+            "clv": s["clv"].to_numpy(dtype=float),
         },
         columns=SCORE_COLUMNS,
     )
-    return scores, bg, gg
+    return scores, fitted.bg, fitted.gg
