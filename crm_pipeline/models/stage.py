@@ -54,8 +54,8 @@ from crm_pipeline.config import settings
 from crm_pipeline.errors import MissingInputError, ModelGateError
 from crm_pipeline.kpis import tier_params
 from crm_pipeline.models import store
-from crm_pipeline.models.churn import classifier as churn_classifier
 from crm_pipeline.models.churn import inputs as churn_inputs
+from crm_pipeline.models.churn.score import score_frame
 from crm_pipeline.models.clv.score import (
     HOLDOUT_DAYS,
     ClvFit,
@@ -330,7 +330,7 @@ def _churn(
     left_out = trained.left_out
     score_x = churn_inputs.with_purchase_model(at_d.features, fitted.scores)
     try:
-        scores, info = churn_classifier.score_frame(
+        scores, info = score_frame(
             trained.model, score_x.drop(columns=list(left_out)), c, reason_features=score_x
         )
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:

@@ -21,7 +21,7 @@ from factories import (
 
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.extract import extract_table
-from crm_pipeline.models.churn import classifier, inputs, reasons
+from crm_pipeline.models.churn import classifier, inputs, reasons, score
 from crm_pipeline.models.settings import load_config
 from crm_pipeline.models.stage import features_at
 from crm_pipeline.source_schema import TABLE_ORDER
@@ -272,7 +272,7 @@ def test_calibrated_model_and_reasons_that_follow_it():
     people.loc[0, ["recency_days", "complaints_90", "complaints_365"]] = [85.0, 0.0, 0.0]
     people.loc[1, ["recency_days", "complaints_90", "complaints_365"]] = [1.0, 3.0, 3.0]
     people.loc[1, ["complaint_response_hours", "complaint_resolution_hours"]] = [5.0, 96.0]
-    scores, info = classifier.score_frame(model, people, CFG)
+    scores, info = score.score_frame(model, people, CFG)
     assert scores["churn_probability"].between(0, 1).all()
     assert scores.loc[0, "top_reasons"].startswith("no order for 85 days (usually every 10)")
     assert scores.loc[1, "top_reasons"].startswith(
@@ -283,7 +283,7 @@ def test_calibrated_model_and_reasons_that_follow_it():
     # noise features are (nearly) never the first reason
     assert info["first_reason_shares"].get("service_contacts", 0) < 0.1
     # the same data gives the same scores
-    again, _ = classifier.score_frame(classifier.train(x1, y1, x2, y2, c1, c2, CFG), people, CFG)
+    again, _ = score.score_frame(classifier.train(x1, y1, x2, y2, c1, c2, CFG), people, CFG)
     pd.testing.assert_frame_equal(scores, again)
 
 

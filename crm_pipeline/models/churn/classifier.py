@@ -1,5 +1,5 @@
 """The churn classifier: training on one cut-off, calibration and validation on a later one,
-scoring, risk bands.
+calibrated probabilities, risk bands.
 
 Why it exists: the scikit-learn part of churn risk, kept apart from the warehouse reads
 (`inputs.py`) and from the words of the reasons (`reasons.py`). Grain: one model per
@@ -30,7 +30,6 @@ from threadpoolctl import threadpool_limits
 
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.models.churn.inputs import LABEL_DAYS
-from crm_pipeline.models.churn.reasons import contributions, reason_summary, top_reasons
 
 CATEGORICAL = ("main_channel", "value_tier", "region", "acquisition_channel")
 
@@ -286,43 +285,3 @@ def risk_band(probability: np.ndarray, bands: Mapping[str, float]) -> np.ndarray
         )
     p = np.asarray(probability, dtype=float)
     return np.where(p >= high, "high", np.where(p >= medium, "medium", "low")).astype(object)
-
-
-def score_frame(
-    model: ChurnModel,
-    features: pd.DataFrame,
-    cfg: Mapping[str, Any],
-    reason_features: pd.DataFrame | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Probability, band and top reasons for every active customer at the scoring date.
-
-    `features` are the model's columns; `reason_features` (default the same) the customer's
-    values the reasons are written from, which may hold features left out of the model."""
-    started = time.perf_counter()
-    threads = int(cfg["threads"])
-    probability = predict(model, features, threads)
-    contrib = contributions(model, features, threads)
-    reasons = top_reasons(
-        features if reason_features is None else reason_features,
-        contrib,
-        int(cfg["reasons"]["top_n"]),
-        float(cfg["reasons"]["min_log_odds"]),
-    )
-    scores = pd.DataFrame(
-        {
-            "customer_id": features["customer_id"].to_numpy(),
-            "churn_probability": np.round(probability, 6),
-            "risk_band": risk_band(probability, cfg["risk_bands"]),
-            "top_reasons": reasons,
-        }
-    )
-    info = {
-        "n_scored": len(scores),
-        "band_counts": {
-            b: int((scores["risk_band"] == b).sum()) for b in ("high", "medium", "low")
-        },
-        "mean_probability": round(float(probability.mean()), 4) if len(scores) else None,
-        "first_reason_shares": reason_summary(contrib, float(cfg["reasons"]["min_log_odds"])),
-        "score_seconds": round(time.perf_counter() - started, 3),
-    }
-    return scores, info

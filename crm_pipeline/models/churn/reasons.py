@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from crm_pipeline.models.churn.classifier import ChurnModel
 from crm_pipeline.models.churn.inputs import MODEL_FEATURES
-
-if TYPE_CHECKING:  # the model's type only: classifier.py imports this module
-    from crm_pipeline.models.churn.classifier import ChurnModel
 
 # --------------------------------------------------------------------------------------
 # Reasons in plain words
