@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from crm_pipeline import stages
-from crm_pipeline.models.nightly import ModelGateError
+from crm_pipeline.errors import ModelGateError
 from crm_pipeline.source_schema import TABLE_ORDER
 
 _count = 0
@@ -73,7 +73,7 @@ def night(
         return result
 
     def models() -> None:
-        from crm_pipeline.models.nightly import run_models
+        from crm_pipeline.models.stage import run_models
 
         try:
             run_models(run.warehouse, run.day, run.run_id, config=models_config)

@@ -80,7 +80,7 @@ def check_settings() -> list[str]:
     from crm_pipeline.config import config_path, deadline, settings
     from crm_pipeline.errors import ConfigError
     from crm_pipeline.kpi.targets import load_targets
-    from crm_pipeline.models.nightly import load_config as load_models
+    from crm_pipeline.models.settings import load_config as load_models
     from crm_pipeline.quality.settings import load_config as load_validation
     from crm_pipeline.transform.settings import segment_map, sql_params
 
@@ -154,7 +154,7 @@ def snapshots(run: Run, history_days: int = 0) -> str:
 
 
 def models(run: Run) -> dict[str, Any]:
-    from crm_pipeline.models.nightly import run_models
+    from crm_pipeline.models.stage import run_models
 
     return run_models(run.warehouse, run.day, run.run_id)
 

@@ -5,7 +5,7 @@ Why it exists: training the churn classifier reads the features of two earlier c
 over all history, their labels, and fits and calibrates the classifier; at a million
 customers that is most of the models stage, and it gives the same model every night of a
 week. So the classifier, with the CLV holdout that shares its validation cut-off, is
-trained once per training day (crm_pipeline.models.churn.training_day) and kept here; every
+trained once per training day (crm_pipeline.models.churn.inputs.training_day) and kept here; every
 night of the week reads it back and only scores. The gate judges the kept metrics against
 the night's own thresholds, so a changed threshold takes effect the same night; a changed
 model setting is a new model version, trained anew.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +31,10 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from crm_pipeline.models.churn import ChurnModel
+from crm_pipeline.models.churn.classifier import ChurnModel
 from crm_pipeline.warehouse import Warehouse, tables
+
+log = logging.getLogger(__name__)
 
 TRAINING_TABLE = tables.MODEL_TRAINING.name
 
@@ -43,7 +46,7 @@ class Training:
     training_day: dt.date
     model_version: str
     run_id: str
-    holdout: dict[str, Any]  # what nightly.holdout_check judges, with the metrics
+    holdout: dict[str, Any]  # what gate.holdout_check judges, with the metrics
     churn_status: str  # trained, skipped (not enough data) or failed (cannot be trained)
     churn_reason: str = ""
     churn_params: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +84,19 @@ def load(wh: Warehouse, conn: sa.Connection, day: dt.date, version: str) -> Trai
     if row is None:
         return None
     run_id, record, model = row
+    try:
+        classifier = pickle.loads(base64.b64decode(model)) if model else None  # noqa: S301 (ours)
+    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+        # kept by a release whose classes lived elsewhere (issue 14 moved ChurnModel to
+        # crm_pipeline.models.churn.classifier): train the week again, which gives the same
+        # model (it depends on the training day's cut-offs only) and replaces this row
+        log.warning(
+            "the model kept for %s (%s) cannot be read back (%s): training it again",
+            day,
+            version,
+            exc,
+        )
+        return None
     rec = json.loads(record)
     return Training(
         training_day=day,
@@ -94,7 +110,7 @@ def load(wh: Warehouse, conn: sa.Connection, day: dt.date, version: str) -> Trai
         fits=rec["fits"],
         left_out=rec["left_out"],
         fit_seconds=float(rec["fit_seconds"]),
-        model=pickle.loads(base64.b64decode(model)) if model else None,  # noqa: S301 (ours)
+        model=classifier,
     )
 
 

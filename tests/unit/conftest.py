@@ -15,7 +15,7 @@ from business import D, business
 from factories import build_source, order, upsert
 
 from crm_pipeline.extract import extract_table
-from crm_pipeline.models.nightly import run_models
+from crm_pipeline.models.stage import run_models
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform.marts import build_marts
 from crm_pipeline.transform.snapshots import build_snapshots

@@ -21,8 +21,9 @@ from factories import (
 
 from crm_pipeline.errors import ConfigError
 from crm_pipeline.extract import extract_table
-from crm_pipeline.models import churn
-from crm_pipeline.models.nightly import features_at, load_config
+from crm_pipeline.models.churn import classifier, inputs, reasons, score
+from crm_pipeline.models.settings import load_config
+from crm_pipeline.models.stage import features_at
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform.staging import build_staging
 
@@ -185,49 +186,49 @@ def test_labels_use_only_the_90_days_after_the_cutoff(tmp_path, warehouse):
     pull(src, warehouse, dt.date(2025, 7, 16), "n3")
 
     with warehouse.begin() as conn:
-        data = churn.read_cutoff(
+        data = inputs.read_cutoff(
             warehouse, conn, c, {"vip_cum_pct": 1, "key_cum_pct": 5, "regular_cum_pct": 20}
         )
-        buyers = churn.read_labels(warehouse, conn, c)
+        buyers = inputs.read_labels(warehouse, conn, c)
     labels = dict(
-        zip(data.features["customer_id"], churn.label(data.features, buyers), strict=True)
+        zip(data.features["customer_id"], inputs.label(data.features, buyers), strict=True)
     )
     assert labels == {"L1": 1, "L2": 0, "L3": 0, "L4": 1, "L5": 1, "L6": 0, "L7": 1}
 
 
 def test_the_split_is_in_time_order_and_refuses_anything_else():
     d = dt.date(2026, 6, 30)
-    c1, c2 = churn.time_split(d)
+    c1, c2 = inputs.time_split(d)
     assert c1 < c2 < d
     assert c2 + dt.timedelta(days=90) == d  # validation labels end at d
     assert c1 + dt.timedelta(days=90) == c2  # training labels end where validation starts
     x, y = _synthetic(300, 1)
     with pytest.raises(ValueError, match="at least 90 days after"):
-        churn.train(x, y, x, y, c2, c1, CFG)  # validation before training
+        classifier.train(x, y, x, y, c2, c1, CFG)  # validation before training
     with pytest.raises(ValueError, match="at least 90 days after"):
-        churn.train(x, y, x, y, c1, c1 + dt.timedelta(days=30), CFG)  # overlapping labels
+        classifier.train(x, y, x, y, c1, c1 + dt.timedelta(days=30), CFG)  # overlapping labels
 
 
 def test_the_training_day_is_the_monday_of_the_week_whatever_the_day():
     monday = dt.date(2026, 6, 29)
     assert monday.weekday() == 0
     week = [monday + dt.timedelta(days=n) for n in range(7)]
-    assert {churn.training_day(d, 7) for d in week} == {monday}
-    assert churn.training_day(monday - dt.timedelta(days=1), 7) == monday - dt.timedelta(days=7)
-    assert [churn.training_day(d, 1) for d in week] == week  # every night: the day itself
-    assert churn.training_day(dt.date(1997, 3, 5), 14).weekday() == 0  # any era, any period
+    assert {inputs.training_day(d, 7) for d in week} == {monday}
+    assert inputs.training_day(monday - dt.timedelta(days=1), 7) == monday - dt.timedelta(days=7)
+    assert [inputs.training_day(d, 1) for d in week] == week  # every night: the day itself
+    assert inputs.training_day(dt.date(1997, 3, 5), 14).weekday() == 0  # any era, any period
     with pytest.raises(ConfigError, match="train_every_days"):
-        churn.training_day(monday, 0)
+        inputs.training_day(monday, 0)
 
 
 def test_too_few_customers_or_labels_is_not_trainable():
     x, y = _synthetic(100, 1)
-    c1, c2 = churn.time_split(dt.date(2026, 6, 30))
-    with pytest.raises(churn.NotTrainable, match="min_customers"):
-        churn.train(x, y, x, y, c1, c2, CFG)
+    c1, c2 = inputs.time_split(dt.date(2026, 6, 30))
+    with pytest.raises(classifier.NotTrainable, match="min_customers"):
+        classifier.train(x, y, x, y, c1, c2, CFG)
     x, y = _synthetic(600, 1)
-    with pytest.raises(churn.NotTrainable, match="min_per_class"):
-        churn.train(x, np.zeros_like(y), x, y, c1, c2, CFG)
+    with pytest.raises(classifier.NotTrainable, match="min_per_class"):
+        classifier.train(x, np.zeros_like(y), x, y, c1, c2, CFG)
 
 
 def _synthetic(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -258,10 +259,10 @@ def _synthetic(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def test_calibrated_model_and_reasons_that_follow_it():
-    c1, c2 = churn.time_split(dt.date(2026, 6, 30))
+    c1, c2 = inputs.time_split(dt.date(2026, 6, 30))
     x1, y1 = _synthetic(3000, 1)
     x2, y2 = _synthetic(3000, 2)
-    model = churn.train(x1, y1, x2, y2, c1, c2, CFG)
+    model = classifier.train(x1, y1, x2, y2, c1, c2, CFG)
     m = model.metrics
     assert m["train_cutoff"] == c1.isoformat() and m["valid_cutoff"] == c2.isoformat()
     assert m["calibration_method"] == "isotonic"
@@ -271,7 +272,7 @@ def test_calibrated_model_and_reasons_that_follow_it():
     people.loc[0, ["recency_days", "complaints_90", "complaints_365"]] = [85.0, 0.0, 0.0]
     people.loc[1, ["recency_days", "complaints_90", "complaints_365"]] = [1.0, 3.0, 3.0]
     people.loc[1, ["complaint_response_hours", "complaint_resolution_hours"]] = [5.0, 96.0]
-    scores, info = churn.score_frame(model, people, CFG)
+    scores, info = score.score_frame(model, people, CFG)
     assert scores["churn_probability"].between(0, 1).all()
     assert scores.loc[0, "top_reasons"].startswith("no order for 85 days (usually every 10)")
     assert scores.loc[1, "top_reasons"].startswith(
@@ -282,27 +283,27 @@ def test_calibrated_model_and_reasons_that_follow_it():
     # noise features are (nearly) never the first reason
     assert info["first_reason_shares"].get("service_contacts", 0) < 0.1
     # the same data gives the same scores
-    again, _ = churn.score_frame(churn.train(x1, y1, x2, y2, c1, c2, CFG), people, CFG)
+    again, _ = score.score_frame(classifier.train(x1, y1, x2, y2, c1, c2, CFG), people, CFG)
     pd.testing.assert_frame_equal(scores, again)
 
 
 def test_contributions_from_the_trees_of_a_group_equal_the_whole_classifiers():
     """contributions() evaluates only the trees that split on a group's features; the whole
     classifier's log-odds difference is the definition it must meet."""
-    c1, c2 = churn.time_split(dt.date(2026, 6, 30))
+    c1, c2 = inputs.time_split(dt.date(2026, 6, 30))
     x1, y1 = _synthetic(3000, 1)
     x2, y2 = _synthetic(3000, 2)
-    model = churn.train(x1, y1, x2, y2, c1, c2, CFG)
+    model = classifier.train(x1, y1, x2, y2, c1, c2, CFG)
     people = x2.iloc[:400].reset_index(drop=True)
-    got = churn.contributions(model, people)
+    got = reasons.contributions(model, people)
 
     x = model.encoder.transform(people)
-    ref = churn.reference_values(x)
+    ref = reasons.reference_values(x)
     base = model.classifier.decision_function(x)
-    per_tree = churn._tree_features(model.classifier, list(x.columns))
+    per_tree = reasons._tree_features(model.classifier, list(x.columns))
     assert per_tree is not None  # the classifier's layout is the one the fast path reads
     subsets = 0
-    for group, (cols, _) in churn.REASON_GROUPS.items():
+    for group, (cols, _) in reasons.REASON_GROUPS.items():
         cols = [c for c in cols if c in x.columns]
         if not cols:
             continue
@@ -348,7 +349,7 @@ def test_top_reasons_are_the_largest_positive_contributions_in_order():
             "loyalty": [0.1, 0.02],
         }
     )
-    assert churn.top_reasons(features, contrib) == [
+    assert reasons.top_reasons(features, contrib) == [
         "no order for 45 days (usually every 9); 2 complaints in 90 days, slow resolution "
         "(80 h on average); CSAT 2 last month",
         "no single factor stands out",
@@ -356,10 +357,12 @@ def test_top_reasons_are_the_largest_positive_contributions_in_order():
 
 
 def test_risk_bands_and_calibration_error():
-    bands = churn.risk_band(np.array([0.05, 0.2, 0.49, 0.5, 0.99]), {"high": 0.5, "medium": 0.2})
+    bands = classifier.risk_band(
+        np.array([0.05, 0.2, 0.49, 0.5, 0.99]), {"high": 0.5, "medium": 0.2}
+    )
     assert bands.tolist() == ["low", "medium", "medium", "high", "high"]
     with pytest.raises(ValueError):
-        churn.risk_band(np.array([0.1]), {"high": 0.2, "medium": 0.3})
+        classifier.risk_band(np.array([0.1]), {"high": 0.2, "medium": 0.3})
     y = np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0])
-    assert churn.expected_calibration_error(y, np.full(10, 0.4)) == pytest.approx(0.0)
-    assert churn.expected_calibration_error(y, np.full(10, 0.9)) == pytest.approx(0.5)
+    assert classifier.expected_calibration_error(y, np.full(10, 0.4)) == pytest.approx(0.0)
+    assert classifier.expected_calibration_error(y, np.full(10, 0.9)) == pytest.approx(0.5)

@@ -1,19 +1,23 @@
 """The nightly models stage: CLV and churn risk written on both engines, reruns give the same
 rows, the health gate refuses to publish a broken night, and a generated demo passes it."""
 
+import base64
 import datetime as dt
 import json
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from business import D
 from factories import ROOT
 
 from crm_devtools import demo
+from crm_pipeline.errors import ModelGateError
 from crm_pipeline.extract import extract_table
-from crm_pipeline.models import clv
-from crm_pipeline.models.churn import read_cutoff
-from crm_pipeline.models.nightly import ModelGateError, ensure_tables, run_models
+from crm_pipeline.models import clv, store
+from crm_pipeline.models.churn.inputs import read_cutoff
+from crm_pipeline.models.publish import ensure_tables
+from crm_pipeline.models.stage import run_models
 from crm_pipeline.source_schema import TABLE_ORDER
 from crm_pipeline.transform.staging import build_staging
 from crm_pipeline.warehouse import Warehouse
@@ -109,6 +113,35 @@ def test_the_tables_can_exist_before_the_first_run(warehouse):
             "t",
             "monetary_value",
         ]
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb"], indirect=True)
+def test_a_kept_model_whose_class_has_moved_is_trained_again_not_a_crash(warehouse):
+    """A row of ops.model_training pickled by a release whose ChurnModel lived elsewhere
+    (crm_pipeline.models.churn.ChurnModel, before issue 14) reads as no training kept."""
+    ensure_tables(warehouse)
+    old = base64.b64encode(b"ccrm_pipeline.models.churn\nChurnModel\n)\x81.").decode("ascii")
+    record = json.dumps(
+        {
+            "holdout": {},
+            "churn_status": "trained",
+            "churn_reason": "",
+            "churn_params": {},
+            "churn_metrics": {},
+            "fits": {},
+            "left_out": {},
+            "fit_seconds": 0.0,
+        }
+    )
+    with warehouse.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into ops.model_training (training_day, model_version, run_id, status, "
+                "record, model, recorded_at) values (:d, 'v', 'old', 'trained', :r, :m, :t)"
+            ),
+            {"d": D, "r": record, "m": old, "t": dt.datetime(2026, 1, 1)},
+        )
+        assert store.load(warehouse, conn, D, "v") is None
 
 
 def test_tier_vs_clv_example_runs_on_the_built_business(built_copy):
@@ -282,7 +315,7 @@ def test_the_sql_summary_is_the_clv_modules_summary(built_copy):
     expected = clv.summary_from_transactions(
         purchases, "customer_id", "ordered_at", "net_amount", D
     )
-    got = data.summary.rename(columns={"t": "T"})
+    got = data.summary
     for col in ("frequency", "recency", "T", "monetary_value", "historic_value"):
         assert got[col].astype(float).tolist() == pytest.approx(
             expected[col].astype(float).tolist()

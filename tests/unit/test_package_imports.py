@@ -131,3 +131,13 @@ def test_the_kpi_stage_reads_the_registry():
     edges = graph(TOP / "kpi")
     assert "crm_pipeline.kpi.registry" in edges["crm_pipeline.kpi.evaluate"]
     assert sorted(name for name, targets in edges.items() if "crm_pipeline.kpi" in targets) == []
+
+
+def test_the_models_statistics_know_nothing_of_the_stage_that_runs_them():
+    edges = graph(TOP / "models")
+    package = "crm_pipeline.models"
+    assert {f"{package}.stage", f"{package}.churn.reasons", f"{package}.clv.score"} <= set(edges)
+    stage_side = {f"{package}.{m}" for m in ("stage", "gate", "publish", "training", "store")}
+    for name, targets in edges.items():
+        if name.startswith((f"{package}.clv", f"{package}.churn")):
+            assert not targets & stage_side, (name, targets)

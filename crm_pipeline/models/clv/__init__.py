@@ -41,8 +41,10 @@ Modules
 * ``gamma_gamma``: Gamma-Gamma likelihood, fit, expected value per purchase;
 * ``value``: discounting and CLV;
 * ``data``: the per-customer summary from transactions;
-* ``holdout``: holdout actuals and predicted-vs-actual by decile (the nightly gate);
-* ``score``: both fits and every score on one summary frame.
+* ``holdout``: holdout actuals, predicted-vs-actual by decile, and the training day's holdout
+  fit (the evidence of the nightly gate);
+* ``score``: the one CLV pipeline: both fits on a summary frame (small-data mode, margins)
+  and every score, as the nightly publishes them.
 
 Every public name is re-exported here, so ``from crm_pipeline.models.clv import X`` and
 ``clv.X`` work as they did when this package was one module.
@@ -70,32 +72,56 @@ from crm_pipeline.models.clv.gamma_gamma import (
     fit_gamma_gamma,
     gamma_gamma_loglik,
 )
-from crm_pipeline.models.clv.holdout import holdout_comparison, holdout_repeat_purchases
+from crm_pipeline.models.clv.holdout import (
+    fit_holdout,
+    holdout_comparison,
+    holdout_repeat_purchases,
+)
 from crm_pipeline.models.clv.hyp2f1 import (
     _log_hyp2f1,  # noqa: F401 (tests reach it)
     _log_hyp2f1_series,  # noqa: F401 (tests reach it)
 )
-from crm_pipeline.models.clv.score import SCORE_COLUMNS, fit_and_score
+from crm_pipeline.models.clv.score import (
+    HOLDOUT_DAYS,
+    SCORE_COLUMNS,
+    ClvFit,
+    fallback_gamma_gamma,
+    fit_and_score,
+    fit_bgnbd_on,
+    fit_clv,
+    fit_gamma_gamma_on,
+    margin_ratios,
+    purchase_scores,
+)
 from crm_pipeline.models.clv.value import clv, monthly_discount_rate
 
 __all__ = [
     "BGNBD_PARAM_NAMES",
     "GAMMA_GAMMA_PARAM_NAMES",
+    "HOLDOUT_DAYS",
     "SCORE_COLUMNS",
     "SUMMARY_COLUMNS",
+    "ClvFit",
     "FitResult",
     "bgnbd_loglik",
     "clv",
     "expected_avg_value",
     "expected_purchases",
     "expected_purchases_new_customer",
+    "fallback_gamma_gamma",
     "fit_and_score",
     "fit_bgnbd",
+    "fit_bgnbd_on",
+    "fit_clv",
     "fit_gamma_gamma",
+    "fit_gamma_gamma_on",
+    "fit_holdout",
     "gamma_gamma_loglik",
     "holdout_comparison",
     "holdout_repeat_purchases",
+    "margin_ratios",
     "monthly_discount_rate",
     "p_alive",
+    "purchase_scores",
     "summary_from_transactions",
 ]
