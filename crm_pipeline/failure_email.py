@@ -70,16 +70,15 @@ def failure_message(
             "tries (a locked warehouse file, a server down). Check it, then clear the task in "
             "Airflow; the rest of the day waits for it or has run. The run is marked failed."
         )
-    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
-    ident = re.sub(r"[^A-Za-z0-9._-]", "-", f"{run_id}.{task_id}.{try_number}")
-    msg = EmailMessage()
-    msg["Subject"] = f"[{dag_id}] {task_id} failed for {day}"
-    msg["From"] = sender
-    msg["To"] = ", ".join(to)
-    msg["Date"] = formatdate(when.timestamp(), usegmt=True)
-    msg["Message-ID"] = f"<{dag_id}-failure.{ident}@{domain}>"
-    msg["X-CRM-As-Of-Date"] = str(day)
-    msg["X-CRM-Run-Id"] = run_id
+    msg = _message(
+        f"[{dag_id}] {task_id} failed for {day}",
+        f"{dag_id}-failure.{run_id}.{task_id}.{try_number}",
+        sender=sender,
+        to=to,
+        when=when,
+        day=day,
+        run_id=run_id,
+    )
     text = (
         f"{dag_id}: the task {task_id} failed for the day {day}\n"
         f"(run {run_id}, try {try_number}).\n\n"
@@ -184,15 +183,15 @@ def deadline_message(
     text = deadline_text(
         dag_id=dag_id, day=day, run_id=run_id, deadline=deadline, queued_at=queued_at, state=state
     )
-    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
-    msg = EmailMessage()
-    msg["Subject"] = f"[{dag_id}] {headline}"
-    msg["From"] = sender
-    msg["To"] = ", ".join(to)
-    msg["Date"] = formatdate(when.timestamp(), usegmt=True)
-    msg["Message-ID"] = f"<{dag_id}-deadline.{re.sub(r'[^A-Za-z0-9._-]', '-', run_id)}@{domain}>"
-    msg["X-CRM-As-Of-Date"] = str(day)
-    msg["X-CRM-Run-Id"] = run_id
+    msg = _message(
+        f"[{dag_id}] {headline}",
+        f"{dag_id}-deadline.{run_id}",
+        sender=sender,
+        to=to,
+        when=when,
+        day=day,
+        run_id=run_id,
+    )
     msg.set_content(_wrapped(text) + "\n", cte="quoted-printable")
     esc = html.escape
     head, _, rest = text.partition("\n")
@@ -208,4 +207,28 @@ def deadline_message(
         subtype="html",
         cte="quoted-printable",
     )
+    return msg
+
+
+def _message(
+    subject: str,
+    ident: str,
+    *,
+    sender: str,
+    to: list[str],
+    when: dt.datetime,
+    day: dt.date | str,
+    run_id: str,
+) -> EmailMessage:
+    """The headers both emails share: a Message-ID from the run (so a resend is the same
+    message) on the sender's domain, and the day and run as X-CRM headers for filters."""
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+    msg = EmailMessage()
+    msg["Subject"] = subject
+    msg["From"] = sender
+    msg["To"] = ", ".join(to)
+    msg["Date"] = formatdate(when.timestamp(), usegmt=True)
+    msg["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9._-]', '-', ident)}@{domain}>"
+    msg["X-CRM-As-Of-Date"] = str(day)
+    msg["X-CRM-Run-Id"] = run_id
     return msg
