@@ -301,6 +301,7 @@ def _churn(
         "trained_by": trained.run_id,
         "trained_tonight": trained.trained_now,
     }
+    metrics = {**trained.churn_metrics, "n_active": n_scored, **week}
     skipped = trained.churn_reason if trained.churn_status == "skipped" else ""
     if fitted.skipped:
         skipped = f"no purchase model for the P(alive) feature: {fitted.skipped}"
@@ -308,23 +309,20 @@ def _churn(
         reason = f"churn model skipped: {skipped}"
         if trained.churn_status != "skipped":
             log.warning(reason)
-        metrics = {**trained.churn_metrics, "n_active": n_scored, **week}
         checks = {"trainable": check(None, skipped)}
         return ModelRun("churn", "skipped", None, {}, metrics, checks, reason, 0.0, n_scored), None
+
+    def untrainable(reason: str) -> tuple[ModelRun, None]:
+        checks = {"trainable": check(False, reason, False, True)}
+        params = dict(trained.churn_params)
+        seconds = trained.fit_seconds
+        run = ModelRun(
+            "churn", "pending", False, params, metrics, checks, reason, seconds, n_scored
+        )
+        return run, None
+
     if trained.churn_status == "failed":
-        metrics = {**trained.churn_metrics, "n_active": n_scored, **week}
-        checks = {"trainable": check(False, trained.churn_reason, False, True)}
-        return ModelRun(
-            "churn",
-            "pending",
-            False,
-            dict(trained.churn_params),
-            metrics,
-            checks,
-            trained.churn_reason,
-            trained.fit_seconds,
-            n_scored,
-        ), None
+        return untrainable(trained.churn_reason)
 
     t0 = time.perf_counter()
     left_out = trained.left_out
@@ -336,19 +334,7 @@ def _churn(
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
         reason = f"the classifier could not score the day: {type(exc).__name__}: {exc}"
         log.error("churn: %s", reason)
-        checks = {"trainable": check(False, reason, False, True)}
-        metrics = {**trained.churn_metrics, "n_active": n_scored, **week}
-        return ModelRun(
-            "churn",
-            "pending",
-            False,
-            dict(trained.churn_params),
-            metrics,
-            checks,
-            reason,
-            trained.fit_seconds,
-            n_scored,
-        ), None
+        return untrainable(reason)
     m = trained.churn_metrics
     # the P(alive) feature needs finite parameters at every cut-off (gate.churn_checks)
     checks = churn_checks(m, {**trained.fits, "scoring": fit_info(fitted.bg)}, cfg)
