@@ -133,7 +133,12 @@ def _after(cols: tuple[str, ...], values: tuple[str, ...], params: dict[str, Any
 
 
 def raw_chunks(
-    reader: sa.Connection, table: str, batch_list: str, chunk_rows: int, suspect: str = "true"
+    reader: sa.Connection,
+    table: str,
+    batch_list: str,
+    chunk_rows: int,
+    suspect: str = "true",
+    suspect_params: dict[str, Any] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """The versions of the given batches, in chunks of about `chunk_rows`, every version of a
     key in one chunk, memory bounded by the chunk.
@@ -141,7 +146,8 @@ def raw_chunks(
     PostgreSQL: one query sorted by key through a server-side cursor (the server sorts on
     disk past work_mem), re-cut at key changes. DuckDB would sort the whole batch in memory,
     so it reads key ranges instead: boundaries every `chunk_rows` keys (a sort of the key
-    columns only), then one small sorted query per range."""
+    columns only), then one small sorted query per range. `suspect` (DuckDB only) is a
+    condition on the versions (`quality.prescreen`), with its bound `suspect_params`."""
     spec = ss.SOURCE_TABLES[table]
     cols = f"{', '.join(spec.columns)}, _row_hash, _batch_id"
     order = f"{', '.join(spec.key)}, _batch_id, _row_hash"
@@ -155,7 +161,8 @@ def raw_chunks(
     if suspect != "true":  # the screen once, then the few versions it let through
         duck.execute(
             f"create or replace temporary table _dq_suspects as "
-            f"select {cols} from raw.{table} r where {where}"
+            f"select {cols} from raw.{table} r where {where}",
+            suspect_params or None,
         )
         source, where = "_dq_suspects", "true"
     keys = ", ".join(spec.key)
