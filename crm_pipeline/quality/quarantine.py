@@ -137,8 +137,9 @@ def hold_findings(
     quarantined = conn.exec_driver_sql(
         "select count(distinct row_hash) from _dq_findings"
     ).scalar_one()
-    bad_row_versions = conn.exec_driver_sql(
-        f"select count(distinct row_hash) from _dq_findings where level = '{ROW}'"
+    bad_row_versions = conn.execute(
+        sa.text("select count(distinct row_hash) from _dq_findings where level = :level"),
+        {"level": ROW},
     ).scalar_one()
     count_sql = sa.text("select count(*) from quarantine.rows where table_name = :t")
     before = conn.execute(count_sql, {"t": table}).scalar_one()

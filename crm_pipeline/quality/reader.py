@@ -220,8 +220,9 @@ def _real_nights(before_batch: int | None) -> str:
     of a day (an earlier batch of the table already covered that day or a later one), and
     a pull of a day the watermark had already passed (a backfill on a new warehouse re-pulls
     nothing that day's changes could be in). Otherwise three reruns of a day would make 0
-    the usual, and the next real night a "volume anomaly". The table is the bound `:t`."""
-    before = f" and e.batch_id < {int(before_batch)}" if before_batch is not None else ""
+    the usual, and the next real night a "volume anomaly". Bound: the table `:t`, and the
+    batch `:before` when `before_batch` is given."""
+    before = " and e.batch_id < :before" if before_batch is not None else ""
     return f"""select e.* from ops.extract_batches e
         where e.table_name = :t and e.watermark_from is not null{before}
           and e.watermark_from < cast(e.as_of_date + 1 as varchar)
@@ -246,7 +247,7 @@ def _volume(
                     f"""select new_versions from ({_real_nights(int(b["batch_id"]))}) n
                 order by batch_id desc limit {int(rule["history_batches"])}"""
                 ),
-                {"t": table},
+                {"t": table, "before": int(b["batch_id"])},
             ).fetchall()
         ]
         if len(history) < int(rule["min_history"]):
@@ -303,7 +304,8 @@ def table_profile(
     # source, or a backfill) is not refused for being quiet
     first_batch = min((int(b["batch_id"]) for b in batches), default=None)
     behind = conn.execute(
-        sa.text(f"select count(*) from ({_real_nights(first_batch)}) n"), {"t": table}
+        sa.text(f"select count(*) from ({_real_nights(first_batch)}) n"),
+        {"t": table, "before": first_batch} if first_batch is not None else {"t": table},
     ).scalar_one()
     settled = behind >= int(rules.get("settle_batches", 3))
     ratio, volume_detail = (None, "")
