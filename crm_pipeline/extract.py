@@ -74,8 +74,8 @@ def extract_table(
         pulled = [c for c in spec.columns if c in present]
         with wh.begin() as conn:
             wh.ensure(conn)
-            watermark = conn.exec_driver_sql(
-                f"select watermark from ops.watermarks where table_name = '{table}'"
+            watermark = conn.execute(
+                sa.text("select watermark from ops.watermarks where table_name = :t"), {"t": table}
             ).scalar()
             batch_id = conn.exec_driver_sql("select nextval('ops.batch_id_seq')").scalar_one()
             _create_incoming(conn, wh, spec.columns)
@@ -103,7 +103,9 @@ def extract_table(
                 watermark if missing else max(filter(None, [watermark, high]), default=None)
             )
             if new_watermark is not None:
-                conn.exec_driver_sql(f"delete from ops.watermarks where table_name = '{table}'")
+                conn.execute(
+                    sa.text("delete from ops.watermarks where table_name = :t"), {"t": table}
+                )
                 conn.execute(
                     sa.text("insert into ops.watermarks values (:t, :w, :b)"),
                     {"t": table, "w": new_watermark, "b": batch_id},
@@ -312,9 +314,11 @@ def _store_new_versions(
     """
     hashed = _hash_sql(columns)
     cols = ", ".join(columns)
-    below = f" and updated_at <= '{ceiling}'" if ceiling else ""
-    high = conn.exec_driver_sql(
-        f"select max(updated_at) from _incoming where updated_at is not null{below}"
+    # the ceiling is text, compared as text with the raw text column (as it always was)
+    below = " and updated_at <= :ceiling" if ceiling else ""
+    high = conn.execute(
+        sa.text(f"select max(updated_at) from _incoming where updated_at is not null{below}"),
+        {"ceiling": ceiling} if ceiling else {},
     ).scalar()
     stored = f"not exists (select 1 from raw.{table} s where s._row_hash = v._row_hash)"
     if conn.dialect.name != "duckdb":
@@ -346,8 +350,8 @@ def _store_new_versions(
             where hash(_row_hash) in (select h from _twice) and {stored}"""
         )
         conn.exec_driver_sql("drop table _twice")
-    inserted = conn.exec_driver_sql(
-        f"select count(*) from raw.{table} where _batch_id = {int(batch_id)}"
+    inserted = conn.execute(
+        sa.text(f"select count(*) from raw.{table} where _batch_id = :b"), {"b": int(batch_id)}
     ).scalar_one()
     return inserted, _canonical_watermark(high)
 

@@ -89,13 +89,12 @@ def unusable_tables(
     with wh.begin() as conn:
         if not wh.table_exists(conn, "ops.table_status"):
             return out
-        statuses = ", ".join(f"'{s}'" for s in UNUSABLE_STATUSES)
         frame = read_rows(
             conn,
             wh.render(
                 "select as_of_date, table_name, lower(status) as status from ops.table_status "
-                f"where as_of_date between {{{{ lo }}}} and {{{{ hi }}}} and lower(status) in ({statuses})",
-                {"lo": date_from, "hi": date_to},
+                "where as_of_date between {{ lo }} and {{ hi }} and lower(status) in {{ statuses }}",
+                {"lo": date_from, "hi": date_to, "statuses": tuple(UNUSABLE_STATUSES)},
             ),
         )
     for d, name, status in frame.itertuples(index=False):

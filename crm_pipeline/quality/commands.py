@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 import pandas as pd
+import sqlalchemy as sa
 
 from crm_pipeline import source_schema as ss
 from crm_pipeline.dates import naive_utc
@@ -28,8 +29,6 @@ from crm_pipeline.quality.outcome import (
     ACCEPTED,
     FAILED,
     ensure_dq_tables,
-    text_literal,
-    timestamp_literal,
 )
 from crm_pipeline.quality.quarantine import Findings, create_findings_table, held_count
 from crm_pipeline.quality.reader import orphan_values
@@ -73,22 +72,29 @@ def release_quarantine(
         spec = ss.SOURCE_TABLES[name]
         with wh.begin() as conn:
             ensure_dq_tables(wh, conn)
-            rule_sql = f" and rule = {text_literal(rule)}" if rule else ""
+            rule_sql = " and rule = :rule" if rule else ""
+            held = {"t": name, "rule": rule} if rule else {"t": name}
             hashes = [
                 r[0]
-                for r in conn.exec_driver_sql(
-                    f"select distinct row_hash from quarantine.rows where table_name = {text_literal(name)} "
-                    f"and released_at is null{rule_sql}"
+                for r in conn.execute(
+                    sa.text(
+                        "select distinct row_hash from quarantine.rows where table_name = :t "
+                        f"and released_at is null{rule_sql}"
+                    ),
+                    held,
                 ).fetchall()
             ]
             if not hashes:
                 continue
-            missing_sql = conn.exec_driver_sql(
-                f"""select distinct e.missing_columns from ops.extract_batches e
-                    where e.table_name = {text_literal(name)} and e.batch_id in (
+            missing_sql = conn.execute(
+                sa.text(
+                    f"""select distinct e.missing_columns from ops.extract_batches e
+                    where e.table_name = :t and e.batch_id in (
                         select _batch_id from raw.{name} where _row_hash in
-                        (select row_hash from quarantine.rows where table_name = {text_literal(name)}
+                        (select row_hash from quarantine.rows where table_name = :t
                          and released_at is null))"""
+                ),
+                {"t": name},
             ).fetchall()
             missing = {c for r in missing_sql for c in (r[0] or "").split(",") if c}
             present = [c for c in spec.columns if c not in missing]
@@ -131,15 +137,18 @@ def release_quarantine(
                     if col in present:
                         conn.exec_driver_sql("drop table if exists _dq_values")
             held_before = held_count(conn, name)
-            conn.exec_driver_sql(
-                f"""update quarantine.rows set released_at = {timestamp_literal(released_at)},
-                        release_run_id = {text_literal(run_id)}
-                    where table_name = {text_literal(name)} and released_at is null{rule_sql}
+            conn.execute(
+                sa.text(
+                    f"""update quarantine.rows set released_at = :released_at,
+                        release_run_id = :run_id
+                    where table_name = :t and released_at is null{rule_sql}
                       and not exists (
                         select 1 from _dq_findings f
                         where f.row_hash = quarantine.rows.row_hash
                           and f.rule = quarantine.rows.rule
                           and coalesce(f.column_name, '') = coalesce(quarantine.rows.column_name, ''))"""
+                ),
+                {**held, "released_at": released_at, "run_id": run_id},
             )
             released = held_before - held_count(conn, name)
             conn.exec_driver_sql("drop table if exists _dq_findings")
@@ -162,13 +171,22 @@ def accept_failed_batches(wh: Warehouse, table: str, run_id: str, accepted_at: d
     count as validated from now on. Their offending rows stay held. Returns the batch count."""
     with wh.begin() as conn:
         ensure_dq_tables(wh, conn)
-        where = f"where table_name = {text_literal(table)} and status = '{FAILED}'"
-        count = conn.exec_driver_sql(
-            f"select count(*) from ops.validated_batches {where}"
+        where = "where table_name = :t and status = :failed"
+        failed = {"t": table, "failed": FAILED}
+        count = conn.execute(
+            sa.text(f"select count(*) from ops.validated_batches {where}"), failed
         ).scalar_one()
-        conn.exec_driver_sql(
-            f"""update ops.validated_batches set status = '{ACCEPTED}', run_id = {text_literal(run_id)},
-                    validated_at = {timestamp_literal(naive_utc(accepted_at))} {where}"""
+        conn.execute(
+            sa.text(
+                f"""update ops.validated_batches set status = :accepted, run_id = :run_id,
+                    validated_at = :accepted_at {where}"""
+            ),
+            {
+                **failed,
+                "accepted": ACCEPTED,
+                "run_id": run_id,
+                "accepted_at": naive_utc(accepted_at),
+            },
         )
     log.warning("%s: %d failed batch(es) accepted by %s", table, count, run_id)
     return count

@@ -48,16 +48,6 @@ def count_text(x: int | float) -> str:
     return f"{int(x):,}"
 
 
-def text_literal(value: str) -> str:
-    """A text literal for values this package builds itself (table names, rule ids, run ids)."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def timestamp_literal(value: dt.datetime) -> str:
-    """A timestamp literal for a time the caller gives (a run's start, a release's time)."""
-    return f"timestamp '{value:%Y-%m-%d %H:%M:%S.%f}'"
-
-
 @dataclass
 class Failure:
     """One table-level failure: what `DataQualityError` names, one line of the failure mail."""
@@ -260,8 +250,9 @@ def record_outcome(
             for agg in aggs
         ]
     )
-    conn.exec_driver_sql(
-        f"delete from ops.dq_results where run_id = {text_literal(run_id)} and table_name = {text_literal(table)}"
+    conn.execute(
+        sa.text("delete from ops.dq_results where run_id = :run_id and table_name = :t"),
+        {"run_id": run_id, "t": table},
     )
     _load(conn, "ops.dq_results", results)
     detail = "; ".join(f.message() for f in out.failures) or (
@@ -269,9 +260,12 @@ def record_outcome(
         if out.quarantined
         else f"{count_text(out.rows)} versions passed"
     )
-    conn.exec_driver_sql(
-        f"delete from ops.table_status where as_of_date = date '{as_of_date:%Y-%m-%d}' "
-        f"and table_name = {text_literal(table)}"
+    conn.execute(
+        sa.text(
+            "delete from ops.table_status where as_of_date = cast(:as_of_date as date) "
+            "and table_name = :t"
+        ),
+        {"as_of_date": as_of_date, "t": table},
     )
     _load(
         conn,
@@ -292,9 +286,11 @@ def record_outcome(
         ),
     )
     if out.batches:
-        conn.exec_driver_sql(
-            f"delete from ops.validated_batches where batch_id in "
-            f"({', '.join(map(str, out.batches))})"
+        conn.execute(
+            sa.text("delete from ops.validated_batches where batch_id in :ids").bindparams(
+                sa.bindparam("ids", expanding=True)
+            ),
+            {"ids": [int(b) for b in out.batches]},
         )
         status = FAILED if out.failures else (QUARANTINED if out.quarantined else PASSED)
         _load(
@@ -356,8 +352,11 @@ def failed_tables(wh: Warehouse, as_of_date: dt.date) -> set[str]:
     them are not evaluated for that date."""
     with wh.begin() as conn:
         ensure_dq_tables(wh, conn)
-        rows = conn.exec_driver_sql(
-            f"select table_name from ops.table_status where as_of_date = date '{as_of_date:%Y-%m-%d}' "
-            f"and status in ('{FAILED}', '{STALE}')"
+        rows = conn.execute(
+            sa.text(
+                "select table_name from ops.table_status "
+                "where as_of_date = cast(:as_of_date as date) and status in :statuses"
+            ).bindparams(sa.bindparam("statuses", expanding=True)),
+            {"as_of_date": as_of_date, "statuses": [FAILED, STALE]},
         ).fetchall()
     return {r[0] for r in rows}

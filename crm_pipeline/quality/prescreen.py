@@ -32,20 +32,6 @@ _FK_MARK = "__in_"
 _MAX_LISTED_ORPHANS = 50_000
 
 
-def _q(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _literal(value: Any) -> str:
-    if hasattr(value, "isoformat"):
-        return f"timestamp {_q(value.isoformat(sep=' '))}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(float(value))
-    return _q(value)
-
-
 def _param(value: Any, params: Mapping[str, Any]) -> Any:
     if isinstance(value, dict) and "$PARAMETER" in value:
         return params[value["$PARAMETER"]]
@@ -59,6 +45,23 @@ class _Columns:
         self.table = table
         self.orphans = orphans
         self.batches = batches
+        self.params: dict[str, Any] = {}
+
+    def bind(self, value: Any) -> str:
+        """A bound parameter for `value`: $p0, $p1, ... (DuckDB's syntax: the condition runs
+        on the DuckDB connection as is), its value kept in `params`."""
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f"${name}"
+
+    def literal(self, value: Any) -> str:
+        """A range's limit, bound: a time as its text cast to timestamp (as the literal
+        `timestamp '...'` was), a number as a double."""
+        if hasattr(value, "isoformat"):
+            return f"cast({self.bind(value.isoformat(sep=' '))} as timestamp)"
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return self.bind(float(value))
+        return self.bind(value)
 
     def raw(self, frame_column: str) -> str | None:
         name = frame_column.removesuffix("__text")
@@ -87,17 +90,17 @@ class _Columns:
             return None
         raw = self.raw(column)
         if kind == "comparison" and cond.operator == "==" and isinstance(cond.parameter, str):
-            return f"{raw} = {_q(cond.parameter)}"
+            return f"{raw} = {self.bind(cond.parameter)}"
         if kind == "nullity":
             return f"{raw} is {'' if cond.is_null else 'not '}null"
         return None
 
 
-def _parses(raw: str, kind: str) -> str:
+def _parses(raw: str, kind: str, cols: _Columns) -> str:
     """check_frame's parse (rules.parse_values) in SQL: the text matches and casts."""
-    ok = f"regexp_full_match({raw}, {_q(_PATTERNS[kind].pattern)})"
+    ok = f"regexp_full_match({raw}, {cols.bind(_PATTERNS[kind].pattern)})"
     if kind in ("number", "integer"):
-        ok += f" and abs(try_cast({raw} as double)) <= {_LIMITS[kind]!r}"
+        ok += f" and abs(try_cast({raw} as double)) <= {cols.bind(_LIMITS[kind])}"
     elif kind in ("timestamp", "date"):
         ok += f" and {raw} not like '0000%' and try_cast({raw} as timestamp) is not null"
     return ok
@@ -110,7 +113,7 @@ def _flagged(e: gxe.Expectation, cols: _Columns, params: Mapping[str, Any]) -> s
     kind = getattr(e, "kind", None)
     if type(e).__name__ == "ExpectColumnValuesToParseAs" and kind in _PATTERNS:
         raw = cols.raw(e.column)
-        return None if raw is None else f"({raw} is not null and not ({_parses(raw, kind)}))"
+        return None if raw is None else f"({raw} is not null and not ({_parses(raw, kind, cols)}))"
     if isinstance(e, gxe.ExpectColumnValuesToNotBeNull):
         value = cols.typed(e.column)
         return None if value is None else f"({value} is null)"
@@ -124,12 +127,12 @@ def _flagged(e: gxe.Expectation, cols: _Columns, params: Mapping[str, Any]) -> s
             return f"(r.{column} is not null)"
         if not orphans:
             return None
-        return f"(r.{column} in ({', '.join(_q(v) for v in sorted(orphans))}))"
+        return f"(r.{column} in ({', '.join(cols.bind(v) for v in sorted(orphans))}))"
     elif isinstance(e, gxe.ExpectColumnValuesToBeInSet):
         value = cols.typed(e.column)
         if value is None or column_kind(cols.table, e.column.removesuffix("__text")) != "text":
             return "true"
-        allowed = ", ".join(_q(v) for v in e.value_set)
+        allowed = ", ".join(cols.bind(v) for v in e.value_set)
         out = f"{value} is not null and {value} not in ({allowed})"
     elif isinstance(e, gxe.ExpectColumnValuesToBeBetween):
         value = cols.typed(e.column)
@@ -138,12 +141,12 @@ def _flagged(e: gxe.Expectation, cols: _Columns, params: Mapping[str, Any]) -> s
         lo, hi = _param(e.min_value, params), _param(e.max_value, params)
         if e.column == NET_DIFF:  # pandas rounds the difference to 6 places: a margin
             tol = min(abs(float(lo)), abs(float(hi)))
-            return f"(abs({value}) > {tol - 1e-6!r})"
+            return f"(abs({value}) > {cols.bind(tol - 1e-6)})"
         parts = []
         if lo is not None:
-            parts.append(f"{value} {'<=' if e.strict_min else '<'} {_literal(lo)}")
+            parts.append(f"{value} {'<=' if e.strict_min else '<'} {cols.literal(lo)}")
         if hi is not None:
-            parts.append(f"{value} {'>=' if e.strict_max else '>'} {_literal(hi)}")
+            parts.append(f"{value} {'>=' if e.strict_max else '>'} {cols.literal(hi)}")
         if not parts:
             return None
         out = "(" + " or ".join(parts) + ")"
@@ -181,12 +184,12 @@ def suspect_condition(
     params: Mapping[str, Any],
     orphans: Mapping[str, set[str]],
     batches: str,
-) -> str:
+) -> tuple[str, dict[str, Any]]:
     """One SQL condition over `raw.<table> r`, for the versions of `batches` (a SQL list of
     batch ids): true for every version any of the row suite's `expectations` could flag
-    ('false' when none can flag a row)."""
+    ('false' when none can flag a row); with the values of its bound parameters ($p0, ...)."""
     cols = _Columns(table, orphans, batches)
     parts = [p for p in (_flagged(e, cols, params) for e in expectations) if p is not None]
     if "true" in parts:
-        return "true"
-    return " or ".join(parts) if parts else "false"
+        return "true", {}
+    return (" or ".join(parts), cols.params) if parts else ("false", {})

@@ -26,22 +26,24 @@ import sqlalchemy as sa
 from great_expectations.core import ExpectationValidationResult
 
 from crm_pipeline import source_schema as ss
-from crm_pipeline.quality.outcome import text_literal, timestamp_literal
 from crm_pipeline.quality.rules import FOREIGN_KEYS, ROW, TABLE, parse_values
 from crm_pipeline.warehouse import Warehouse
 from crm_pipeline.warehouse import tables as declared
 
 
-def held_hashes_sql(table: str) -> str:
-    """A subquery of the row hashes of the table's versions held now (for `not in`)."""
-    return f"(select row_hash from quarantine.held_rows where table_name = {text_literal(table)})"
+def held_hashes_sql(param: str = "held_table") -> str:
+    """A subquery of the row hashes of a table's versions held now (for `not in`); the
+    table's name is the bound parameter `:<param>`, for the caller to give."""
+    return f"(select row_hash from quarantine.held_rows where table_name = :{param})"
 
 
 def held_count(conn: sa.Connection, table: str) -> int:
     """The table's quarantine entries not released."""
-    return conn.exec_driver_sql(
-        f"select count(*) from quarantine.rows where table_name = {text_literal(table)} "
-        "and released_at is null"
+    return conn.execute(
+        sa.text(
+            "select count(*) from quarantine.rows where table_name = :t and released_at is null"
+        ),
+        {"t": table},
     ).scalar_one()
 
 
@@ -135,17 +137,18 @@ def hold_findings(
     quarantined = conn.exec_driver_sql(
         "select count(distinct row_hash) from _dq_findings"
     ).scalar_one()
-    bad_row_versions = conn.exec_driver_sql(
-        f"select count(distinct row_hash) from _dq_findings where level = '{ROW}'"
+    bad_row_versions = conn.execute(
+        sa.text("select count(distinct row_hash) from _dq_findings where level = :level"),
+        {"level": ROW},
     ).scalar_one()
-    before = conn.exec_driver_sql(
-        f"select count(*) from quarantine.rows where table_name = {text_literal(table)}"
-    ).scalar_one()
-    conn.exec_driver_sql(
-        f"""insert into quarantine.rows (table_name, row_key, row_hash, rule, column_name, value,
+    count_sql = sa.text("select count(*) from quarantine.rows where table_name = :t")
+    before = conn.execute(count_sql, {"t": table}).scalar_one()
+    conn.execute(
+        sa.text(
+            """insert into quarantine.rows (table_name, row_key, row_hash, rule, column_name, value,
                 as_of_date, run_id, released_at, release_run_id)
             select distinct f.table_name, f.row_key, f.row_hash, f.rule, f.column_name, f.value,
-                   date '{as_of_date:%Y-%m-%d}', {text_literal(run_id)}, cast(null as timestamp),
+                   cast(:as_of_date as date), :run_id, cast(null as timestamp),
                    cast(null as varchar)
             from _dq_findings f
             where not exists (
@@ -153,37 +156,44 @@ def hold_findings(
                 where q.table_name = f.table_name and q.row_hash = f.row_hash
                   and q.rule = f.rule and coalesce(q.column_name, '') = coalesce(f.column_name, '')
                   and q.released_at is null)"""
+        ),
+        {"as_of_date": as_of_date, "run_id": run_id},
     )
-    newly_quarantined = (
-        conn.exec_driver_sql(
-            f"select count(*) from quarantine.rows where table_name = {text_literal(table)}"
-        ).scalar_one()
-        - before
-    )
+    newly_quarantined = conn.execute(count_sql, {"t": table}).scalar_one() - before
     return quarantined, bad_row_versions, newly_quarantined
 
 
 def auto_release_orphans(conn: sa.Connection, table: str, run_id: str, now: dt.datetime) -> int:
     """Release held orphan-FK versions of `table` whose parent has arrived since."""
     before = held_count(conn, table)
-    held_orphans = conn.exec_driver_sql(
-        f"select count(*) from quarantine.rows where table_name = {text_literal(table)} "
-        "and substr(rule, 1, 3) = 'fk_' and released_at is null"
+    held_orphans = conn.execute(
+        sa.text(
+            "select count(*) from quarantine.rows where table_name = :t "
+            "and substr(rule, 1, 3) = 'fk_' and released_at is null"
+        ),
+        {"t": table},
     ).scalar_one()
     if not held_orphans:  # nothing to release: no scan of the child and parent tables
         return 0
     for col, parent in FOREIGN_KEYS.get(table, ()):
         pk = ss.SOURCE_TABLES[parent].key[0]
-        conn.exec_driver_sql(
-            f"""update quarantine.rows set released_at = {timestamp_literal(now)},
-                    release_run_id = {text_literal(run_id)}
-                where table_name = {text_literal(table)} and rule = {text_literal("fk_" + parent)}
-                  and released_at is null
+        conn.execute(
+            sa.text(
+                f"""update quarantine.rows set released_at = :now, release_run_id = :run_id
+                where table_name = :t and rule = :rule and released_at is null
                   and exists (
                     select 1 from raw.{table} c
                     where c._row_hash = quarantine.rows.row_hash
                       and exists (select 1 from raw.{parent} p
-                                  where p.{pk} = c.{col} and p._row_hash not in {held_hashes_sql(parent)}))"""
+                                  where p.{pk} = c.{col} and p._row_hash not in {held_hashes_sql()}))"""
+            ),
+            {
+                "now": now,
+                "run_id": run_id,
+                "t": table,
+                "rule": "fk_" + parent,
+                "held_table": parent,
+            },
         )
     return before - held_count(conn, table)
 
@@ -198,9 +208,12 @@ def auto_release_due(conn: sa.Connection, table: str, run_id: str, now: dt.datet
     future. Re-judged here against this run's start, it is released (and staged) then; a
     timestamp still ahead of it (a wrong clock, the year 2099) stays held.
     """
-    held = conn.exec_driver_sql(
-        f"select row_hash, column_name, value from quarantine.rows "
-        f"where table_name = {text_literal(table)} and rule = 'not_in_future' and released_at is null"
+    held = conn.execute(
+        sa.text(
+            "select row_hash, column_name, value from quarantine.rows "
+            "where table_name = :t and rule = 'not_in_future' and released_at is null"
+        ),
+        {"t": table},
     ).fetchall()
     if not held:
         return 0

@@ -37,7 +37,6 @@ from crm_pipeline.quality.outcome import (
     PASSED,
     QUARANTINED,
     count_text,
-    text_literal,
 )
 from crm_pipeline.quality.quarantine import held_hashes_sql, key_text
 from crm_pipeline.quality.rules import parse_values
@@ -48,17 +47,26 @@ TS_TEXT = "%Y-%m-%d %H:%M:%S.%f"
 def pending_batches(conn: sa.Connection, table: str, run_id: str) -> list[dict[str, Any]]:
     """This table's batches still to validate: never validated, failed, or validated by this run."""
     rows = (
-        conn.exec_driver_sql(
-            f"""select e.batch_id, e.run_id, e.watermark_from, e.rows_read, e.new_versions,
+        conn.execute(
+            sa.text(
+                """select e.batch_id, e.run_id, e.watermark_from, e.rows_read, e.new_versions,
                    e.source_columns, e.missing_columns
             from ops.extract_batches e
-            where e.table_name = {text_literal(table)}
+            where e.table_name = :t
               and not exists (
                 select 1 from ops.validated_batches v
                 where v.batch_id = e.batch_id
-                  and (v.status = '{ACCEPTED}'
-                       or (v.status in ('{PASSED}', '{QUARANTINED}') and v.run_id <> {text_literal(run_id)})))
+                  and (v.status = :accepted
+                       or (v.status in (:passed, :quarantined) and v.run_id <> :run_id)))
             order by e.batch_id"""
+            ),
+            {
+                "t": table,
+                "accepted": ACCEPTED,
+                "passed": PASSED,
+                "quarantined": QUARANTINED,
+                "run_id": run_id,
+            },
         )
         .mappings()
         .all()
@@ -69,11 +77,14 @@ def pending_batches(conn: sa.Connection, table: str, run_id: str) -> list[dict[s
 def orphan_values(conn: sa.Connection, parent: str, values_sql: str) -> set[str]:
     """Values from `values_sql` (column v) with no version of the parent in raw that is not held."""
     pk = ss.SOURCE_TABLES[parent].key[0]
-    rows = conn.exec_driver_sql(
-        f"""select v from ({values_sql}) x
+    rows = conn.execute(
+        sa.text(
+            f"""select v from ({values_sql}) x
             where v is not null and not exists (
                 select 1 from raw.{parent} p
-                where p.{pk} = x.v and p._row_hash not in {held_hashes_sql(parent)})"""
+                where p.{pk} = x.v and p._row_hash not in {held_hashes_sql()})"""
+        ),
+        {"held_table": parent},
     ).fetchall()
     return {r[0] for r in rows}
 
@@ -105,17 +116,29 @@ def _read_sorted(reader: sa.Connection, sql: str, chunk_rows: int) -> Iterator[p
             cur.close()
 
 
-def _after(cols: tuple[str, ...], values: tuple[str, ...]) -> str:
-    """SQL for (cols) > (values), lexicographically, spelled out (works on every engine)."""
+def _after(cols: tuple[str, ...], values: tuple[str, ...], params: dict[str, Any]) -> str:
+    """SQL for (cols) > (values), lexicographically, spelled out (works on every engine).
+
+    The values are bound: each is added to `params` as the next numbered parameter ($k0,
+    $k1, ...: DuckDB's own syntax, as the statement goes to the DuckDB connection as is)."""
+    names = []
+    for v in values:
+        names.append(f"$k{len(params)}")
+        params[names[-1][1:]] = v
     terms = []
     for i, col in enumerate(cols):
-        eq = [f"{cols[j]} = {text_literal(values[j])}" for j in range(i)]
-        terms.append("(" + " and ".join([*eq, f"{col} > {text_literal(values[i])}"]) + ")")
+        eq = [f"{cols[j]} = {names[j]}" for j in range(i)]
+        terms.append("(" + " and ".join([*eq, f"{col} > {names[i]}"]) + ")")
     return "(" + " or ".join(terms) + ")"
 
 
 def raw_chunks(
-    reader: sa.Connection, table: str, batch_list: str, chunk_rows: int, suspect: str = "true"
+    reader: sa.Connection,
+    table: str,
+    batch_list: str,
+    chunk_rows: int,
+    suspect: str = "true",
+    suspect_params: dict[str, Any] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """The versions of the given batches, in chunks of about `chunk_rows`, every version of a
     key in one chunk, memory bounded by the chunk.
@@ -123,7 +146,8 @@ def raw_chunks(
     PostgreSQL: one query sorted by key through a server-side cursor (the server sorts on
     disk past work_mem), re-cut at key changes. DuckDB would sort the whole batch in memory,
     so it reads key ranges instead: boundaries every `chunk_rows` keys (a sort of the key
-    columns only), then one small sorted query per range."""
+    columns only), then one small sorted query per range. `suspect` (DuckDB only) is a
+    condition on the versions (`quality.prescreen`), with its bound `suspect_params`."""
     spec = ss.SOURCE_TABLES[table]
     cols = f"{', '.join(spec.columns)}, _row_hash, _batch_id"
     order = f"{', '.join(spec.key)}, _batch_id, _row_hash"
@@ -137,7 +161,8 @@ def raw_chunks(
     if suspect != "true":  # the screen once, then the few versions it let through
         duck.execute(
             f"create or replace temporary table _dq_suspects as "
-            f"select {cols} from raw.{table} r where {where}"
+            f"select {cols} from raw.{table} r where {where}",
+            suspect_params or None,
         )
         source, where = "_dq_suspects", "true"
     keys = ", ".join(spec.key)
@@ -151,17 +176,21 @@ def raw_chunks(
             where _n % {int(chunk_rows)} = 0 order by _n"""
         ).fetchall()
     ]
+    ranges: list[tuple[str, dict[str, Any]]] = []
     if not bounds:
-        ranges = [""]
+        ranges.append(("", {}))
     else:
-        ranges = [f" and not {_after(spec.key, bounds[0])}"]
-        ranges += [
-            f" and {_after(spec.key, lo)} and not {_after(spec.key, hi)}"
-            for lo, hi in zip(bounds, bounds[1:], strict=False)
-        ]
-        ranges += [f" and {_after(spec.key, bounds[-1])}", " and not (" + not_null + ")"]
-    for extra in ranges:
-        duck.execute(f"select {cols} from {source} r where {where}{extra} order by {order}")
+        for lo, hi in [(None, bounds[0]), *zip(bounds, bounds[1:], strict=False)]:
+            params: dict[str, Any] = {}
+            above = "" if lo is None else f" and {_after(spec.key, lo, params)}"
+            ranges.append((f"{above} and not {_after(spec.key, hi, params)}", params))
+        params = {}
+        ranges.append((f" and {_after(spec.key, bounds[-1], params)}", params))
+        ranges.append((" and not (" + not_null + ")", {}))
+    for extra, params in ranges:
+        duck.execute(
+            f"select {cols} from {source} r where {where}{extra} order by {order}", params or None
+        )
         frame = duck.fetch_df()
         if len(frame):
             yield frame.astype(object).where(frame.notna(), None)
@@ -184,17 +213,18 @@ def key_chunks(blocks: Iterable[pd.DataFrame], key: tuple[str, ...]) -> Iterator
         yield pending.reset_index(drop=True)
 
 
-def _real_nights(table: str, before_batch: int | None) -> str:
+def _real_nights(before_batch: int | None) -> str:
     """The incremental batches of a table that are real nights, as a select of their rows.
 
     What a feed's usual volume and rhythm are judged on. Not counted: a rerun or backfill
     of a day (an earlier batch of the table already covered that day or a later one), and
     a pull of a day the watermark had already passed (a backfill on a new warehouse re-pulls
     nothing that day's changes could be in). Otherwise three reruns of a day would make 0
-    the usual, and the next real night a "volume anomaly"."""
-    before = f" and e.batch_id < {int(before_batch)}" if before_batch is not None else ""
+    the usual, and the next real night a "volume anomaly". Bound: the table `:t`, and the
+    batch `:before` when `before_batch` is given."""
+    before = " and e.batch_id < :before" if before_batch is not None else ""
     return f"""select e.* from ops.extract_batches e
-        where e.table_name = {text_literal(table)} and e.watermark_from is not null{before}
+        where e.table_name = :t and e.watermark_from is not null{before}
           and e.watermark_from < cast(e.as_of_date + 1 as varchar)
           and not exists (
               select 1 from ops.extract_batches p
@@ -212,9 +242,12 @@ def _volume(
             continue
         history = [
             r[0]
-            for r in conn.exec_driver_sql(
-                f"""select new_versions from ({_real_nights(table, int(b["batch_id"]))}) n
+            for r in conn.execute(
+                sa.text(
+                    f"""select new_versions from ({_real_nights(int(b["batch_id"]))}) n
                 order by batch_id desc limit {int(rule["history_batches"])}"""
+                ),
+                {"t": table, "before": int(b["batch_id"])},
             ).fetchall()
         ]
         if len(history) < int(rule["min_history"]):
@@ -245,10 +278,12 @@ def table_profile(
 ) -> dict[str, Any]:
     """The one-row profile the table suite judges (`values`), with what its failures are
     worded from (the newest update, the volume's detail, the bad versions, the day)."""
-    newest_text = conn.exec_driver_sql(
-        f"""select max(updated_at) from raw.{table}
-            where updated_at <= {text_literal(now.strftime(TS_TEXT))}
-              and _row_hash not in {held_hashes_sql(table)}"""
+    newest_text = conn.execute(
+        sa.text(
+            f"""select max(updated_at) from raw.{table}
+            where updated_at <= :now_text and _row_hash not in {held_hashes_sql()}"""
+        ),
+        {"now_text": now.strftime(TS_TEXT), "held_table": table},
     ).scalar()
     newest = parse_values(pd.Series([newest_text], dtype=object), "timestamp").iloc[0]
     newest = None if pd.isna(newest) else newest.to_pydatetime()
@@ -258,16 +293,19 @@ def table_profile(
     # raw rather than in this run's extract, so that a rerun or a backfill of a day whose rows
     # are already stored is not an "empty extract"
     day_from, day_to = as_of_date.isoformat(), (as_of_date + dt.timedelta(days=1)).isoformat()
-    on_day = conn.exec_driver_sql(
-        f"select count(*) from raw.{table} "
-        f"where updated_at >= {text_literal(day_from)} and updated_at < {text_literal(day_to)}"
+    on_day = conn.execute(
+        sa.text(
+            f"select count(*) from raw.{table} where updated_at >= :day_from and updated_at < :day_to"
+        ),
+        {"day_from": day_from, "day_to": day_to},
     ).scalar_one()
     # "daily" and "freshness" describe a feed with a rhythm: they are judged once the table
     # has `settle_batches` real nights behind it, so a first load (or a new, hand-made
     # source, or a backfill) is not refused for being quiet
     first_batch = min((int(b["batch_id"]) for b in batches), default=None)
-    behind = conn.exec_driver_sql(
-        f"select count(*) from ({_real_nights(table, first_batch)}) n"
+    behind = conn.execute(
+        sa.text(f"select count(*) from ({_real_nights(first_batch)}) n"),
+        {"t": table, "before": first_batch} if first_batch is not None else {"t": table},
     ).scalar_one()
     settled = behind >= int(rules.get("settle_batches", 3))
     ratio, volume_detail = (None, "")

@@ -173,15 +173,15 @@ def _validate_table(
     if out.batches:
         # GX reads only the versions that could fail a rule (quality.prescreen); the others pass
         # every expectation and are counted in below
-        suspect = (
+        suspect, suspect_params = (
             suspect_condition(table, row_suite.expectations, params, orphans, batch_list)
             if reader.dialect.name == "duckdb" and cfg.get("prescreen", True)
-            else "true"
+            else ("true", {})
         )
         total = reader.exec_driver_sql(
             f"select count(*) from raw.{table} where _batch_id in ({batch_list})"
         ).scalar_one()
-        chunks = raw_chunks(reader, table, batch_list, cfg["chunk_rows"], suspect)
+        chunks = raw_chunks(reader, table, batch_list, cfg["chunk_rows"], suspect, suspect_params)
         for raw in chunks if total else ():
             meta = _check_chunk(
                 wh, conn, engine, row_suite, aggs, table, raw, present, orphans, params
