@@ -2,7 +2,7 @@
 
 What belongs here (docs/data_quality.md): everything that decides whether the raw layer may
 be staged, and nothing the other stages need. The modules import each other one way only,
-from the stage down (tests/unit/test_quality_imports.py):
+from the stage down (tests/unit/test_package_imports.py):
 
 - stage: `validate_run`, the DAG step: per table, read, judge, write; `validate_frame`.
 - commands: the operator's `release_quarantine` and `accept_failed_batches` (the CLI).
